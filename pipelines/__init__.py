@@ -1,0 +1,1 @@
+"""The control plane: the driver, its policies, the local broker and the ``clstream`` CLI."""

@@ -1,0 +1,227 @@
+"""``clstream``: the command line. Each subcommand turns flags into ``Settings`` and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from schemas.errors import ClstreamError
+from schemas.settings import Settings
+from workers.logs import configure_logging
+
+log = structlog.get_logger("clstream.cli")
+
+# flag dest -> path in the settings tree
+_SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
+    "bootstrap_servers": ("kafka", "bootstrap_servers"),
+    "input_topic": ("topics", "input"),
+    "output_topic": ("topics", "output"),
+    "dlq_topic": ("topics", "dlq"),
+    "group_id": ("topics", "group_id"),
+    "workers": ("workers", "count"),
+    "encoder": ("model", "encoder"),
+    "head": ("model", "head"),
+    "pooling": ("model", "pooling"),
+    "device": ("model", "device"),
+    "log_level": ("log", "level"),
+}
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (flags > CLSTREAM_* env > file > defaults)")
+    parser.add_argument("--bootstrap-servers", help="comma-separated host:port list")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    if not pipeline:
+        return
+    parser.add_argument("--input-topic")
+    parser.add_argument("--output-topic")
+    parser.add_argument("--dlq-topic")
+    parser.add_argument("--group-id")
+    parser.add_argument("--workers", type=int, help="number of classifier actors")
+    parser.add_argument("--encoder", type=Path, help="local Hugging Face encoder directory (safetensors)")
+    parser.add_argument("--head", type=Path, help="head directory (head.safetensors + head.json)")
+    parser.add_argument("--pooling", choices=["cls", "mean", "last4", "pooler"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, (section, name) in _SETTINGS_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.setdefault(section, {})[name] = value
+    for dotted, value in extra.items():
+        section, name = dotted.split("__")
+        overrides.setdefault(section, {}).setdefault(name, value)
+    return Settings.load(getattr(args, "config", None), overrides)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pipelines.broker import LocalBroker
+
+    broker = LocalBroker(args.port)
+    if args.action == "start":
+        print(f"broker running at {broker.start()} (log: {broker.log_file})")
+    elif args.action == "stop":
+        print("broker stopped" if broker.stop() else "no broker was running")
+    else:
+        running = broker.is_running()
+        print(json.dumps({"bootstrap": broker.bootstrap, "running": running, "pid": broker.pid(), "log": str(broker.log_file)}))
+        return 0 if running else 3
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.driver import Driver
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log.level, settings.log.format)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    driver = Driver(settings)
+    try:
+        driver.start(input_partitions=args.partitions)
+        driver.run(stop)
+    finally:
+        log.info("draining")
+        driver.drain()
+    log.info("stopped cleanly")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from pipelines.records_io import produce_values, values_from_file
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log.level, settings.log.format)
+    pairs = values_from_file(args.file, text_column=args.text_column, id_column=args.id_column, encoding=args.encoding)
+    sent = produce_values(settings.kafka, args.topic or settings.topics.input, pairs, limit=args.limit)
+    print(f"produced {sent} records to {args.topic or settings.topics.input}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from pipelines.records_io import read_topic
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log.level, settings.log.format)
+    for partition, offset, key, value, headers in read_topic(
+        settings.kafka, args.topic, idle_timeout_s=args.idle_timeout, max_records=args.max, from_end=args.from_end
+    ):
+        record: dict[str, Any] = {"partition": partition, "offset": offset, "key": _text(key), "value": _value(value)}
+        if headers:
+            record["headers"] = {name: _text(raw) for name, raw in headers}
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", errors="backslashreplace")
+
+
+def _value(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _text(raw)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal received, draining", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    broker = sub.add_parser("broker", help="start, stop or check the local single-node Kafka broker")
+    broker.add_argument("action", choices=["start", "stop", "status"])
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(func=cmd_broker)
+
+    run = sub.add_parser("run", help="run the pipeline until SIGINT/SIGTERM, then drain and exit 0")
+    _add_settings_flags(run)
+    run.add_argument("--partitions", type=int, default=4, help="partitions for topics this command creates")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="start a local broker, stream real tweets through the pipeline, show results")
+    _add_settings_flags(demo)
+    demo.add_argument("--tweets", type=int, default=400, help="how many real tweets to stream")
+    demo.add_argument("--port", type=int, default=9092, help="local broker port (when no --bootstrap-servers)")
+    demo.set_defaults(func=cmd_demo)
+
+    produce = sub.add_parser("produce", help="send a JSONL or CSV file's records to a topic")
+    _add_settings_flags(produce, pipeline=False)
+    produce.add_argument("file", type=Path)
+    produce.add_argument("--topic", help="default: the configured input topic")
+    produce.add_argument("--text-column", default="text")
+    produce.add_argument("--id-column", default="id")
+    produce.add_argument("--encoding", default="utf-8")
+    produce.add_argument("--limit", type=int)
+    produce.set_defaults(func=cmd_produce)
+
+    tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
+    _add_settings_flags(tail, pipeline=False)
+    tail.add_argument("topic")
+    tail.add_argument("--max", type=int, help="stop after this many records")
+    tail.add_argument("--idle-timeout", type=float, default=5.0, help="stop after this many seconds with no record")
+    tail.add_argument("--from-end", action="store_true", help="only records produced from now on")
+    tail.set_defaults(func=cmd_tail)
+
+    try:
+        from pipelines import train_head
+
+        train_head.register(sub)
+    except ImportError:  # pragma: no cover - present in every release
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        print(f"clstream: invalid settings:\n{_validation_summary(exc)}", file=sys.stderr)
+        return 2
+    except (ClstreamError, ValueError, FileNotFoundError) as exc:
+        print(f"clstream: {exc}", file=sys.stderr)
+        return 1
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    # Without the offending input: it could be a secret.
+    return "\n".join(
+        f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False, include_url=False)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

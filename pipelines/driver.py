@@ -1,0 +1,311 @@
+"""The driver: starts the classifier actors, watches them, replaces the dead and drains on stop.
+
+Each tick it observes (actor stats, group lag), acts (replace failed or dead actors) and reports
+a frozen ``DriverView``. It never blocks on an actor: health checks are outstanding Ray calls
+that are collected when they are ready, so one hung actor cannot stall the watch of the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from pipelines.kafka_admin import GroupLag, LagProbe, ensure_topics
+from schemas.settings import Settings
+
+log = structlog.get_logger("clstream.driver")
+
+#: Cap on the back-off between restarts of actors that keep failing at start.
+_MAX_RESTART_DELAY_S = 60.0
+
+
+@dataclass(frozen=True)
+class ActorView:
+    name: str
+    state: str  # pending | starting | running | draining | stopped | failed | dead | unresponsive
+    consumed: int = 0
+    classified: int = 0
+    dead_lettered: int = 0
+    rate_per_s: float = 0.0
+    device: str = "unknown"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DriverView:
+    """What the driver saw on one tick."""
+
+    at: float
+    actors: tuple[ActorView, ...]
+    lag: GroupLag
+    replaced_total: int
+    consumed_total: int = 0
+    rate_per_s: float = 0.0
+
+    @property
+    def running(self) -> int:
+        return sum(1 for a in self.actors if a.state == "running")
+
+    def to_log_fields(self) -> dict[str, Any]:
+        return {
+            "actors": {a.name: a.state for a in self.actors},
+            "running": self.running,
+            "lag": self.lag.total,
+            "lag_by_partition": self.lag.by_partition,
+            "consumed": self.consumed_total,
+            "rate_per_s": round(self.rate_per_s, 1),
+            "replaced": self.replaced_total,
+        }
+
+
+@dataclass
+class _Member:
+    name: str
+    handle: Any
+    spawned_at: float
+    pending_ref: Any = None
+    last_answer_at: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+    rate_per_s: float = 0.0
+    state: str = "pending"
+
+
+class Driver:
+    """Owns the actors' lifecycle. Call ``start``, then ``tick`` (or ``run``), then ``drain``."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.members: dict[str, _Member] = {}
+        self.replaced_total = 0
+        self.dead_members: list[str] = []
+        self._names = itertools.count()
+        self._own_ray = False
+        self._probe: LagProbe | None = None
+        self._last_consumed_by_member: dict[str, tuple[float, int]] = {}
+        self._retired_consumed = 0
+        self._due_spawns: list[float] = []
+        self._crash_streak = 0
+        self.last_view: DriverView | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, input_partitions: int = 4) -> None:
+        import ray
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if not ray.is_initialized():
+            init_ray(self.settings)
+            self._own_ray = True
+        topics = self.settings.topics
+        created = ensure_topics(
+            self.settings.kafka, {topics.input: input_partitions, topics.output: input_partitions, topics.dlq: 1}
+        )
+        if created:
+            log.info("created topics", topics=created)
+        self._probe = LagProbe(self.settings.kafka, topics.input, topics.group_id)
+        log.info("driver starting", settings=self.settings.to_log_fields(), cluster=_cluster_resources())
+        for _ in range(self.settings.workers.count):
+            self._spawn()
+
+    def run(self, stop: threading.Event, until: Callable[[DriverView], bool] | None = None) -> DriverView:
+        """Tick every ``watch_interval_s`` until ``stop`` is set or ``until(view)`` is true."""
+        interval = self.settings.driver.watch_interval_s
+        last_logged = 0.0
+        while True:
+            view = self.tick()
+            if self.clock() - last_logged >= 10 * interval:
+                log.info("pipeline", **view.to_log_fields())
+                last_logged = self.clock()
+            if stop.is_set() or (until is not None and until(view)):
+                return view
+            stop.wait(interval)
+
+    def drain(self) -> None:
+        """Ask every actor to finish and commit its batch in hand and leave the group; then stop them."""
+        import ray
+
+        timeout = self.settings.driver.drain_timeout_s
+        refs = {m.name: m.handle.drain.remote(timeout) for m in self.members.values()}
+        ready, not_ready = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout + 5)
+        for name, ref in refs.items():
+            if ref in ready:
+                try:
+                    final = ray.get(ref)
+                    log.info("actor drained", actor=name, state=final["state"], consumed=final.get("consumed", 0))
+                except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
+                    log.warning("actor could not drain", actor=name, error=type(exc).__name__)
+            else:
+                log.warning("actor did not drain in time", actor=name, timeout_s=timeout)
+        for member in self.members.values():
+            ray.kill(member.handle, no_restart=True)
+        self.members.clear()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if self._own_ray:
+            ray.shutdown()
+
+    # -- one tick ----------------------------------------------------------------------------
+
+    def tick(self) -> DriverView:
+        now = self.clock()
+        for member in list(self.members.values()):
+            self._observe(member, now)
+        for member in list(self.members.values()):
+            if member.state == "running":
+                self._crash_streak = 0
+            elif member.state in ("failed", "dead", "unresponsive", "stopped"):
+                self._replace(member, now)
+        for due in [t for t in self._due_spawns if t <= now]:
+            self._due_spawns.remove(due)
+            self._spawn()
+        lag = self._measure_lag()
+        actors = tuple(
+            ActorView(
+                name=m.name,
+                state=m.state,
+                consumed=m.last.get("consumed", 0),
+                classified=m.last.get("classified", 0),
+                dead_lettered=m.last.get("dead_lettered", 0),
+                rate_per_s=m.rate_per_s,
+                device=m.last.get("device", "unknown"),
+                error=m.last.get("error"),
+            )
+            for m in self.members.values()
+        )
+        view = DriverView(
+            at=now,
+            actors=actors,
+            lag=lag,
+            replaced_total=self.replaced_total,
+            consumed_total=self._retired_consumed + sum(a.consumed for a in actors),
+            rate_per_s=sum(a.rate_per_s for a in actors),
+        )
+        self.last_view = view
+        return view
+
+    def _measure_lag(self) -> GroupLag:
+        from kafka.errors import KafkaError
+
+        previous = self.last_view.lag if self.last_view is not None else GroupLag()
+        if self._probe is None:
+            return previous
+        try:
+            return self._probe.measure()
+        except KafkaError as exc:
+            # e.g. no group coordinator yet right after the broker started: keep the last view.
+            log.debug("lag not measured this tick", error=type(exc).__name__)
+            return previous
+
+    def _observe(self, member: _Member, now: float) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        if member.pending_ref is None:
+            member.pending_ref = member.handle.stats.remote()
+        ready, _ = ray.wait([member.pending_ref], timeout=0.05)
+        if not ready:
+            # A member that never answered is still being scheduled or loading its model.
+            waited_since = member.last_answer_at if member.last_answer_at is not None else member.spawned_at
+            grace = self.settings.driver.health_timeout_s * (1 if member.last_answer_at is not None else 4)
+            if now - waited_since > grace:
+                member.state = "unresponsive"
+            return
+        ref, member.pending_ref = member.pending_ref, None
+        try:
+            stats = ray.get(ref, timeout=1.0)
+        except (RayActorError, GetTimeoutError) as exc:
+            member.state = "dead"
+            member.last = {**member.last, "error": type(exc).__name__}
+            return
+        previous = self._last_consumed_by_member.get(member.name)
+        if previous is not None and now > previous[0]:
+            member.rate_per_s = (stats.get("consumed", 0) - previous[1]) / (now - previous[0])
+        self._last_consumed_by_member[member.name] = (now, stats.get("consumed", 0))
+        member.last = stats
+        member.last_answer_at = now
+        member.state = stats["state"]
+
+    def _spawn(self) -> _Member:
+        import ray
+
+        from workers.actor import ClassifierActor
+
+        name = f"classifier-{next(self._names)}"
+        workers = self.settings.workers
+        options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
+        if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
+            options["num_gpus"] = workers.gpu_fraction
+        handle = ray.remote(ClassifierActor).options(**options).remote(self.settings, name)
+        handle.start.remote()
+        member = _Member(name=name, handle=handle, spawned_at=self.clock())
+        self.members[name] = member
+        log.info("actor spawned", actor=name, resources={k: v for k, v in options.items() if k.startswith("num_")})
+        return member
+
+    def _replace(self, member: _Member, now: float) -> None:
+        import ray
+
+        # An actor that dies before it ever ran (bad settings, model won't load, broker unreachable)
+        # would die again at once: back off exponentially instead of crash-looping.
+        if member.last_answer_at is None or member.last.get("consumed", 0) == 0:
+            self._crash_streak += 1
+        delay = 0.0 if self._crash_streak <= 1 else min(_MAX_RESTART_DELAY_S, 2.0 ** (self._crash_streak - 1))
+        log.warning(
+            "replacing actor",
+            actor=member.name,
+            state=member.state,
+            error=member.last.get("error"),
+            restart_in_s=delay,
+        )
+        self._retired_consumed += member.last.get("consumed", 0)
+        try:
+            ray.kill(member.handle, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 - it may already be gone
+            log.debug("kill failed", actor=member.name, error=type(exc).__name__)
+        del self.members[member.name]
+        self.dead_members.append(member.name)
+        self.replaced_total += 1
+        self._due_spawns.append(now + delay)
+
+    # -- introspection for tests and the CLI ------------------------------------------------
+
+    def actor_pids(self) -> dict[str, int]:
+        import ray
+
+        return {name: ray.get(m.handle.pid.remote(), timeout=30) for name, m in self.members.items()}
+
+
+def init_ray(settings: Settings) -> None:
+    """Connect to ``driver.ray_address`` or start a local Ray bound to loopback."""
+    import logging
+
+    import ray
+
+    driver = settings.driver
+    if driver.ray_address:
+        ray.init(address=driver.ray_address, logging_level=logging.WARNING)
+        return
+    ray.init(
+        num_cpus=driver.ray_num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        object_store_memory=driver.ray_object_store_bytes,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())

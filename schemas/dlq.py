@@ -1,0 +1,22 @@
+"""Header names on dead-letter records.
+
+A dead-letter record carries the original key, value and headers byte for byte, plus these
+headers saying where it came from and what was wrong with it. Values are UTF-8 text.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class DlqHeader(str, Enum):
+    SOURCE_TOPIC = "clstream.source.topic"
+    SOURCE_PARTITION = "clstream.source.partition"
+    SOURCE_OFFSET = "clstream.source.offset"
+    #: A short machine-readable class, e.g. ``InvalidJson``, ``SchemaMismatch``, ``NonUtf8``.
+    ERROR_CLASS = "clstream.error.class"
+    #: A human-readable sentence saying what was wrong (never the payload itself).
+    ERROR_MESSAGE = "clstream.error.message"
+    #: Where it failed: ``decode`` or ``classify``.
+    ERROR_STAGE = "clstream.error.stage"
+    FAILED_AT = "clstream.failed_at"

@@ -1,0 +1,227 @@
+"""One frozen settings tree for the driver and the actors.
+
+Sources, highest priority first: explicit overrides (CLI flags), ``CLSTREAM_*`` environment
+variables (nested with ``__``, e.g. ``CLSTREAM_KAFKA__BOOTSTRAP_SERVERS``), a TOML file, defaults.
+Secrets are ``SecretStr``: ``to_log_fields()`` is the only view that is ever logged.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+Pooling = Literal["cls", "mean", "last4", "pooler"]
+
+
+class KafkaSettings(BaseModel):
+    """Connection settings passed through to kafka-python's clients."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    client_id: str = "clstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
+        if not servers:
+            raise ValueError("at least one bootstrap server is needed, e.g. 127.0.0.1:9092")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"bootstrap server {server!r} is not host:port (e.g. 127.0.0.1:9092)")
+        return servers
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        return self
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments common to KafkaConsumer, KafkaProducer and KafkaAdminClient."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_username
+            config["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None:
+                config[name] = str(path)
+        if self.ssl_password is not None:
+            config["ssl_password"] = self.ssl_password.get_secret_value()
+        return config
+
+
+class TopicSettings(BaseModel):
+    model_config = _FROZEN
+
+    input: str = "tweets"
+    output: str = "tweets.labeled"
+    dlq: str = "tweets.dlq"
+    group_id: str = "clstream"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TopicSettings:
+        if len({self.input, self.output, self.dlq}) != 3:
+            raise ValueError("input, output and dlq topics must be three different topics")
+        for name in (self.input, self.output, self.dlq):
+            if not name or len(name) > 249 or not all(c.isalnum() or c in "._-" for c in name):
+                raise ValueError(f"topic name {name!r} is not a valid Kafka topic name ([a-zA-Z0-9._-], 1-249)")
+        return self
+
+
+class ModelSettings(BaseModel):
+    model_config = _FROZEN
+
+    #: A local Hugging Face encoder directory (safetensors weights). None: the embedded default.
+    encoder: Path | None = None
+    #: A head directory (``head.safetensors`` + ``head.json``). None: the head shipped with clstream.
+    head: Path | None = None
+    pooling: Pooling = "cls"
+    #: Tweets are short; this bounds the cost of the rare very long record.
+    max_length: int = Field(default=128, ge=8, le=512)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("encoder", "head")
+    @classmethod
+    def _exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_dir():
+            raise ValueError(f"{path} is not a directory")
+        return path
+
+
+class WorkerSettings(BaseModel):
+    model_config = _FROZEN
+
+    #: Number of classifier actors. More than the input partitions leaves some idle.
+    count: int = Field(default=2, ge=1, le=1024)
+    #: Records taken from Kafka per poll (kafka-python's max_poll_records).
+    max_batch_records: int = Field(default=256, ge=1, le=10_000)
+    #: Records handed to the encoder in one forward pass.
+    inference_batch_size: int = Field(default=64, ge=1, le=4096)
+    poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
+    #: How long to wait for the output and DLQ records of a batch to be acknowledged.
+    produce_timeout_s: float = Field(default=30.0, gt=0)
+    #: GPU share per actor when the cluster has GPUs (0.5 packs two actors per GPU).
+    gpu_fraction: float = Field(default=1.0, gt=0, le=1)
+    #: CPUs reserved per actor; also the actor's torch thread count when on CPU.
+    cpus: float = Field(default=1.0, gt=0, le=256)
+    session_timeout_ms: int = Field(default=30_000, ge=6_000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+
+
+class DriverSettings(BaseModel):
+    model_config = _FROZEN
+
+    #: How often the driver checks actor health, throughput and lag.
+    watch_interval_s: float = Field(default=2.0, gt=0)
+    #: An actor that does not answer a health check within this time is replaced.
+    health_timeout_s: float = Field(default=30.0, gt=0)
+    #: Time allowed for actors to drain (finish, produce, commit) after SIGINT/SIGTERM.
+    drain_timeout_s: float = Field(default=25.0, gt=0)
+    #: Ray cluster address; None starts a local Ray bound to 127.0.0.1.
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(default=None, ge=1)
+    ray_object_store_bytes: int = Field(default=128 * 1024**2, ge=78 * 1024**2)
+
+
+class LogSettings(BaseModel):
+    model_config = _FROZEN
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: auto: JSON when stderr is not a TTY, coloured console otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CLSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        toml_file=None,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    model: ModelSettings = ModelSettings()
+    workers: WorkerSettings = WorkerSettings()
+    driver: DriverSettings = DriverSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+        """Build the settings from flags (``overrides``, nested dicts), env, a TOML file and defaults."""
+        _TomlFileSource.path = config_file
+        try:
+            return cls(**(overrides or {}))
+        finally:
+            _TomlFileSource.path = None
+
+    def to_log_fields(self) -> dict[str, Any]:
+        """The settings as logged once at start: secrets masked by SecretStr."""
+        return self.model_dump(mode="json")
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    path: Path | None = None
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        raise NotImplementedError  # __call__ below returns the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            with open(self.path, "rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ValueError(f"config file {self.path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {self.path} is not valid TOML: {exc}") from exc

@@ -1,0 +1,118 @@
+"""``ClassifierActor``: a ``ClassifierLoop`` on a background thread, with a small control surface.
+
+A plain class; the driver turns it into a Ray actor with ``ray.remote(...)`` and pins it to a GPU
+(or CPUs). Its methods return at once: ``start`` loads the model and joins the group on the
+loop thread, ``stats`` reports health, ``drain`` finishes the batch in hand, commits and leaves.
+
+States: starting -> running -> draining -> stopped, or failed (with ``error``) from any of them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from typing import Any
+
+import structlog
+
+from schemas.settings import Settings
+from workers.logs import configure_logging
+
+log = structlog.get_logger("clstream.actor")
+
+
+class ClassifierActor:
+    def __init__(self, settings: Settings, name: str) -> None:
+        configure_logging(settings.log.level, settings.log.format)
+        self.settings = settings
+        self.name = name
+        self.state = "starting"
+        self.error: str | None = None
+        self.device = "unknown"
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._loop: Any = None
+        self._thread = threading.Thread(target=self._main, name=f"clstream-{name}", daemon=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        return self.name
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def stats(self) -> dict[str, Any]:
+        """Health and counters; cheap, safe to call while the loop runs."""
+        loop = self._loop
+        snapshot = loop.stats.snapshot() if loop is not None else {}
+        classifier = getattr(loop, "classifier", None)
+        real, padded = getattr(classifier, "real_tokens", 0), getattr(classifier, "padded_tokens", 0)
+        return {
+            "name": self.name,
+            "state": self.state,
+            "error": self.error,
+            "device": self.device,
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self.started_at,
+            "padding_efficiency": (real / padded) if padded else None,
+            **snapshot,
+        }
+
+    def drain(self, timeout_s: float = 25.0) -> dict[str, Any]:
+        """Stop polling, finish and commit the batch in hand, leave the group. Blocks up to ``timeout_s``."""
+        if self.state in ("starting", "running"):
+            self.state = "draining"
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        return self.stats()
+
+    def _main(self) -> None:
+        structlog.contextvars.bind_contextvars(actor=self.name)
+        try:
+            self._loop = self._build()
+            self.state = "running" if not self._stop.is_set() else "draining"
+            log.info("actor running", device=self.device)
+            self._loop.run(self._stop)
+            self.state = "stopped"
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces the actor
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+            log.error("actor failed", error=self.error, traceback=traceback.format_exc(limit=8))
+        finally:
+            self._close()
+
+    def _build(self) -> Any:
+        import torch
+
+        from workers.kafka_io import KafkaSink, KafkaSource
+        from workers.loop import ClassifierLoop
+        from workers.model import BertClassifier
+
+        model = self.settings.model
+        if model.device != "cuda" and not torch.cuda.is_available():
+            # One torch thread per reserved CPU: more only fights the other actors for cores.
+            torch.set_num_threads(max(1, int(self.settings.workers.cpus)))
+        classifier = BertClassifier.load(
+            encoder_dir=model.encoder,
+            head_dir=model.head,
+            pooling=model.pooling,
+            max_length=model.max_length,
+            device=model.device,
+            batch_size=self.settings.workers.inference_batch_size,
+        )
+        self.device = str(classifier.encoder.device)
+        sink = KafkaSink(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
+        source = KafkaSource(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
+        return ClassifierLoop(source, sink, classifier, self.settings)
+
+    def _close(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        for closer in (loop.source.close, loop.sink.close):
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort; offsets are already committed
+                log.warning("close failed", error=f"{type(exc).__name__}: {exc}")

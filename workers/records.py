@@ -1,0 +1,30 @@
+"""Transport-neutral record types passed between the Kafka source/sink and the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as consumed: bytes exactly as they were on the input topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    timestamp_ms: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecord:
+    """One record to produce, to the output topic or the dead-letter topic."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)

@@ -1,0 +1,142 @@
+"""Test doubles shipped with the package, so a loop test needs no broker, no Ray and no download.
+
+``InMemorySource``/``InMemorySink`` honour the ``Source``/``Sink`` contracts; ``KeywordClassifier``
+is a deterministic ``Classifier``; ``save_tiny_bert`` writes a small randomly initialised BERT
+(built from a config, safetensors) for delivery tests that exercise the real model code path fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from schemas.errors import DeliveryError
+from schemas.records import Label
+from workers.kafka_io import Partition
+from workers.records import OutboundRecord, RawRecord
+
+LABELS = tuple(label.value for label in Label)
+
+
+class InMemorySource:
+    """Serves ``records`` (grouped by partition, in offset order) like a single-member consumer."""
+
+    def __init__(self, records: Sequence[RawRecord]) -> None:
+        self._records = sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+        self.position: dict[Partition, int] = {}
+        self.commits: list[dict[Partition, int]] = []
+        self.closed = False
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        batch = [r for r in self._records if r.offset >= self.position.get((r.topic, r.partition), 0)][:max_records]
+        for r in batch:
+            self.position[(r.topic, r.partition)] = r.offset + 1
+        return batch
+
+    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+        self.commits.append(dict(next_offsets))
+
+    def seek(self, offsets: Mapping[Partition, int]) -> None:
+        self.position.update(offsets)
+
+    def committed(self) -> dict[Partition, int]:
+        merged: dict[Partition, int] = {}
+        for commit in self.commits:
+            merged.update(commit)
+        return merged
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class InMemorySink:
+    """Keeps delivered records in ``delivered``; ``fail_next`` makes that many deliveries fail."""
+
+    def __init__(self) -> None:
+        self.delivered: list[OutboundRecord] = []
+        self.fail_next = 0
+        self.closed = False
+
+    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise DeliveryError(f"injected failure: {len(records)} records not acknowledged")
+        self.delivered.extend(records)
+
+    def on(self, topic: str) -> list[OutboundRecord]:
+        return [r for r in self.delivered if r.topic == topic]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class KeywordClassifier:
+    """POSITIVE if the text says 'good', NEGATIVE if 'bad', else NEUTRAL; raises on ``poison``."""
+
+    model_id = "keyword-test-double"
+    pooling = "cls"
+    labels = LABELS
+
+    def __init__(self, poison: str | None = None) -> None:
+        self.poison = poison
+        self.calls: list[int] = []
+
+    def classify(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        if self.poison is not None and any(self.poison in t for t in texts):
+            raise RuntimeError("simulated model failure")
+        probs = np.full((len(texts), 3), 0.1, dtype=np.float32)
+        for row, text in enumerate(texts):
+            best = 0 if "good" in text else 1 if "bad" in text else 2
+            probs[row, best] = 0.8
+        return probs
+
+
+def save_tiny_bert(directory: Path, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Write a randomly initialised BERT (safetensors) with the default encoder's tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from workers.model import default_encoder_path
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    source = default_encoder_path()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, directory / name)
+    return directory
+
+
+def save_random_head(directory: Path, encoder_dir: Path, pooling: str = "cls", seed: int = 0) -> Path:
+    """A randomly initialised head for ``encoder_dir`` (for delivery tests, not for accuracy)."""
+    import torch
+    from transformers import AutoConfig
+
+    from workers.head import HeadMetadata, SoftmaxHead, save_head
+    from workers.model import weights_sha256
+
+    torch.manual_seed(seed)
+    hidden = int(AutoConfig.from_pretrained(str(encoder_dir), local_files_only=True).hidden_size)
+    meta = HeadMetadata(
+        labels=LABELS,
+        pooling=pooling,
+        hidden_size=hidden,
+        encoder_id=encoder_dir.name,
+        encoder_sha256=weights_sha256(encoder_dir),
+        trained_on={"note": "random initialisation, for delivery tests only"},
+    )
+    save_head(SoftmaxHead(hidden, LABELS), directory, meta)
+    return directory
