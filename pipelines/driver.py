@@ -295,6 +295,13 @@ def init_ray(settings: Settings) -> None:
     if driver.ray_address:
         ray.init(address=driver.ray_address, logging_level=logging.WARNING)
         return
+    # Ray resolves 127.0.0.1 to the machine's routable address unless it believes it runs on a
+    # single-node-only platform. This switch keeps every Ray port of a local run on loopback: the
+    # env var for Ray's child processes, the constant for this one (read when ray was imported).
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
         num_cpus=driver.ray_num_cpus or os.cpu_count() or 1,
         include_dashboard=False,

@@ -1,0 +1,58 @@
+# clstream — every target sets up what it needs (venv, packages, broker jars) by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# uv installs from its cache by hard links: a fresh clone's venv (torch included) takes seconds.
+UV := $(BIN)/uv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-unit check fmt lint types broker-start broker-stop clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(UV): $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+
+$(STAMP): pyproject.toml | $(UV)
+	$(UV) pip install --python $(BIN)/python -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create .venv and install clstream with its dev tools
+
+demo: venv ## start a local Kafka broker and stream real tweets through the classifier
+	$(BIN)/clstream demo
+
+test: venv ## every test: unit and integration (real local Kafka broker + real local Ray)
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: venv ## unit tests only (no broker, no Ray)
+	$(BIN)/python -m pytest -ra -m "not integration" $(PYTEST_ARGS)
+
+check: fmt lint types test-unit ## format check, lint, types, unit tests
+
+fmt: venv
+	$(BIN)/ruff format --check schemas workers pipelines tests
+
+lint: venv
+	$(BIN)/ruff check schemas workers pipelines tests
+
+types: venv
+	$(BIN)/mypy
+
+broker-start: venv ## start the local broker on 127.0.0.1:9092
+	$(BIN)/clstream broker start
+
+broker-stop: venv ## stop the local broker
+	$(BIN)/clstream broker stop
+
+clean: ## remove the venv and caches (not the broker jars or pip/uv caches)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

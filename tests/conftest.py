@@ -1,0 +1,75 @@
+"""Shared fixtures. Integration fixtures start a real single-node Kafka broker and a real local Ray
+once per session; topics are uuid-named per test so tests never see each other's records."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: Not 9092: the test broker must never touch a developer's own broker or its data.
+TEST_BROKER_PORT = int(os.environ.get("CLSTREAM_TEST_BROKER_PORT", "39092"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A real Apache Kafka broker (KRaft) on 127.0.0.1; stopped at the end if this session started it."""
+    from pipelines.broker import LocalBroker
+
+    local = LocalBroker(TEST_BROKER_PORT)
+    was_running = local.is_running()
+    bootstrap = local.start()
+    yield bootstrap
+    if not was_running:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray with 2 CPUs bound to loopback, shared by the session's integration tests."""
+    import ray
+
+    from pipelines.driver import init_ray
+    from schemas.settings import Settings
+
+    init_ray(Settings.load(overrides={"driver": {"ray_num_cpus": 2}}))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small randomly initialised BERT and head: the real model code path, fast on 2 cores."""
+    from workers.testing import save_random_head, save_tiny_bert
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    encoder = save_tiny_bert(root / "encoder")
+    return encoder, save_random_head(root / "head", encoder)
+
+
+@pytest.fixture
+def topic_names() -> Callable[[], dict[str, str]]:
+    """Fresh topic and group names for one pipeline."""
+
+    def make() -> dict[str, str]:
+        suffix = uuid.uuid4().hex[:10]
+        return {
+            "input": f"test-in-{suffix}",
+            "output": f"test-out-{suffix}",
+            "dlq": f"test-dlq-{suffix}",
+            "group_id": f"test-group-{suffix}",
+        }
+
+    return make

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from schemas.errors import ModelLoadError, UnsafeCheckpointError
+from workers.head import load_head
+from workers.model import BertClassifier, BertEncoder
+
+
+def test_pickle_only_encoder_directory_is_refused(tmp_path: Path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(UnsafeCheckpointError, match="safetensors only"):
+        BertEncoder(tmp_path)
+
+
+def test_pickle_head_is_refused(tmp_path: Path):
+    (tmp_path / "head.pt").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="pickle files are refused"):
+        load_head(tmp_path)
+
+
+def test_classifier_gives_probabilities_in_input_order(tiny_model):
+    encoder_dir, head_dir = tiny_model
+    classifier = BertClassifier.load(encoder_dir, head_dir, device="cpu", batch_size=2)
+    texts = ["short", "a much longer tweet with many more words in it", "mid length text", "x"]
+    probs = classifier.classify(texts)
+    assert probs.shape == (4, 3) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # Length-sorted batching must not reorder results.
+    one_by_one = np.concatenate([classifier.classify([t]) for t in texts])
+    assert np.allclose(probs, one_by_one, atol=1e-5)
+    assert classifier.padded_tokens >= classifier.real_tokens > 0
+
+
+def test_cls_vector_is_the_final_hidden_state_at_position_zero(tiny_model):
+    encoder_dir, _ = tiny_model
+    encoder = BertEncoder(encoder_dir, "cls", device="cpu")
+    batch = encoder.tokenizer(["hello world"], return_tensors="pt")
+    with torch.inference_mode():
+        expected = encoder.model(**batch).last_hidden_state[:, 0]
+    assert torch.allclose(encoder.encode(["hello world"]).vectors, expected, atol=1e-6)
+
+
+def test_head_trained_for_another_pooling_is_refused(tiny_model):
+    encoder_dir, head_dir = tiny_model
+    with pytest.raises(ModelLoadError, match="trained for 'cls' pooling, not 'mean'"):
+        BertClassifier.load(encoder_dir, head_dir, pooling="mean", device="cpu")
