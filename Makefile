@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-unit check fmt lint types broker-start broker-stop clean
+.PHONY: kcat help venv demo test test-unit check fmt lint types broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ venv: $(STAMP) ## create .venv and install clstream with its dev tools
 demo: venv ## start a local Kafka broker and stream real tweets through the classifier
 	$(BIN)/clstream demo
 
-test: venv ## every test: unit and integration (real local Kafka broker + real local Ray)
+test: venv kcat ## every test: unit and integration (real local Kafka broker + real local Ray)
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 test-unit: venv ## unit tests only (no broker, no Ray)
@@ -47,6 +47,10 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy
+
+kcat: ## the integration tests use kcat as an independent Kafka client
+	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
+	  || { echo "kcat is missing and could not be installed (Debian package kcat)"; exit 1; }
 
 broker-start: venv ## start the local broker on 127.0.0.1:9092
 	$(BIN)/clstream broker start

@@ -118,7 +118,11 @@ class LocalBroker:
         config = self._render_config()
         data = self.state_dir / "data"
         if not (data / "meta.properties").exists():
-            self._java(jars, ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)], check=True)
+            self._java(
+                jars,
+                ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                check=True,
+            )
         log_dir = self.log_file.parent
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "stdout.log", "ab") as out:
@@ -132,7 +136,9 @@ class LocalBroker:
                 return self.bootstrap
             time.sleep(0.25)
         self.stop()
-        raise BrokerError(f"the broker did not accept connections on {self.bootstrap} within {timeout_s:.0f}s")
+        raise BrokerError(
+            f"the broker did not accept connections on {self.bootstrap} within {timeout_s:.0f}s"
+        )
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``). Returns whether one was running."""
@@ -167,7 +173,9 @@ class LocalBroker:
         path.write_text(rendered)
         return path
 
-    def _java(self, jars: Path, args: list[str], check: bool = False, stdout=None, log_dir: Path | None = None):
+    def _java(
+        self, jars: Path, args: list[str], check: bool = False, stdout=None, log_dir: Path | None = None
+    ):
         log_dir = log_dir or self.state_dir
         cmd = [
             "java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -178,10 +186,14 @@ class LocalBroker:
         if check:
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
-                raise BrokerError(f"`{' '.join(args[:2])}` failed: {(result.stdout + result.stderr).strip()[-800:]}")
+                raise BrokerError(
+                    f"`{' '.join(args[:2])}` failed: {(result.stdout + result.stderr).strip()[-800:]}"
+                )
             return result
         # A new session: Ctrl-C in the terminal that started it must not kill the broker.
-        return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def _serves_metadata(self) -> bool:
         from kafka import KafkaAdminClient

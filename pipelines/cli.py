@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from pipelines import train_head
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -36,7 +37,9 @@ _SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) -> None:
-    parser.add_argument("--config", type=Path, help="TOML settings file (flags > CLSTREAM_* env > file > defaults)")
+    parser.add_argument(
+        "--config", type=Path, help="TOML settings file (flags > CLSTREAM_* env > file > defaults)"
+    )
     parser.add_argument("--bootstrap-servers", help="comma-separated host:port list")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     if not pipeline:
@@ -77,7 +80,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print("broker stopped" if broker.stop() else "no broker was running")
     else:
         running = broker.is_running()
-        print(json.dumps({"bootstrap": broker.bootstrap, "running": running, "pid": broker.pid(), "log": str(broker.log_file)}))
+        print(
+            json.dumps(
+                {
+                    "bootstrap": broker.bootstrap,
+                    "running": running,
+                    "pid": broker.pid(),
+                    "log": str(broker.log_file),
+                }
+            )
+        )
         return 0 if running else 3
     return 0
 
@@ -88,10 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
     stop = threading.Event()
-    _stop_on_signals(stop)
     driver = Driver(settings)
     try:
         driver.start(input_partitions=args.partitions)
+        # After ray.init, which installs handlers of its own that would exit without draining.
+        _stop_on_signals(stop)
         driver.run(stop)
     finally:
         log.info("draining")
@@ -111,7 +124,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
-    pairs = values_from_file(args.file, text_column=args.text_column, id_column=args.id_column, encoding=args.encoding)
+    pairs = values_from_file(
+        args.file, text_column=args.text_column, id_column=args.id_column, encoding=args.encoding
+    )
     sent = produce_values(settings.kafka, args.topic or settings.topics.input, pairs, limit=args.limit)
     print(f"produced {sent} records to {args.topic or settings.topics.input}")
     return 0
@@ -123,9 +138,18 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
     for partition, offset, key, value, headers in read_topic(
-        settings.kafka, args.topic, idle_timeout_s=args.idle_timeout, max_records=args.max, from_end=args.from_end
+        settings.kafka,
+        args.topic,
+        idle_timeout_s=args.idle_timeout,
+        max_records=args.max,
+        from_end=args.from_end,
     ):
-        record: dict[str, Any] = {"partition": partition, "offset": offset, "key": _text(key), "value": _value(value)}
+        record: dict[str, Any] = {
+            "partition": partition,
+            "offset": offset,
+            "key": _text(key),
+            "value": _value(value),
+        }
         if headers:
             record["headers"] = {name: _text(raw) for name, raw in headers}
         print(json.dumps(record, ensure_ascii=False), flush=True)
@@ -171,10 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--partitions", type=int, default=4, help="partitions for topics this command creates")
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="start a local broker, stream real tweets through the pipeline, show results")
+    demo = sub.add_parser(
+        "demo", help="start a local broker, stream real tweets through the pipeline, show results"
+    )
     _add_settings_flags(demo)
     demo.add_argument("--tweets", type=int, default=400, help="how many real tweets to stream")
-    demo.add_argument("--port", type=int, default=9092, help="local broker port (when no --bootstrap-servers)")
+    demo.add_argument(
+        "--port", type=int, default=9092, help="local broker port (when no --bootstrap-servers)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     produce = sub.add_parser("produce", help="send a JSONL or CSV file's records to a topic")
@@ -191,16 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(tail, pipeline=False)
     tail.add_argument("topic")
     tail.add_argument("--max", type=int, help="stop after this many records")
-    tail.add_argument("--idle-timeout", type=float, default=5.0, help="stop after this many seconds with no record")
+    tail.add_argument(
+        "--idle-timeout", type=float, default=5.0, help="stop after this many seconds with no record"
+    )
     tail.add_argument("--from-end", action="store_true", help="only records produced from now on")
     tail.set_defaults(func=cmd_tail)
 
-    try:
-        from pipelines import train_head
-
-        train_head.register(sub)
-    except ImportError:  # pragma: no cover - present in every release
-        pass
+    train_head.register(sub)
     return parser
 
 
@@ -219,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 def _validation_summary(exc: ValidationError) -> str:
     # Without the offending input: it could be a secret.
     return "\n".join(
-        f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False, include_url=False)
+        f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
     )
 
 

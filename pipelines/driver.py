@@ -107,7 +107,8 @@ class Driver:
             self._own_ray = True
         topics = self.settings.topics
         created = ensure_topics(
-            self.settings.kafka, {topics.input: input_partitions, topics.output: input_partitions, topics.dlq: 1}
+            self.settings.kafka,
+            {topics.input: input_partitions, topics.output: input_partitions, topics.dlq: 1},
         )
         if created:
             log.info("created topics", topics=created)
@@ -140,7 +141,9 @@ class Driver:
             if ref in ready:
                 try:
                     final = ray.get(ref)
-                    log.info("actor drained", actor=name, state=final["state"], consumed=final.get("consumed", 0))
+                    log.info(
+                        "actor drained", actor=name, state=final["state"], consumed=final.get("consumed", 0)
+                    )
                 except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
                     log.warning("actor could not drain", actor=name, error=type(exc).__name__)
             else:
@@ -245,11 +248,13 @@ class Driver:
         options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
         if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
             options["num_gpus"] = workers.gpu_fraction
-        handle = ray.remote(ClassifierActor).options(**options).remote(self.settings, name)
+        handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name)
         handle.start.remote()
         member = _Member(name=name, handle=handle, spawned_at=self.clock())
         self.members[name] = member
-        log.info("actor spawned", actor=name, resources={k: v for k, v in options.items() if k.startswith("num_")})
+        log.info(
+            "actor spawned", actor=name, resources={k: v for k, v in options.items() if k.startswith("num_")}
+        )
         return member
 
     def _replace(self, member: _Member, now: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -25,12 +26,13 @@ def ensure_topics(kafka: KafkaSettings, topics: dict[str, int], timeout_s: float
     admin = admin_client(kafka)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+        missing = [
+            NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing
+        ]
         if missing:
-            try:
+            # Created concurrently by another driver is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another driver: fine
         return [t.name for t in missing]
     finally:
         admin.close()
@@ -81,7 +83,9 @@ class LagProbe:
             end={tp.partition: off for tp, off in end.items()},
             # No commit yet means the group starts at the log start (auto_offset_reset=earliest).
             committed={
-                tp.partition: (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp])
+                tp.partition: (
+                    committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp]
+                )
                 for tp in tps
             },
         )

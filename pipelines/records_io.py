@@ -45,7 +45,9 @@ def values_from_file(
     raise ValueError(f"{path}: expected a .jsonl or .csv file")
 
 
-def produce_values(kafka: KafkaSettings, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], limit: int | None = None) -> int:
+def produce_values(
+    kafka: KafkaSettings, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], limit: int | None = None
+) -> int:
     """Send the pairs to ``topic`` and wait until all are acknowledged. Returns the count."""
     producer = KafkaProducer(**kafka.client_config(), acks="all", linger_ms=10)
     sent = 0
@@ -65,7 +67,11 @@ def produce_values(kafka: KafkaSettings, topic: str, pairs: Iterator[tuple[bytes
 
 
 def read_topic(
-    kafka: KafkaSettings, topic: str, idle_timeout_s: float = 5.0, max_records: int | None = None, from_end: bool = False
+    kafka: KafkaSettings,
+    topic: str,
+    idle_timeout_s: float = 5.0,
+    max_records: int | None = None,
+    from_end: bool = False,
 ) -> Iterator[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
     """(partition, offset, key, value, headers) from every partition of ``topic``, without a group.
 

@@ -1,11 +1,11 @@
 """clstream's exceptions. Every message says what was wrong and, where it can, what to do.
 
-    ClstreamError
-    ├── ModelLoadError          a model or head could not be loaded
-    │   └── UnsafeCheckpointError   pickle (.bin/.pt) weights refused; safetensors only
-    ├── BrokerError             the local Kafka broker could not be set up, started or reached
-    ├── DeliveryError           output/DLQ records were not acknowledged; the batch is not committed
-    └── ActorFailedError        a classifier actor stopped with an error (the driver replaces it)
+ClstreamError
+├── ModelLoadError          a model or head could not be loaded
+│   └── UnsafeCheckpointError   pickle (.bin/.pt) weights refused; safetensors only
+├── BrokerError             the local Kafka broker could not be set up, started or reached
+├── DeliveryError           output/DLQ records were not acknowledged; the batch is not committed
+└── ActorFailedError        a classifier actor stopped with an error (the driver replaces it)
 """
 
 from __future__ import annotations

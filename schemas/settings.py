@@ -7,10 +7,10 @@ Secrets are ``SecretStr``: ``to_log_fields()`` is the only view that is ever log
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -77,7 +77,9 @@ class KafkaSettings(BaseModel):
         if self.sasl_mechanism:
             config["sasl_mechanism"] = self.sasl_mechanism
             config["sasl_plain_username"] = self.sasl_username
-            config["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+            config["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path is not None:
@@ -101,7 +103,9 @@ class TopicSettings(BaseModel):
             raise ValueError("input, output and dlq topics must be three different topics")
         for name in (self.input, self.output, self.dlq):
             if not name or len(name) > 249 or not all(c.isalnum() or c in "._-" for c in name):
-                raise ValueError(f"topic name {name!r} is not a valid Kafka topic name ([a-zA-Z0-9._-], 1-249)")
+                raise ValueError(
+                    f"topic name {name!r} is not a valid Kafka topic name ([a-zA-Z0-9._-], 1-249)"
+                )
         return self
 
 

@@ -65,7 +65,10 @@ class ClassifierActor:
         if self.state in ("starting", "running"):
             self.state = "draining"
         self._stop.set()
-        self._thread.join(timeout=timeout_s)
+        if self._loop is not None:
+            self._thread.join(timeout=timeout_s)
+        # else: still loading the model; it has consumed and committed nothing, so there is
+        # nothing to finish, and the driver may stop the process at once.
         return self.stats()
 
     def _main(self) -> None:

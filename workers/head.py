@@ -22,6 +22,7 @@ from schemas.records import Label
 WEIGHTS_FILE = "head.safetensors"
 META_FILE = "head.json"
 DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / "default"
+LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,15 @@ class HeadMetadata:
     def __post_init__(self) -> None:
         unknown = set(self.labels) - {label.value for label in Label}
         if unknown or len(set(self.labels)) != len(self.labels):
-            raise ModelLoadError(f"head labels {self.labels} must be distinct members of {[x.value for x in Label]}")
+            raise ModelLoadError(
+                f"head labels {self.labels} must be distinct members of {[x.value for x in Label]}"
+            )
 
 
 class SoftmaxHead(nn.Module):
     """``softmax(W · x + b)`` over the head's labels."""
 
-    def __init__(self, hidden_size: int, labels: Sequence[str] = tuple(label.value for label in Label)) -> None:
+    def __init__(self, hidden_size: int, labels: Sequence[str] = LABELS) -> None:
         super().__init__()
         self.labels = tuple(labels)
         self.linear = nn.Linear(hidden_size, len(self.labels))
@@ -57,7 +60,10 @@ class SoftmaxHead(nn.Module):
 
 def save_head(head: SoftmaxHead, directory: Path, metadata: HeadMetadata) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {"weight": head.linear.weight.detach().cpu().contiguous(), "bias": head.linear.bias.detach().cpu().contiguous()}
+    tensors = {
+        "weight": head.linear.weight.detach().cpu().contiguous(),
+        "bias": head.linear.bias.detach().cpu().contiguous(),
+    }
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "clstream-head-v1"})
     (directory / META_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
 
@@ -66,8 +72,12 @@ def load_head(directory: Path) -> tuple[SoftmaxHead, HeadMetadata]:
     weights, meta = directory / WEIGHTS_FILE, directory / META_FILE
     if not weights.is_file() or not meta.is_file():
         pickles = sorted(p.name for p in directory.glob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
-        hint = f" (found {pickles}: pickle files are refused, save the head as safetensors)" if pickles else ""
-        raise ModelLoadError(f"{directory} is not a head directory: it needs {WEIGHTS_FILE} and {META_FILE}{hint}")
+        hint = (
+            f" (found {pickles}: pickle files are refused, save the head as safetensors)" if pickles else ""
+        )
+        raise ModelLoadError(
+            f"{directory} is not a head directory: it needs {WEIGHTS_FILE} and {META_FILE}{hint}"
+        )
     raw = json.loads(meta.read_text())
     metadata = HeadMetadata(**{**raw, "labels": tuple(raw["labels"])})
     tensors = load_file(str(weights))

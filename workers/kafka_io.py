@@ -130,7 +130,9 @@ class KafkaSink:
             ]
             self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:
-            raise DeliveryError(f"could not send {len(records)} records: {type(exc).__name__}: {exc}") from exc
+            raise DeliveryError(
+                f"could not send {len(records)} records: {type(exc).__name__}: {exc}"
+            ) from exc
         failures = _failures(futures)
         if failures:
             first = failures[0]

@@ -98,8 +98,8 @@ class ClassifierLoop:
     def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], int, int]:
         decoded = [decode_tweet(record) for record in records]
         valid = [i for i, d in enumerate(decoded) if isinstance(d, Tweet)]
-        outcomes: list[np.ndarray | Rejection | Tweet] = list(decoded)
         texts = [decoded[i].text for i in valid]  # type: ignore[union-attr]
+        outcomes: list[np.ndarray | Rejection | Tweet] = list(decoded)
         for i, outcome in zip(valid, self._classify_isolating(texts), strict=True):
             outcomes[i] = outcome
 
@@ -133,7 +133,7 @@ class ClassifierLoop:
             classified += 1
         return out, classified, len(records) - classified
 
-    def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection]:
+    def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
         """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone."""
         if not texts:
             return []
@@ -146,12 +146,19 @@ class ClassifierLoop:
             half = len(texts) // 2
             return self._classify_isolating(texts[:half]) + self._classify_isolating(texts[half:])
 
-    def _retry_later(self, records: Sequence[RawRecord], exc: DeliveryError, stop: threading.Event | None) -> None:
+    def _retry_later(
+        self, records: Sequence[RawRecord], exc: DeliveryError, stop: threading.Event | None
+    ) -> None:
         self.stats.delivery_failures += 1
         self.stats.last_error = str(exc)
         self.source.seek(_first_offsets(records))
         self._backoff_s = min(_MAX_BACKOFF_S, max(0.1, self._backoff_s * 2))
-        log.warning("batch not delivered; will retry it", records=len(records), backoff_s=self._backoff_s, error=str(exc))
+        log.warning(
+            "batch not delivered; will retry it",
+            records=len(records),
+            backoff_s=self._backoff_s,
+            error=str(exc),
+        )
         if stop is not None:
             stop.wait(self._backoff_s)
         else:

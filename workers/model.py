@@ -90,7 +90,9 @@ class Encoded:
 class BertEncoder:
     """Tokenizer + encoder + pooling. Batches are sorted by length so padding stays small."""
 
-    def __init__(self, directory: Path, pooling: str = "cls", max_length: int = 128, device: str = "auto") -> None:
+    def __init__(
+        self, directory: Path, pooling: str = "cls", max_length: int = 128, device: str = "auto"
+    ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,7 +104,9 @@ class BertEncoder:
         self.max_length = max_length
         self.device = resolve_device(device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(directory), local_files_only=True, trust_remote_code=False
+            )
             self.model = AutoModel.from_pretrained(
                 str(directory), local_files_only=True, use_safetensors=True, trust_remote_code=False
             )
@@ -120,7 +124,11 @@ class BertEncoder:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = self.tokenizer(
-                [texts[i] for i in chunk], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             )
             mask = batch["attention_mask"]
             real += int(mask.sum())

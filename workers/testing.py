@@ -31,7 +31,9 @@ class InMemorySource:
         self.closed = False
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
-        batch = [r for r in self._records if r.offset >= self.position.get((r.topic, r.partition), 0)][:max_records]
+        batch = [r for r in self._records if r.offset >= self.position.get((r.topic, r.partition), 0)][
+            :max_records
+        ]
         for r in batch:
             self.position[(r.topic, r.partition)] = r.offset + 1
         return batch

