@@ -164,6 +164,31 @@ class DriverSettings(BaseModel):
     ray_object_store_bytes: int = Field(default=128 * 1024**2, ge=78 * 1024**2)
 
 
+class AutoscaleSettings(BaseModel):
+    """Lag-aware autoscaling of the actor count (see ``pipelines/autoscaling.py``)."""
+
+    model_config = _FROZEN
+
+    #: Off: the driver keeps ``workers.count`` actors. On: between min and max, from lag and rates.
+    enabled: bool = False
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int = Field(default=8, ge=1)
+    #: A backlog should be gone within this time; lag / catch_up_s is the extra rate asked for.
+    catch_up_s: float = Field(default=60.0, gt=0)
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    downscale_headroom: float = Field(default=0.25, ge=0, lt=1)
+    smoothing: float = Field(default=0.3, gt=0, le=1)
+    #: Per-actor records/s assumed until an actor has been measured.
+    initial_actor_rate: float = Field(default=100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscaleSettings:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) must not exceed max_actors ({self.max_actors})")
+        return self
+
+
 class LogSettings(BaseModel):
     model_config = _FROZEN
 
@@ -186,6 +211,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     workers: WorkerSettings = WorkerSettings()
     driver: DriverSettings = DriverSettings()
+    autoscale: AutoscaleSettings = AutoscaleSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
