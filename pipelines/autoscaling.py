@@ -111,7 +111,7 @@ def decide_actor_count(
     context: ScalingContext, state: ScalingState, config: ScalingConfig
 ) -> tuple[ScalingDecision, ScalingState]:
     state = _smooth(context, state, config)
-    assert state.ingest_rate is not None and state.actor_rate is not None
+    ingest_rate, actor_rate = state.ingest_rate or 0.0, state.actor_rate or config.initial_actor_rate
     demand = _demand(context, state, config)
     wanted = _apply_hysteresis(context.current, demand, config)
     target, limited_by = _apply_bounds(wanted, context, config)
@@ -119,8 +119,8 @@ def decide_actor_count(
     inputs = {
         "lag": context.total_lag,
         "partitions": context.partitions,
-        "ingest_rate": round(state.ingest_rate, 2),
-        "actor_rate": round(state.actor_rate, 2),
+        "ingest_rate": round(ingest_rate, 2),
+        "actor_rate": round(actor_rate, 2),
         "demand_actors": round(demand, 3),
         "capacity": context.capacity,
     }

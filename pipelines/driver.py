@@ -17,6 +17,13 @@ from typing import Any
 
 import structlog
 
+from pipelines.autoscaling import (
+    ScalingConfig,
+    ScalingContext,
+    ScalingDecision,
+    ScalingState,
+    decide_actor_count,
+)
 from pipelines.kafka_admin import GroupLag, LagProbe, ensure_topics
 from schemas.settings import Settings
 
@@ -48,6 +55,8 @@ class DriverView:
     replaced_total: int
     consumed_total: int = 0
     rate_per_s: float = 0.0
+    retiring: int = 0
+    decision: ScalingDecision | None = None
 
     @property
     def running(self) -> int:
@@ -62,6 +71,7 @@ class DriverView:
             "consumed": self.consumed_total,
             "rate_per_s": round(self.rate_per_s, 1),
             "replaced": self.replaced_total,
+            "retiring": self.retiring,
         }
 
 
@@ -74,6 +84,8 @@ class _Member:
     last_answer_at: float | None = None
     last: dict[str, Any] = field(default_factory=dict)
     rate_per_s: float = 0.0
+    #: Records/s while busy (consumed / time spent processing) over the last tick; None if idle.
+    busy_rate_per_s: float | None = None
     state: str = "pending"
 
 
@@ -93,6 +105,11 @@ class Driver:
         self._retired_consumed = 0
         self._due_spawns: list[float] = []
         self._crash_streak = 0
+        self._retiring: dict[str, tuple[_Member, Any]] = {}
+        self._busy_by_member: dict[str, tuple[float, int]] = {}
+        self._scaling = ScalingState()
+        self._last_end: tuple[float, int] | None = None
+        self.decisions: list[ScalingDecision] = []
         self.last_view: DriverView | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -114,7 +131,8 @@ class Driver:
             log.info("created topics", topics=created)
         self._probe = LagProbe(self.settings.kafka, topics.input, topics.group_id)
         log.info("driver starting", settings=self.settings.to_log_fields(), cluster=_cluster_resources())
-        for _ in range(self.settings.workers.count):
+        autoscale = self.settings.autoscale
+        for _ in range(autoscale.min_actors if autoscale.enabled else self.settings.workers.count):
             self._spawn()
 
     def run(self, stop: threading.Event, until: Callable[[DriverView], bool] | None = None) -> DriverView:
@@ -136,6 +154,7 @@ class Driver:
 
         timeout = self.settings.driver.drain_timeout_s
         refs = {m.name: m.handle.drain.remote(timeout) for m in self.members.values()}
+        refs.update({name: ref for name, (_, ref) in self._retiring.items()})
         ready, not_ready = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout + 5)
         for name, ref in refs.items():
             if ref in ready:
@@ -148,9 +167,10 @@ class Driver:
                     log.warning("actor could not drain", actor=name, error=type(exc).__name__)
             else:
                 log.warning("actor did not drain in time", actor=name, timeout_s=timeout)
-        for member in self.members.values():
+        for member in [*self.members.values(), *(m for m, _ in self._retiring.values())]:
             ray.kill(member.handle, no_restart=True)
         self.members.clear()
+        self._retiring.clear()
         if self._probe is not None:
             self._probe.close()
             self._probe = None
@@ -172,6 +192,8 @@ class Driver:
             self._due_spawns.remove(due)
             self._spawn()
         lag = self._measure_lag()
+        self._collect_retired()
+        decision = self._autoscale(now, lag) if self.settings.autoscale.enabled else None
         actors = tuple(
             ActorView(
                 name=m.name,
@@ -192,6 +214,8 @@ class Driver:
             replaced_total=self.replaced_total,
             consumed_total=self._retired_consumed + sum(a.consumed for a in actors),
             rate_per_s=sum(a.rate_per_s for a in actors),
+            retiring=len(self._retiring),
+            decision=decision,
         )
         self.last_view = view
         return view
@@ -234,6 +258,14 @@ class Driver:
         if previous is not None and now > previous[0]:
             member.rate_per_s = (stats.get("consumed", 0) - previous[1]) / (now - previous[0])
         self._last_consumed_by_member[member.name] = (now, stats.get("consumed", 0))
+        busy, consumed = stats.get("busy_s", 0.0), stats.get("consumed", 0)
+        before = self._busy_by_member.get(member.name)
+        # Below a fifth of a second of work the ratio is mostly timer noise.
+        if before is not None and busy - before[0] >= 0.2:
+            member.busy_rate_per_s = (consumed - before[1]) / (busy - before[0])
+        else:
+            member.busy_rate_per_s = None
+        self._busy_by_member[member.name] = (busy, consumed)
         member.last = stats
         member.last_answer_at = now
         member.state = stats["state"]
@@ -282,6 +314,65 @@ class Driver:
         self.replaced_total += 1
         self._due_spawns.append(now + delay)
 
+    # -- scaling -----------------------------------------------------------------------------
+
+    def _autoscale(self, now: float, lag: GroupLag) -> ScalingDecision | None:
+        if not lag.end:
+            return None  # no partition metadata yet: nothing to decide from
+        ingest = 0.0
+        if self._last_end is not None and now > self._last_end[0]:
+            ingest = (lag.total_end - self._last_end[1]) / (now - self._last_end[0])
+        self._last_end = (now, lag.total_end)
+        context = ScalingContext(
+            now=now,
+            current=len(self.members) + len(self._due_spawns),
+            lag_by_partition=lag.by_partition,
+            ingest_rate=ingest,
+            busy_actor_rates=tuple(
+                m.busy_rate_per_s for m in self.members.values() if m.busy_rate_per_s is not None
+            ),
+            capacity=_actor_capacity(self.settings),
+        )
+        decision, self._scaling = decide_actor_count(context, self._scaling, _scaling_config(self.settings))
+        if decision.changes:
+            self.decisions.append(decision)
+            log.info("scaling decision", **decision.to_log_fields())
+            self._apply(decision)
+        return decision
+
+    def _apply(self, decision: ScalingDecision) -> None:
+        for _ in range(decision.desired - decision.current):
+            self._spawn()
+        # Retire the newest first: the oldest have warm models and settled partitions.
+        for member in sorted(self.members.values(), key=lambda m: m.spawned_at, reverse=True)[
+            : max(0, decision.current - decision.desired)
+        ]:
+            self._retire(member)
+
+    def _retire(self, member: _Member) -> None:
+        """Drain then stop one actor: it finishes and commits its batch and leaves the group."""
+        ref = member.handle.drain.remote(self.settings.driver.drain_timeout_s)
+        del self.members[member.name]
+        self._retiring[member.name] = (member, ref)
+        log.info("actor retiring", actor=member.name)
+
+    def _collect_retired(self) -> None:
+        import ray
+
+        for name, (member, ref) in list(self._retiring.items()):
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                continue
+            try:
+                final = ray.get(ref)
+                self._retired_consumed += final.get("consumed", 0)
+                log.info("actor retired", actor=name, consumed=final.get("consumed", 0), state=final["state"])
+            except Exception as exc:  # noqa: BLE001 - it died while draining: its batch is uncommitted, re-read
+                self._retired_consumed += member.last.get("consumed", 0)
+                log.warning("actor died while retiring", actor=name, error=type(exc).__name__)
+            ray.kill(member.handle, no_restart=True)
+            del self._retiring[name]
+
     # -- introspection for tests and the CLI ------------------------------------------------
 
     def actor_pids(self) -> dict[str, int]:
@@ -315,6 +406,29 @@ def init_ray(settings: Settings) -> None:
         logging_level=logging.WARNING,
         configure_logging=True,
     )
+
+
+def _scaling_config(settings: Settings) -> ScalingConfig:
+    a = settings.autoscale
+    return ScalingConfig(
+        min_actors=a.min_actors,
+        max_actors=a.max_actors,
+        catch_up_s=a.catch_up_s,
+        upscale_delay_s=a.upscale_delay_s,
+        downscale_delay_s=a.downscale_delay_s,
+        downscale_headroom=a.downscale_headroom,
+        smoothing=a.smoothing,
+        initial_actor_rate=a.initial_actor_rate,
+    )
+
+
+def _actor_capacity(settings: Settings) -> int:
+    """How many actors the cluster's resources can host in total (GPUs when it has them)."""
+    resources = _cluster_resources()
+    workers = settings.workers
+    if resources.get("GPU", 0) > 0 and settings.model.device != "cpu":
+        return int(resources["GPU"] / workers.gpu_fraction + 1e-9)
+    return int(resources.get("CPU", 0) / workers.cpus + 1e-9)
 
 
 def _cluster_resources() -> dict[str, float]:
