@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
 
 from schemas.errors import DeliveryError
@@ -65,6 +66,9 @@ class KafkaSource:
             # Kafka's advice: heartbeat at most a third of the session timeout.
             heartbeat_interval_ms=min(3_000, settings.workers.session_timeout_ms // 3),
             max_poll_interval_ms=settings.workers.max_poll_interval_ms,
+            # KIP-429: a member joining or leaving moves only the partitions that change owner;
+            # the others keep consuming instead of stopping for a stop-the-world rebalance.
+            partition_assignment_strategy=(CooperativeStickyAssignor,),
             # The consumer owns no deserializer: the loop needs the exact bytes for the DLQ.
             key_deserializer=None,
             value_deserializer=None,
