@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import train_head
+from pipelines import evaluate, finetune, train_head
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(func=cmd_tail)
 
     train_head.register(sub)
+    finetune.register(sub)
+    evaluate.register(sub)
     return parser
 
 

@@ -31,5 +31,11 @@ class DeliveryError(ClstreamError):
     pass
 
 
+class CommitError(ClstreamError):
+    def __init__(self, message: str, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
 class ActorFailedError(ClstreamError):
     pass

@@ -89,15 +89,16 @@ class ClassifierActor:
     def _build(self) -> Any:
         import torch
 
+        from workers.checkpoints import load_classifier
         from workers.kafka_io import KafkaSink, KafkaSource
         from workers.loop import ClassifierLoop
-        from workers.model import BertClassifier
 
         model = self.settings.model
         if model.device != "cuda" and not torch.cuda.is_available():
             # One torch thread per reserved CPU: more only fights the other actors for cores.
             torch.set_num_threads(max(1, int(self.settings.workers.cpus)))
-        classifier = BertClassifier.load(
+        # A local *ForSequenceClassification checkpoint, or an encoder with a head (default: embedded).
+        classifier = load_classifier(
             encoder_dir=model.encoder,
             head_dir=model.head,
             pooling=model.pooling,
@@ -105,7 +106,7 @@ class ClassifierActor:
             device=model.device,
             batch_size=self.settings.workers.inference_batch_size,
         )
-        self.device = str(classifier.encoder.device)
+        self.device = str(getattr(classifier, "device", "cpu"))
         sink = KafkaSink(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
         source = KafkaSource(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
         return ClassifierLoop(source, sink, classifier, self.settings)

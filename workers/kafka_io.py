@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
-from schemas.errors import DeliveryError
+from schemas.errors import CommitError, DeliveryError
 from schemas.settings import Settings
 from workers.records import OutboundRecord, RawRecord
 
@@ -31,7 +31,10 @@ class Source(Protocol):
         ...
 
     def commit(self, next_offsets: Mapping[Partition, int]) -> None:
-        """Synchronously commit, per partition, the offset of the next record to read."""
+        """Synchronously commit, per partition, the offset of the next record to read.
+
+        Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
+        next poll), not retriable once the partitions belong to another member."""
         ...
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
@@ -91,9 +94,19 @@ class KafkaSource:
         ]
 
     def commit(self, next_offsets: Mapping[Partition, int]) -> None:
-        self._consumer.commit(
-            {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()}
-        )
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
+        }
+        try:
+            self._consumer.commit(offsets)
+        except RebalanceInProgressError as exc:
+            raise CommitError(
+                "the group is rebalancing; commit again after the next poll", retriable=True
+            ) from exc
+        except CommitFailedError as exc:
+            raise CommitError(
+                f"this member lost its partitions before committing: {exc}", retriable=False
+            ) from exc
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
         assigned = self._consumer.assignment()

@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from schemas.dlq import DlqHeader
-from schemas.errors import DeliveryError
+from schemas.errors import CommitError, DeliveryError
 from schemas.records import SCHEMA_VERSION, Tweet
 from schemas.settings import Settings
 from workers.decode import Rejection, decode_tweet
@@ -43,6 +43,7 @@ class LoopStats:
     batches: int = 0
     commits: int = 0
     delivery_failures: int = 0
+    commit_failures: int = 0
     busy_s: float = 0.0
     last_batch_at: float | None = None
     last_error: str | None = None
@@ -62,6 +63,8 @@ class ClassifierLoop:
         self.settings = settings
         self.stats = LoopStats()
         self._backoff_s = 0.0
+        # Delivered but not yet committed because the group was rebalancing: committed with the next batch.
+        self._uncommitted: dict[Partition, int] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; the batch in hand is finished and committed first."""
@@ -73,6 +76,8 @@ class ClassifierLoop:
         workers = self.settings.workers
         records = self.source.poll(timeout_ms=workers.poll_timeout_ms, max_records=workers.max_batch_records)
         if not records:
+            if self._uncommitted:
+                self._commit({})
             return 0
         started = time.perf_counter()
         outbound, classified, rejected = self._process(records)
@@ -82,18 +87,33 @@ class ClassifierLoop:
             self._retry_later(records, exc, stop)
             return 0
         next_offsets = _next_offsets(records)
-        self.source.commit(next_offsets)
+        self._commit(next_offsets)
         self._backoff_s = 0.0
         stats = self.stats
         stats.consumed += len(records)
         stats.classified += classified
         stats.dead_lettered += rejected
         stats.batches += 1
-        stats.commits += 1
         stats.busy_s += time.perf_counter() - started
         stats.last_batch_at = time.time()
-        stats.committed.update({f"{t}/{p}": off for (t, p), off in next_offsets.items()})
         return len(records)
+
+    def _commit(self, next_offsets: dict[Partition, int]) -> None:
+        """The only commit: offsets of delivered records (plus any left over from a rebalance)."""
+        offsets = {**self._uncommitted, **next_offsets}
+        try:
+            self.source.commit(offsets)
+        except CommitError as exc:
+            self.stats.commit_failures += 1
+            if exc.retriable:  # the rebalance completes in the next poll; commit then
+                self._uncommitted = offsets
+            else:  # another member owns them now and re-reads from the last commit: duplicates, never loss
+                self._uncommitted = {}
+                log.warning("delivered records not committed", partitions=len(offsets), error=str(exc))
+            return
+        self._uncommitted = {}
+        self.stats.commits += 1
+        self.stats.committed.update({f"{t}/{p}": off for (t, p), off in offsets.items()})
 
     def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], int, int]:
         decoded = [decode_tweet(record) for record in records]

@@ -151,6 +151,8 @@ class BertClassifier:
             )
         self.encoder = encoder
         self.head = head.to(encoder.device).eval()
+        # Same attribute as SequenceClassifierModel, so callers need not know which one they hold.
+        self.device = encoder.device
         self.model_id = model_id
         self.pooling = encoder.pooling
         self.labels = head.labels

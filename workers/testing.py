@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.errors import DeliveryError
+from schemas.errors import CommitError, DeliveryError
 from schemas.records import Label
 from workers.kafka_io import Partition
 from workers.records import OutboundRecord, RawRecord
@@ -29,6 +29,8 @@ class InMemorySource:
         self.position: dict[Partition, int] = {}
         self.commits: list[dict[Partition, int]] = []
         self.closed = False
+        #: That many commits fail as if the group were rebalancing (retriable).
+        self.rebalancing_commits = 0
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         batch = [r for r in self._records if r.offset >= self.position.get((r.topic, r.partition), 0)][
@@ -39,6 +41,9 @@ class InMemorySource:
         return batch
 
     def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+        if self.rebalancing_commits > 0:
+            self.rebalancing_commits -= 1
+            raise CommitError("injected: the group is rebalancing", retriable=True)
         self.commits.append(dict(next_offsets))
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:

@@ -104,3 +104,20 @@ def test_commits_follow_batches_in_order():
         pass
     assert source.commits == [{("in", 0): 2}, {("in", 0): 4}, {("in", 0): 5}]
     assert len(sink.on("out")) == 5
+
+
+def test_commit_refused_during_a_rebalance_is_made_after_the_next_poll():
+    settings = Settings.load(
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "workers": {"max_batch_records": 2},
+        }
+    )
+    loop, source, sink = _loop([_tweet(0, i, "x") for i in range(3)], settings=settings)
+    source.rebalancing_commits = 1
+    assert loop.step() == 2
+    assert source.commits == [] and loop.stats.commit_failures == 1
+    assert loop.step() == 1
+    assert source.commits == [{("in", 0): 3}]
+    assert loop.step() == 0
+    assert source.commits == [{("in", 0): 3}] and len(sink.on("out")) == 3

@@ -1,0 +1,98 @@
+"""``clstream eval``: exact metrics, the TF-IDF baseline, topic folds, and the JSON and PNG it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.cli import main
+from pipelines.datasets import LabeledText
+from pipelines.evaluate import TfidfBaseline, classification_metrics, heldout_topic_folds
+from tests.unit.test_checkpoints import save_tiny_sequence_classifier
+
+WORDS = {
+    "POSITIVE": ["good", "great", "lovely"],
+    "NEGATIVE": ["bad", "awful", "terrible"],
+    "NEUTRAL": ["table", "chair", "window"],
+}
+
+
+def synthetic(n_per_label: int, offset: int = 0) -> list[LabeledText]:
+    return [
+        LabeledText(f"a {WORDS[label][i % 3]} thing number {offset + i}", label, None)
+        for i in range(n_per_label)
+        for label in WORDS
+    ]
+
+
+def test_metrics_and_confusion_on_a_hand_made_example_are_exact():
+    # true:      POS POS NEG NEG NEU NEU
+    # predicted: POS NEG NEG NEG NEU POS
+    metrics = classification_metrics([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0])
+    assert metrics["n"] == 6
+    assert metrics["accuracy"] == 0.6667
+    assert metrics["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert metrics["per_class"] == {
+        "POSITIVE": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2},
+        "NEGATIVE": {"precision": 0.6667, "recall": 1.0, "f1": 0.8, "support": 2},
+        "NEUTRAL": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2},
+    }
+    assert metrics["macro_f1"] == 0.6556  # (0.5 + 0.8 + 2/3) / 3
+    assert metrics["labels"] == ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+
+
+def test_a_class_never_predicted_counts_as_zero_in_macro_f1():
+    metrics = classification_metrics([0, 1, 2], [0, 1, 1])
+    assert metrics["per_class"]["NEUTRAL"]["f1"] == 0.0
+    assert metrics["macro_f1"] == 0.5556  # (1 + 2/3 + 0) / 3
+
+
+def test_tfidf_baseline_learns_the_label_words_and_picks_c_on_validation():
+    def split(items: list[LabeledText]) -> tuple[list[str], list[int]]:
+        labels = list(WORDS)
+        return [item.text for item in items], [labels.index(item.label) for item in items]
+
+    baseline = TfidfBaseline(c_grid=(0.5, 8.0)).fit(*split(synthetic(12)), *split(synthetic(3, offset=50)))
+    assert baseline.c in (0.5, 8.0) and baseline.val_macro_f1 == 1.0
+    texts, truth = split(synthetic(3, offset=90))
+    assert baseline.predict(texts).tolist() == truth
+
+
+def test_leave_one_topic_out_folds_test_on_exactly_one_topic_and_train_on_the_others():
+    items = [
+        LabeledText(f"{topic} {label} {i}", label, None, topic)
+        for topic in ("airline", "apple", None)
+        for label in WORDS
+        for i in range(10)
+    ]
+    folds = dict(heldout_topic_folds(items, seed=0))
+    assert sorted(folds) == ["airline", "apple"]  # topics with no tweet get no fold
+    airline = folds["airline"]
+    assert {item.topic for item in airline.test} == {"airline"} and len(airline.test) == 30
+    assert {item.topic for item in airline.train + airline.validation} == {"apple"}
+    assert (len(airline.train), len(airline.validation)) == (27, 3)
+
+
+def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path: Path, capsys):
+    encoder_dir, _ = tiny_model
+    checkpoint = save_tiny_sequence_classifier(tmp_path / "finetuned", {0: "pos", 1: "neg", 2: "neu"})
+    data = tmp_path / "tweets.jsonl"
+    data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(20)))
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    argv = ["eval", "--data", str(data), "--encoder", str(encoder_dir), "--pooling", "cls,mean"]
+    argv += ["--checkpoint", str(checkpoint), "--json", str(out_json), "--plot", str(out_png)]
+    argv += ["--device", "cpu", "--no-progress", "--no-vector-cache"]
+
+    assert main(argv) == 0
+
+    result = json.loads(out_json.read_text())
+    assert list(result["classifiers"]) == ["cls head", "mean head", "finetuned", "tfidf"]
+    for metrics in result["classifiers"].values():
+        assert {"accuracy", "macro_f1", "per_class", "confusion", "labels"} <= set(metrics)
+        assert np.array(metrics["confusion"]).sum() == metrics["n"] == 6
+    assert result["data"]["sizes"] == {"train": 48, "validation": 6, "test": 6}
+    assert result["heldout_topics"] is None
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "macro-F1" in capsys.readouterr().out

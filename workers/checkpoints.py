@@ -1,0 +1,183 @@
+"""User checkpoints: pick the right ``Classifier`` for a local model directory.
+
+Two kinds of directory are accepted, both safetensors only and never with ``trust_remote_code``:
+
+- a Hugging Face encoder (``BertModel`` and friends) plus one of our head directories:
+  ``BertClassifier.load`` (pooling + ``SoftmaxHead``);
+- a ``*ForSequenceClassification`` checkpoint (``clstream finetune`` output, or any local one):
+  ``SequenceClassifierModel``, which uses the checkpoint's own head. Its ``config.id2label``
+  must name our three labels (pos/neg/neu or positive/negative/neutral, any case); checkpoints
+  with generic names (``LABEL_0``...) need an explicit ``label_map``.
+
+``load_classifier`` is the one entry point the actor, ``eval`` and ``bench`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from schemas.errors import ModelLoadError
+from schemas.records import Label
+from workers.model import BertClassifier, Classifier, resolve_device, safetensors_weights, weights_sha256
+
+LABELS: tuple[str, ...] = tuple(label.value for label in Label)
+SEQUENCE_CLASSIFICATION_SUFFIX = "ForSequenceClassification"
+
+# The label spellings a checkpoint may use without an explicit map (compared casefolded).
+_LABEL_NAMES = {
+    "positive": Label.POSITIVE.value,
+    "pos": Label.POSITIVE.value,
+    "negative": Label.NEGATIVE.value,
+    "neg": Label.NEGATIVE.value,
+    "neutral": Label.NEUTRAL.value,
+    "neu": Label.NEUTRAL.value,
+}
+
+
+def is_sequence_classification_checkpoint(directory: Path) -> bool:
+    """True when ``directory/config.json`` lists an architecture ending in ``ForSequenceClassification``."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{config} is not a JSON object: {exc}") from exc
+    return any(str(name).endswith(SEQUENCE_CLASSIFICATION_SUFFIX) for name in architectures)
+
+
+def label_columns(id2label: Mapping[int, str], label_map: Mapping[str, str] | None = None) -> list[int]:
+    """For each of ``LABELS`` in order, the checkpoint's output column holding it.
+
+    A checkpoint name is looked up in ``label_map`` first (exactly, then casefolded), then among the
+    known spellings. The checkpoint must have exactly three outputs naming each label once;
+    anything else raises ``ModelLoadError`` naming the labels found.
+    """
+    user_map = {str(k).casefold(): v for k, v in (label_map or {}).items()}
+    ours: dict[str, int] = {}
+    for column, name in sorted((int(k), str(v)) for k, v in id2label.items()):
+        raw = (label_map or {}).get(name) or user_map.get(name.casefold()) or name
+        label = _LABEL_NAMES.get(raw.strip().casefold())
+        if label is None or label in ours:
+            break
+        ours[label] = column
+    if len(id2label) != len(LABELS) or set(ours) != set(LABELS):
+        found = [str(v) for _, v in sorted((int(k), v) for k, v in id2label.items())]
+        hint = (
+            " (generic names: pass a label map, e.g. {'LABEL_0': 'NEGATIVE', ...})"
+            if any(name.upper().startswith("LABEL_") for name in found)
+            else ""
+        )
+        raise ModelLoadError(
+            f"the checkpoint's labels {found} do not map one-to-one onto {list(LABELS)}; "
+            f"accepted names are positive/negative/neutral or pos/neg/neu in any case{hint}"
+        )
+    return [ours[label] for label in LABELS]
+
+
+class SequenceClassifierModel:
+    """``Classifier`` over a local ``*ForSequenceClassification`` checkpoint and its own head.
+
+    Not thread-safe; one instance per actor. ``classify`` returns probabilities in ``LABELS``
+    order whatever the checkpoint's column order. ``pooling`` is ``"cls"``: BERT-family
+    classification heads read the first token.
+    """
+
+    pooling = "cls"
+
+    def __init__(
+        self,
+        directory: Path,
+        label_map: Mapping[str, str] | None = None,
+        max_length: int = 128,
+        device: str = "auto",
+        batch_size: int = 64,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        safetensors_weights(directory)
+        try:
+            config = AutoConfig.from_pretrained(
+                str(directory), local_files_only=True, trust_remote_code=False
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not read the model config in {directory}: {exc}") from exc
+        # Checked before the weights load, so a wrong mapping fails in milliseconds.
+        self._columns = torch.tensor(label_columns(config.id2label, label_map))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(directory), local_files_only=True, trust_remote_code=False
+            )
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                str(directory), local_files_only=True, use_safetensors=True, trust_remote_code=False
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load a sequence classifier from {directory}: {exc}") from exc
+        self.device = resolve_device(device)
+        self.model.eval().to(self.device)
+        self.directory = directory
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.labels = LABELS
+        self.model_id = f"{directory.name}+own-head@{weights_sha256(directory)[:12]}"
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    @torch.inference_mode()
+    def classify(self, texts: Sequence[str]) -> np.ndarray:
+        """``[len(texts), 3]`` float32 probabilities in ``LABELS`` order, rows in input order."""
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        # Length-sorted batches keep padding small; results go back to input order by index.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            self.real_tokens += int(batch["attention_mask"].sum())
+            self.padded_tokens += batch["attention_mask"].numel()
+            batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
+            logits = self.model(**batch).logits.float()
+            probs[chunk] = torch.softmax(logits[:, self._columns.to(logits.device)], dim=-1).cpu().numpy()
+        return probs
+
+
+def load_classifier(
+    encoder_dir: Path | None = None,
+    head_dir: Path | None = None,
+    pooling: str | None = None,
+    max_length: int = 128,
+    device: str = "auto",
+    batch_size: int = 64,
+    label_map: Mapping[str, str] | None = None,
+) -> Classifier:
+    """The classifier for a model directory (None: the embedded encoder with the shipped head).
+
+    A ``*ForSequenceClassification`` checkpoint brings its own head, so ``head_dir`` must be None
+    and ``pooling`` None or ``"cls"``; any other directory is an encoder for ``BertClassifier.load``.
+    Raises ``ModelLoadError`` (``UnsafeCheckpointError`` for pickle-only weights).
+    """
+    if encoder_dir is not None and is_sequence_classification_checkpoint(encoder_dir):
+        if head_dir is not None:
+            raise ModelLoadError(
+                f"{encoder_dir} is a sequence-classification checkpoint with its own head; "
+                f"do not also give a head directory ({head_dir})"
+            )
+        if pooling not in (None, SequenceClassifierModel.pooling):
+            raise ModelLoadError(
+                f"{encoder_dir} classifies from its own [CLS]-based head; pooling {pooling!r} does not apply "
+                "(leave pooling at 'cls')"
+            )
+        return SequenceClassifierModel(encoder_dir, label_map, max_length, device, batch_size)
+    return BertClassifier.load(encoder_dir, head_dir, pooling, max_length, device, batch_size)
