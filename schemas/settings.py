@@ -120,6 +120,9 @@ class ModelSettings(BaseModel):
     #: Tweets are short; this bounds the cost of the rare very long record.
     max_length: int = Field(default=128, ge=8, le=512)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Autocast dtype of the encoder. auto: bf16 on CUDA (labels agree with fp32, see
+    #: `clstream bench`), fp32 on CPU (bf16 is slower there without AMX).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("encoder", "head")
     @classmethod
@@ -138,6 +141,10 @@ class WorkerSettings(BaseModel):
     max_batch_records: int = Field(default=256, ge=1, le=10_000)
     #: Records handed to the encoder in one forward pass.
     inference_batch_size: int = Field(default=64, ge=1, le=4096)
+    #: Padded token slots (texts x longest text) per forward pass. Each poll is regrouped by
+    #: token length within this budget so padding stays small (workers/batching.py); a text
+    #: longer than the budget is encoded alone. Default chosen with `clstream bench` (README).
+    max_batch_tokens: int = Field(default=4096, ge=16, le=1_048_576)
     poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
     #: How long to wait for the output and DLQ records of a batch to be acknowledged.
     produce_timeout_s: float = Field(default=30.0, gt=0)

@@ -105,6 +105,8 @@ class ClassifierActor:
             max_length=model.max_length,
             device=model.device,
             batch_size=self.settings.workers.inference_batch_size,
+            max_tokens=self.settings.workers.max_batch_tokens,
+            precision=model.precision,
         )
         self.device = str(getattr(classifier, "device", "cpu"))
         sink = KafkaSink(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")

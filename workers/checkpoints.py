@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,7 +25,16 @@ import torch
 
 from schemas.errors import ModelLoadError
 from schemas.records import Label
-from workers.model import BertClassifier, Classifier, resolve_device, safetensors_weights, weights_sha256
+from workers.batching import BatchStats, pad_group, plan_batches
+from workers.model import (
+    BertClassifier,
+    Classifier,
+    load_hf_model,
+    resolve_device,
+    resolve_precision,
+    safetensors_weights,
+    weights_sha256,
+)
 
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 SEQUENCE_CLASSIFICATION_SUFFIX = "ForSequenceClassification"
@@ -98,6 +108,8 @@ class SequenceClassifierModel:
         max_length: int = 128,
         device: str = "auto",
         batch_size: int = 64,
+        max_tokens: int | None = None,
+        precision: str = "auto",
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -115,42 +127,59 @@ class SequenceClassifierModel:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 str(directory), local_files_only=True, trust_remote_code=False
             )
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                str(directory), local_files_only=True, use_safetensors=True, trust_remote_code=False
-            )
+            self.model = load_hf_model(AutoModelForSequenceClassification, directory)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a sequence classifier from {directory}: {exc}") from exc
         self.device = resolve_device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
         self.model.eval().to(self.device)
         self.directory = directory
         self.max_length = max_length
         self.batch_size = batch_size
+        self.max_tokens = max_tokens
         self.labels = LABELS
         self.model_id = f"{directory.name}+own-head@{weights_sha256(directory)[:12]}"
-        self.real_tokens = 0
-        self.padded_tokens = 0
+        self.stats = BatchStats()
+
+    @property
+    def real_tokens(self) -> int:
+        return self.stats.real_tokens
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.stats.computed_tokens
 
     @torch.inference_mode()
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         """``[len(texts), 3]`` float32 probabilities in ``LABELS`` order, rows in input order."""
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        # Length-sorted batches keep padding small; results go back to input order by index.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            self.real_tokens += int(batch["attention_mask"].sum())
-            self.padded_tokens += batch["attention_mask"].numel()
-            batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
-            logits = self.model(**batch).logits.float()
-            probs[chunk] = torch.softmax(logits[:, self._columns.to(logits.device)], dim=-1).cpu().numpy()
-        return probs
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        ids = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]  # fmt: skip
+        lengths = [len(row) for row in ids]
+        # Length-bucketed, token-budgeted passes (workers.batching); rows go back by index.
+        groups = plan_batches(lengths, self.max_tokens or sys.maxsize, self.batch_size)
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        cuda = self.device.type == "cuda"
+        columns = self._columns.to(self.device)
+        probs = torch.empty((len(texts), len(self.labels)), dtype=torch.float32, device=self.device)
+        computed = 0
+        for group in groups:
+            host = torch.from_numpy(pad_group(ids, group, pad_id))
+            computed += host.shape[1] * host.shape[2]
+            packed = host.pin_memory().to(self.device, non_blocking=True) if cuda else host
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
+                logits = self.model(input_ids=packed[0], attention_mask=packed[1]).logits.float()
+            index = torch.tensor(group, device=self.device)
+            probs.index_copy_(0, index, torch.softmax(logits[:, columns], dim=-1))
+        self.stats.add(len(texts), len(groups), sum(lengths), computed)
+        return probs.cpu().numpy()
 
 
 def load_classifier(
@@ -161,6 +190,8 @@ def load_classifier(
     device: str = "auto",
     batch_size: int = 64,
     label_map: Mapping[str, str] | None = None,
+    max_tokens: int | None = None,
+    precision: str = "auto",
 ) -> Classifier:
     """The classifier for a model directory (None: the embedded encoder with the shipped head).
 
@@ -179,5 +210,9 @@ def load_classifier(
                 f"{encoder_dir} classifies from its own [CLS]-based head; pooling {pooling!r} does not apply "
                 "(leave pooling at 'cls')"
             )
-        return SequenceClassifierModel(encoder_dir, label_map, max_length, device, batch_size)
-    return BertClassifier.load(encoder_dir, head_dir, pooling, max_length, device, batch_size)
+        return SequenceClassifierModel(
+            encoder_dir, label_map, max_length, device, batch_size, max_tokens, precision
+        )
+    return BertClassifier.load(
+        encoder_dir, head_dir, pooling, max_length, device, batch_size, max_tokens, precision
+    )

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
+from workers.batching import BatchStats, pad_group, plan_batches
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
 
@@ -82,16 +84,45 @@ def resolve_device(device: str) -> torch.device:
 class Encoded:
     """Pooled sentence vectors for a list of texts, in input order."""
 
-    vectors: torch.Tensor  # [n, dim], float32, on CPU
+    vectors: (
+        torch.Tensor
+    )  # [n, dim], float32; on CPU from ``encode``, on the device from ``encode_on_device``
     real_tokens: int
     padded_tokens: int
+    batches: int = 0
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None runs in float32.
+
+    ``auto`` is bf16 on CUDA (tensor cores; labels agree with fp32, see ``clstream bench``) and
+    fp32 on CPU, where bf16 autocast is usually slower than fp32 without AMX/AVX512-BF16.
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("auto", "bf16"):
+        return torch.bfloat16
+    raise ModelLoadError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
 
 
 class BertEncoder:
-    """Tokenizer + encoder + pooling. Batches are sorted by length so padding stays small."""
+    """Tokenizer + encoder + pooling, over token-budgeted, length-bucketed batches.
+
+    Texts are tokenized in one batched call without padding; ``workers.batching.plan_batches``
+    groups them by length within ``max_tokens`` padded slots; each group is padded to its own
+    longest text, moved to the device in one copy (pinned host memory, non-blocking on CUDA)
+    and encoded; vectors come back in input order. On CUDA the groups are launched without
+    waiting, so padding the next group on the CPU overlaps the GPU's work on this one.
+    Not thread-safe.
+    """
 
     def __init__(
-        self, directory: Path, pooling: str = "cls", max_length: int = 128, device: str = "auto"
+        self,
+        directory: Path,
+        pooling: str = "cls",
+        max_length: int = 128,
+        device: str = "auto",
+        precision: str = "auto",
     ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
@@ -103,48 +134,96 @@ class BertEncoder:
         self.pooling = pooling
         self.max_length = max_length
         self.device = resolve_device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 str(directory), local_files_only=True, trust_remote_code=False
             )
-            self.model = AutoModel.from_pretrained(
-                str(directory), local_files_only=True, use_safetensors=True, trust_remote_code=False
-            )
+            self.model = load_hf_model(AutoModel, directory)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a Hugging Face encoder from {directory}: {exc}") from exc
         self.model.eval().to(self.device)
         self.hidden_size = int(self.model.config.hidden_size)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self._pool = POOLINGS[pooling]
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text (special tokens included, truncated to ``max_length``), unpadded."""
+        batch = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return batch["input_ids"]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None) -> Encoded:
+        """Vectors on the CPU, in input order. At most ``batch_size`` texts and (when given)
+        ``max_tokens`` padded token slots per forward pass."""
+        encoded = self.encode_on_device(texts, batch_size, max_tokens)
+        return Encoded(
+            encoded.vectors.float().cpu(), encoded.real_tokens, encoded.padded_tokens, encoded.batches
+        )
+
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> Encoded:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors = torch.empty((len(texts), self.hidden_size), dtype=torch.float32)
-        real = padded = 0
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            mask = batch["attention_mask"]
-            real += int(mask.sum())
-            padded += mask.numel()
-            batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
-            out = self.model(**batch, output_hidden_states=self.pooling in NEEDS_ALL_LAYERS)
-            hidden = out.hidden_states if self.pooling in NEEDS_ALL_LAYERS else (out.last_hidden_state,)
-            pooled = self._pool(hidden, batch["attention_mask"], getattr(out, "pooler_output", None))
-            vectors[torch.tensor(chunk)] = pooled.float().cpu()
-        return Encoded(vectors=vectors, real_tokens=real, padded_tokens=padded)
+    def encode_on_device(
+        self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None
+    ) -> Encoded:
+        """Like ``encode`` but the vectors stay on the model's device (no synchronisation on CUDA)."""
+        ids = self.token_ids(texts)
+        lengths = [len(row) for row in ids]
+        groups = plan_batches(lengths, max_tokens or sys.maxsize, batch_size)
+        cuda = self.device.type == "cuda"
+        vectors = torch.empty((len(texts), self.hidden_size), dtype=torch.float32, device=self.device)
+        all_layers = self.pooling in NEEDS_ALL_LAYERS
+        padded = 0
+        for group in groups:
+            host = torch.from_numpy(pad_group(ids, group, self.pad_id))
+            padded += host.shape[1] * host.shape[2]
+            # One pinned buffer, one asynchronous copy: ids and mask travel together.
+            packed = host.pin_memory().to(self.device, non_blocking=True) if cuda else host
+            input_ids, mask = packed[0], packed[1]
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
+                out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=all_layers)
+                hidden = out.hidden_states if all_layers else (out.last_hidden_state,)
+                pooled = self._pool(hidden, mask, getattr(out, "pooler_output", None))
+            index = torch.tensor(group, device=self.device) if cuda else torch.tensor(group)
+            vectors.index_copy_(0, index, pooled.float())
+        return Encoded(vectors=vectors, real_tokens=sum(lengths), padded_tokens=padded, batches=len(groups))
+
+
+def load_hf_model(auto_class: Any, directory: Path) -> Any:
+    """Load with PyTorch's fused attention (SDPA) where the architecture supports it."""
+    kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False)
+    try:
+        return auto_class.from_pretrained(str(directory), attn_implementation="sdpa", **kwargs)
+    except ValueError as exc:
+        if "sdpa" not in str(exc).lower():
+            raise
+        return auto_class.from_pretrained(str(directory), **kwargs)
 
 
 class BertClassifier:
-    """``Classifier`` over a ``BertEncoder`` and a ``SoftmaxHead``."""
+    """``Classifier`` over a ``BertEncoder`` and a ``SoftmaxHead``.
 
-    def __init__(self, encoder: BertEncoder, head: SoftmaxHead, model_id: str, batch_size: int = 64) -> None:
+    Each ``classify`` call is planned into forward passes of at most ``batch_size`` texts and
+    ``max_tokens`` padded token slots (None: no token budget); ``stats`` counts the work.
+    """
+
+    def __init__(
+        self,
+        encoder: BertEncoder,
+        head: SoftmaxHead,
+        model_id: str,
+        batch_size: int = 64,
+        max_tokens: int | None = None,
+    ) -> None:
         if head.linear.in_features != encoder.hidden_size:
             raise ModelLoadError(
                 f"head expects {head.linear.in_features}-d vectors but the encoder gives {encoder.hidden_size}-d"
@@ -157,8 +236,16 @@ class BertClassifier:
         self.pooling = encoder.pooling
         self.labels = head.labels
         self.batch_size = batch_size
-        self.real_tokens = 0
-        self.padded_tokens = 0
+        self.max_tokens = max_tokens
+        self.stats = BatchStats()
+
+    @property
+    def real_tokens(self) -> int:
+        return self.stats.real_tokens
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.stats.computed_tokens
 
     @classmethod
     def load(
@@ -169,6 +256,8 @@ class BertClassifier:
         max_length: int = 128,
         device: str = "auto",
         batch_size: int = 64,
+        max_tokens: int | None = None,
+        precision: str = "auto",
     ) -> BertClassifier:
         encoder_dir = encoder_dir or default_encoder_path()
         head, meta = load_head(head_dir or DEFAULT_HEAD_DIR)
@@ -177,7 +266,9 @@ class BertClassifier:
                 f"the head in {head_dir or DEFAULT_HEAD_DIR} was trained for {meta.pooling!r} pooling, not {pooling!r}; "
                 "train a head for that pooling with `clstream train-head --pooling ...`"
             )
-        encoder = BertEncoder(encoder_dir, meta.pooling, max_length=max_length, device=device)
+        encoder = BertEncoder(
+            encoder_dir, meta.pooling, max_length=max_length, device=device, precision=precision
+        )
         sha = weights_sha256(encoder_dir)
         if meta.encoder_sha256 and meta.encoder_sha256 != sha:
             raise ModelLoadError(
@@ -185,14 +276,14 @@ class BertClassifier:
                 f"but {encoder_dir} has weights sha256 {sha[:12]}; train a head for this encoder"
             )
         model_id = f"{meta.encoder_id}+head-{meta.pooling}@{sha[:12]}"
-        return cls(encoder, head, model_id=model_id, batch_size=batch_size)
+        return cls(encoder, head, model_id=model_id, batch_size=batch_size, max_tokens=max_tokens)
 
     @torch.inference_mode()
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = self.encoder.encode(texts, batch_size=self.batch_size)
-        self.real_tokens += encoded.real_tokens
-        self.padded_tokens += encoded.padded_tokens
-        probs = self.head(encoded.vectors.to(self.encoder.device))
+        encoded = self.encoder.encode_on_device(texts, self.batch_size, self.max_tokens)
+        self.stats.add(len(texts), encoded.batches, encoded.real_tokens, encoded.padded_tokens)
+        # The head runs where the vectors are; one copy of the probabilities back to the host.
+        probs = self.head(encoded.vectors)
         return probs.cpu().numpy().astype(np.float32)

@@ -1,0 +1,107 @@
+"""The token-budget planner and the classifier's use of it."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from workers.batching import BatchStats, pad_group, padded_cost, plan_batches
+from workers.model import BertClassifier
+
+
+def _tweet_like_lengths(n: int, seed: int = 0) -> list[int]:
+    """Skewed like tweets: mostly 10-40 tokens, a tail up to 128."""
+    rng = random.Random(seed)
+    return [min(128, max(3, int(rng.lognormvariate(3.2, 0.5)))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("budget", [64, 500, 2048, 8192])
+def test_every_group_fits_the_token_budget(budget):
+    lengths = _tweet_like_lengths(1000)
+    for group in plan_batches(lengths, budget):
+        cost = len(group) * max(lengths[i] for i in group)
+        assert cost <= budget or len(group) == 1  # only a lone text may exceed it
+
+
+def test_every_index_is_planned_exactly_once():
+    lengths = _tweet_like_lengths(777, seed=3)
+    groups = plan_batches(lengths, 1024, max_records=50)
+    flat = [i for group in groups for i in group]
+    assert sorted(flat) == list(range(777))
+    assert max(len(g) for g in groups) <= 50
+
+
+def test_groups_are_sorted_by_length_and_ties_keep_input_order():
+    lengths = [5, 3, 5, 3, 9]
+    assert plan_batches(lengths, 10) == [[1, 3], [0, 2], [4]]
+
+
+def test_a_text_longer_than_the_budget_is_encoded_alone():
+    assert plan_batches([4, 200, 4], 100) == [[0, 2], [1]]
+
+
+def test_length_bucketing_keeps_padding_small_on_a_skewed_mix():
+    lengths = _tweet_like_lengths(2000, seed=1)
+    real = sum(lengths)
+    bucketed = padded_cost(lengths, plan_batches(lengths, 4096))
+    in_arrival_order = padded_cost(lengths, [list(range(s, min(2000, s + 32))) for s in range(0, 2000, 32)])
+    assert real / bucketed >= 0.90
+    assert real / in_arrival_order < 0.50  # what batching by arrival order wastes
+
+
+def test_invalid_budgets_are_refused():
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        plan_batches([1], 0)
+    with pytest.raises(ValueError, match="max_records must be at least 1"):
+        plan_batches([1], 10, max_records=0)
+
+
+def test_pad_group_packs_ids_and_mask_right_padded():
+    packed = pad_group([[101, 7, 102], [101, 102]], [1, 0], pad_id=0)
+    assert packed.shape == (2, 2, 3)
+    assert packed[0].tolist() == [[101, 102, 0], [101, 7, 102]]
+    assert packed[1].tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_batch_stats_report_padding_efficiency():
+    stats = BatchStats()
+    assert stats.padding_efficiency is None
+    stats.add(texts=4, batches=2, real_tokens=90, computed_tokens=100)
+    assert stats.snapshot() == {
+        "texts": 4,
+        "batches": 2,
+        "real_tokens": 90,
+        "computed_tokens": 100,
+        "padding_efficiency": 0.9,
+    }
+
+
+def test_token_budgeted_classification_matches_one_text_at_a_time(tiny_model):
+    encoder_dir, head_dir = tiny_model
+    classifier = BertClassifier.load(encoder_dir, head_dir, device="cpu", batch_size=64, max_tokens=60)
+    rng = random.Random(0)
+    words = [
+        "good",
+        "bad",
+        "day",
+        "rain",
+        "coffee",
+        "team",
+        "match",
+        "win",
+        "lose",
+        "the",
+        "a",
+        "of",
+        "happy",
+        "sad",
+    ]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 25))) for _ in range(40)]
+    batched = classifier.classify(texts)
+    one_by_one = np.concatenate([classifier.classify([t]) for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert classifier.stats.texts == 80
+    assert classifier.stats.batches > 41  # the budget of 60 slots split the 40 texts into several passes
+    assert 0 < classifier.stats.real_tokens <= classifier.stats.computed_tokens
