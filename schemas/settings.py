@@ -144,7 +144,8 @@ class WorkerSettings(BaseModel):
     #: Padded token slots (texts x longest text) per forward pass. Each poll is regrouped by
     #: token length within this budget so padding stays small (workers/batching.py); a text
     #: longer than the budget is encoded alone. Default chosen with `clstream bench` (README).
-    max_batch_tokens: int = Field(default=4096, ge=16, le=1_048_576)
+    #: On a GPU raise it (e.g. 16384) so each pass is large enough to amortise kernel launches.
+    max_batch_tokens: int = Field(default=1024, ge=16, le=1_048_576)
     poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
     #: How long to wait for the output and DLQ records of a batch to be acknowledged.
     produce_timeout_s: float = Field(default=30.0, gt=0)
