@@ -6,9 +6,12 @@ import random
 
 import numpy as np
 import pytest
+import torch
+from pydantic import ValidationError
 
+from schemas.settings import Settings
 from workers.batching import BatchStats, pad_group, padded_cost, plan_batches
-from workers.model import BertClassifier
+from workers.model import BertClassifier, resolve_precision
 
 
 def _tweet_like_lengths(n: int, seed: int = 0) -> list[int]:
@@ -105,3 +108,24 @@ def test_token_budgeted_classification_matches_one_text_at_a_time(tiny_model):
     assert classifier.stats.texts == 80
     assert classifier.stats.batches > 41  # the budget of 60 slots split the 40 texts into several passes
     assert 0 < classifier.stats.real_tokens <= classifier.stats.computed_tokens
+
+
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("fp32", torch.device("cuda")) is None
+
+
+def test_a_token_budget_below_16_is_refused_with_its_name():
+    with pytest.raises(ValidationError, match="max_batch_tokens"):
+        Settings.load(overrides={"workers": {"max_batch_tokens": 8}})
+
+
+def test_bf16_autocast_on_cpu_gives_nearly_the_fp32_probabilities(tiny_model):
+    encoder_dir, head_dir = tiny_model
+    texts = ["good day", "bad rain again", "the match is at five", "coffee"] * 4
+    fp32 = BertClassifier.load(encoder_dir, head_dir, device="cpu", precision="fp32").classify(texts)
+    bf16 = BertClassifier.load(encoder_dir, head_dir, device="cpu", precision="bf16").classify(texts)
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
