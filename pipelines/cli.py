@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import evaluate, finetune, train_head
+from pipelines import evaluate, finetune, status, train_head
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -33,6 +33,7 @@ _SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
     "pooling": ("model", "pooling"),
     "device": ("model", "device"),
     "log_level": ("log", "level"),
+    "metrics_port": ("metrics", "port"),
 }
 
 
@@ -53,6 +54,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) 
     parser.add_argument("--head", type=Path, help="head directory (head.safetensors + head.json)")
     parser.add_argument("--pooling", choices=["cls", "mean", "last4", "pooler"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--metrics-port", type=int, help="driver's Prometheus port (0: a free one)")
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_head.register(sub)
     finetune.register(sub)
     evaluate.register(sub)
+    status.register(sub)
     return parser
 
 

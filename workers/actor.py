@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Any
 
+import psutil
 import structlog
 
 from schemas.settings import Settings
@@ -57,6 +58,7 @@ class ClassifierActor:
             "pid": os.getpid(),
             "uptime_s": time.time() - self.started_at,
             "padding_efficiency": (real / padded) if padded else None,
+            "rss_bytes": psutil.Process().memory_info().rss,
             **snapshot,
         }
 
@@ -77,7 +79,7 @@ class ClassifierActor:
             self._loop = self._build()
             self.state = "running" if not self._stop.is_set() else "draining"
             log.info("actor running", device=self.device)
-            self._loop.run(self._stop)
+            self._loop.run(self._stop, drain_timeout_s=self.settings.driver.drain_timeout_s)
             self.state = "stopped"
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces the actor
             self.error = f"{type(exc).__name__}: {exc}"

@@ -6,10 +6,10 @@ The loop only sees these protocols; ``workers.testing`` has in-memory versions f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
@@ -30,15 +30,23 @@ class Source(Protocol):
         """Up to ``max_records`` records in offset order per partition; blocks at most ``timeout_ms``."""
         ...
 
-    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
-        """Synchronously commit, per partition, the offset of the next record to read.
+    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
+        """Commit, per partition, the offset of the next record to read; ``wait=False`` sends the
+        commit without waiting (the only kind allowed inside a rebalance callback).
 
         Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
         next poll), not retriable once the partitions belong to another member."""
         ...
 
-    def seek(self, offsets: Mapping[Partition, int]) -> None:
-        """Re-read from these offsets on the next poll (used to retry an undelivered batch)."""
+    def pause_all(self) -> None:
+        """Stop fetching from every assigned partition; ``poll`` still keeps the member in the group."""
+        ...
+
+    def resume_all(self) -> None: ...
+
+    def on_revoke(self, callback: Callable[[list[Partition], bool], None]) -> None:
+        """Have ``callback(partitions, lost)`` called inside ``poll`` before partitions are taken away
+        (``lost``: evicted from the group, commits will fail)."""
         ...
 
     def close(self) -> None:
@@ -58,8 +66,10 @@ class Sink(Protocol):
 
 class KafkaSource:
     def __init__(self, settings: Settings, client_id: str) -> None:
+        self._topic = settings.topics.input
+        self._revoke_callback: Callable[[list[Partition], bool], None] | None = None
+        self._subscribed = False
         self._consumer = KafkaConsumer(
-            settings.topics.input,
             **{**settings.kafka.client_config(), "client_id": client_id},
             group_id=settings.topics.group_id,
             enable_auto_commit=False,
@@ -78,6 +88,10 @@ class KafkaSource:
         )
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        if not self._subscribed:
+            # Joined on the first poll, so a revocation callback set before it is always in place.
+            self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
+            self._subscribed = True
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         return [
             RawRecord(
@@ -93,10 +107,15 @@ class KafkaSource:
             for r in records
         ]
 
-    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
         }
+        if not wait:
+            # Inside a rebalance callback on kafka-python's IO thread, where a blocking commit is
+            # refused. If it fails, the partitions' new owner re-reads: duplicates, never loss.
+            self._consumer.commit_async(offsets)
+            return
         try:
             self._consumer.commit(offsets)
         except RebalanceInProgressError as exc:
@@ -108,12 +127,14 @@ class KafkaSource:
                 f"this member lost its partitions before committing: {exc}", retriable=False
             ) from exc
 
-    def seek(self, offsets: Mapping[Partition, int]) -> None:
-        assigned = self._consumer.assignment()
-        for (topic, partition), offset in offsets.items():
-            tp = TopicPartition(topic, partition)
-            if tp in assigned:  # a partition revoked meanwhile is re-read by its new owner from the commit
-                self._consumer.seek(tp, offset)
+    def pause_all(self) -> None:
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume_all(self) -> None:
+        self._consumer.resume(*self._consumer.paused())
+
+    def on_revoke(self, callback: Callable[[list[Partition], bool], None]) -> None:
+        self._revoke_callback = callback
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
@@ -121,6 +142,25 @@ class KafkaSource:
     def close(self) -> None:
         # autocommit=False: every commit is explicit, made only after delivery.
         self._consumer.close(autocommit=False)
+
+
+class _RevokeListener(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    def _call(self, partitions: Iterable[TopicPartition], lost: bool) -> None:
+        callback = self._source._revoke_callback
+        if callback is not None:
+            callback(sorted((tp.topic, tp.partition) for tp in partitions), lost)
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._call(revoked, lost=False)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self._call(lost, lost=True)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        pass
 
 
 class KafkaSink:

@@ -8,6 +8,8 @@ is a deterministic ``Classifier``; ``save_tiny_bert`` writes a small randomly in
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,10 +31,25 @@ class InMemorySource:
         self.position: dict[Partition, int] = {}
         self.commits: list[dict[Partition, int]] = []
         self.closed = False
+        self.paused = False
+        self.pause_calls = 0
+        self.revoke_callback = None
+        self.polls = 0
+        #: Set to simulate a rebalance: the next poll calls the revocation callback first.
+        self.revoke_next_poll = False
+        self.commits_at_revoke: list[dict[Partition, int]] | None = None
         #: That many commits fail as if the group were rebalancing (retriable).
         self.rebalancing_commits = 0
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        self.polls += 1
+        if self.revoke_next_poll and self.revoke_callback is not None:
+            self.revoke_next_poll = False
+            self.revoke_callback(sorted(self.position), False)
+            self.commits_at_revoke = list(self.commits)
+        if self.paused:
+            time.sleep(timeout_ms / 1000)  # like a real poll with nothing fetchable: blocks up to the timeout
+            return []
         batch = [r for r in self._records if r.offset >= self.position.get((r.topic, r.partition), 0)][
             :max_records
         ]
@@ -40,14 +57,21 @@ class InMemorySource:
             self.position[(r.topic, r.partition)] = r.offset + 1
         return batch
 
-    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
         if self.rebalancing_commits > 0:
             self.rebalancing_commits -= 1
             raise CommitError("injected: the group is rebalancing", retriable=True)
         self.commits.append(dict(next_offsets))
 
-    def seek(self, offsets: Mapping[Partition, int]) -> None:
-        self.position.update(offsets)
+    def pause_all(self) -> None:
+        self.paused = True
+        self.pause_calls += 1
+
+    def resume_all(self) -> None:
+        self.paused = False
+
+    def on_revoke(self, callback) -> None:
+        self.revoke_callback = callback
 
     def committed(self) -> dict[Partition, int]:
         merged: dict[Partition, int] = {}
@@ -87,12 +111,21 @@ class KeywordClassifier:
     pooling = "cls"
     labels = LABELS
 
-    def __init__(self, poison: str | None = None) -> None:
+    def __init__(
+        self, poison: str | None = None, gate: threading.Event | None = None, delay_s: float = 0.0
+    ) -> None:
         self.poison = poison
         self.calls: list[int] = []
+        #: When given, every call waits for it: a stalled model.
+        self.gate = gate
+        self.delay_s = delay_s
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(len(texts))
+        if self.gate is not None:
+            self.gate.wait()
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.poison is not None and any(self.poison in t for t in texts):
             raise RuntimeError("simulated model failure")
         probs = np.full((len(texts), 3), 0.1, dtype=np.float32)
