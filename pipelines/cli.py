@@ -34,6 +34,7 @@ _SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
     "device": ("model", "device"),
     "log_level": ("log", "level"),
     "metrics_port": ("metrics", "port"),
+    "delivery": ("workers", "delivery"),
 }
 
 
@@ -55,6 +56,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) 
     parser.add_argument("--pooling", choices=["cls", "mean", "last4", "pooler"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--metrics-port", type=int, help="driver's Prometheus port (0: a free one)")
+    parser.add_argument(
+        "--delivery",
+        choices=["at-least-once", "exactly-once"],
+        help="exactly-once: output, DLQ and offsets in one Kafka transaction per batch",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:

@@ -86,6 +86,7 @@ class _Member:
     name: str
     handle: Any
     spawned_at: float
+    slot: int = 0
     pending_ref: Any = None
     last_answer_at: float | None = None
     last: dict[str, Any] = field(default_factory=dict)
@@ -296,13 +297,15 @@ class Driver:
         from workers.actor import ClassifierActor
 
         name = f"classifier-{next(self._names)}"
+        taken = {m.slot for m in self.members.values()} | {m.slot for m, _ in self._retiring.values()}
+        slot = next(i for i in itertools.count() if i not in taken)
         workers = self.settings.workers
         options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
         if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
             options["num_gpus"] = workers.gpu_fraction
-        handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name)
+        handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name, slot)
         handle.start.remote()
-        member = _Member(name=name, handle=handle, spawned_at=self.clock())
+        member = _Member(name=name, handle=handle, spawned_at=self.clock(), slot=slot)
         self.members[name] = member
         log.info(
             "actor spawned", actor=name, resources={k: v for k, v in options.items() if k.startswith("num_")}

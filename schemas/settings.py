@@ -151,6 +151,12 @@ class WorkerSettings(BaseModel):
     #: At most this many polled batches waiting for or in the model; with one batch of producer
     #: sends outstanding at a time, this bounds an actor's memory.
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
+    #: at-least-once: commit offsets after the batch's output is acknowledged (a crash may repeat
+    #: the batches in flight). exactly-once: output, DLQ records and offsets in one transaction
+    #: per batch; readers use isolation_level=read_committed.
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    #: How long the broker keeps a transaction of a vanished producer open (exactly-once only).
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
     session_timeout_ms: int = Field(default=30_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
 

@@ -1,6 +1,8 @@
 """Kafka behind two narrow interfaces: a ``Source`` of raw records and a ``Sink`` that delivers.
 
 The loop only sees these protocols; ``workers.testing`` has in-memory versions for unit tests.
+A ``TransactionalSink`` (exactly-once delivery) also commits the consumed offsets, inside the
+same Kafka transaction as the batch's output and dead-letter records.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Offse
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
-from schemas.errors import CommitError, DeliveryError
+from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.settings import Settings
 from workers.records import OutboundRecord, RawRecord
 
@@ -36,6 +38,14 @@ class Source(Protocol):
 
         Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
         next poll), not retriable once the partitions belong to another member."""
+        ...
+
+    def seek(self, offsets: Mapping[Partition, int]) -> None:
+        """Read again from these offsets (partitions no longer assigned are left to their owner)."""
+        ...
+
+    def group_metadata(self) -> Any:
+        """This member's group generation, for fencing a transaction's offset commit (KIP-447)."""
         ...
 
     def pause_all(self) -> None:
@@ -127,6 +137,16 @@ class KafkaSource:
                 f"this member lost its partitions before committing: {exc}", retriable=False
             ) from exc
 
+    def seek(self, offsets: Mapping[Partition, int]) -> None:
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
     def pause_all(self) -> None:
         self._consumer.pause(*self._consumer.assignment())
 
@@ -163,20 +183,42 @@ class _RevokeListener(ConsumerRebalanceListener):
         pass
 
 
+class TransactionalSink(Sink, Protocol):
+    def deliver_atomically(
+        self,
+        records: Sequence[OutboundRecord],
+        next_offsets: Mapping[Partition, int],
+        group_metadata: Any,
+        timeout_s: float,
+    ) -> None:
+        """Produce ``records`` and commit ``next_offsets`` for the group in one transaction.
+
+        Returns once it is committed. On failure the transaction is aborted (none of it is ever
+        visible to ``read_committed`` readers) and ``DeliveryError`` is raised: try the same batch
+        again. ``FencedError`` means the group generation moved on (the partitions may belong to
+        another member now): do not retry; read the batch again from the last committed offsets."""
+        ...
+
+
+def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer:
+    return KafkaProducer(
+        **{**settings.kafka.client_config(), "client_id": client_id},
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=_LINGER_MS,
+        retries=2**31 - 1,
+        # kafka-python insists on delivery_timeout > linger + request_timeout.
+        delivery_timeout_ms=max(
+            int(settings.workers.produce_timeout_s * 1000),
+            settings.kafka.request_timeout_ms + _LINGER_MS + 1_000,
+        ),
+        **extra,
+    )
+
+
 class KafkaSink:
     def __init__(self, settings: Settings, client_id: str) -> None:
-        self._producer = KafkaProducer(
-            **{**settings.kafka.client_config(), "client_id": client_id},
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=_LINGER_MS,
-            retries=2**31 - 1,
-            # kafka-python insists on delivery_timeout > linger + request_timeout.
-            delivery_timeout_ms=max(
-                int(settings.workers.produce_timeout_s * 1000),
-                settings.kafka.request_timeout_ms + _LINGER_MS + 1_000,
-            ),
-        )
+        self._producer = _producer(settings, client_id)
 
     def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -210,3 +252,96 @@ def _failures(futures: Iterable[Any]) -> list[BaseException]:
         elif future.failed():
             failures.append(future.exception)
     return failures
+
+
+#: Errors that mean this member's view of the group is stale: its transaction may not commit
+#: offsets for partitions that could now belong to someone else (KIP-447).
+_FENCING_ERRORS = (
+    "ProducerFencedError",
+    "InvalidProducerEpochError",
+    "CommitFailedError",
+    "IllegalGenerationError",
+    "UnknownMemberIdError",
+    "FencedInstanceIdError",
+    "RebalanceInProgressError",
+)
+
+
+class KafkaTransactionalSink:
+    """Exactly-once delivery: one transactional producer per actor slot.
+
+    ``transactional_id`` is stable per actor slot, so the replacement of a killed actor fences the
+    dead one and aborts its open transaction at once (``init_transactions``) instead of leaving
+    ``read_committed`` readers stuck behind it until the transaction timeout. kafka-python's
+    ``commit_transaction``, ``abort_transaction`` and ``send_offsets_to_transaction`` wait without
+    a deadline; here every wait has one, and a producer that misses it is closed and replaced.
+    """
+
+    def __init__(self, settings: Settings, client_id: str, transactional_id: str) -> None:
+        self._settings, self._client_id, self._transactional_id = settings, client_id, transactional_id
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> KafkaProducer:
+        producer = _producer(
+            self._settings,
+            self._client_id,
+            transactional_id=self._transactional_id,
+            transaction_timeout_ms=self._settings.workers.transaction_timeout_ms,
+        )
+        producer.init_transactions()
+        return producer
+
+    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
+        raise TypeError("a transactional sink delivers with deliver_atomically (offsets in the transaction)")
+
+    def deliver_atomically(
+        self,
+        records: Sequence[OutboundRecord],
+        next_offsets: Mapping[Partition, int],
+        group_metadata: Any,
+        timeout_s: float,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        producer = self._producer
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
+        }
+        try:
+            producer.begin_transaction()
+            for r in records:
+                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
+            manager = producer._transaction_manager
+            self._await(manager.send_offsets_to_transaction(offsets, group_metadata), deadline, "offsets")
+            self._await(manager.begin_commit(), deadline, "commit")
+        except KafkaError as exc:
+            self._abort(deadline + timeout_s)
+            message = f"transaction of {len(records)} records not committed: {type(exc).__name__}: {exc}"
+            if type(exc).__name__ in _FENCING_ERRORS:
+                raise FencedError(message) from exc
+            raise DeliveryError(message) from exc
+
+    def _await(self, result: Any, deadline: float, what: str) -> None:
+        """Wait for a transactional request with a deadline (kafka-python's own calls have none)."""
+        self._producer._sender.wakeup()
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if not result.wait(timeout_ms=remaining_ms):
+            from kafka.errors import KafkaTimeoutError
+
+            raise KafkaTimeoutError(f"transaction {what} not acknowledged in time")
+
+    def _abort(self, deadline: float) -> None:
+        try:
+            self._await(self._producer._transaction_manager.begin_abort(), deadline, "abort")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure to abort: start over with a new producer
+            error = f"{type(exc).__name__}: {exc}"
+        # A producer that cannot abort is replaced; init_transactions on the same transactional id
+        # fences it and aborts whatever it left open.
+        try:
+            self._producer.close(timeout=0)
+        finally:
+            self._producer = self._new_producer()
+        raise DeliveryError(f"could not abort a transaction ({error}); the producer was replaced")
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)

@@ -14,6 +14,11 @@ the credit stays spent, the partitions stay paused, consumption stops and ``stat
 says why; nothing is skipped.
 
 Credit is counted in tokens, estimated from each record's size before tokenization.
+
+With ``workers.delivery = "exactly-once"`` the model thread commits each batch's output, DLQ
+records and offsets in one Kafka transaction, and the consumer thread commits nothing itself. A
+batch whose transaction is fenced (the group moved on) is not retried: the consumer thread drops
+it and every batch after it and reads them again from the last committed offsets.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from queue import SimpleQueue
+from typing import Any
 
 import numpy as np
 import orjson
 import structlog
 
 from schemas.dlq import DlqHeader
-from schemas.errors import CommitError, DeliveryError
+from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.records import SCHEMA_VERSION, Tweet
 from schemas.settings import Settings
 from workers.decode import Rejection, decode_tweet
@@ -96,6 +102,10 @@ class _Batch:
     done: threading.Event = field(default_factory=threading.Event)
     delivered: bool = False
     delivered_at: float = 0.0
+    #: Group membership when polled: fences the batch's transaction if the group has moved on.
+    group_metadata: Any = None
+    #: The loop's rewind count when polled: a batch from before a rewind is skipped, never delivered.
+    epoch: int = 0
     classified: int = 0
     rejected: int = 0
     busy_s: float = 0.0
@@ -118,6 +128,13 @@ class ClassifierLoop:
         self._work: SimpleQueue[_Batch | None] = SimpleQueue()
         # Set when retries must give up (drain deadline passed): the batch stays uncommitted.
         self._abandon = threading.Event()
+        self.exactly_once = settings.workers.delivery == "exactly-once"
+        if self.exactly_once and not hasattr(sink, "deliver_atomically"):
+            raise TypeError("exactly-once delivery needs a transactional sink")
+        self._epoch = 0
+        # Set by the model thread when a batch is fenced: it skips every later batch until the
+        # consumer thread has rewound, so no transaction commits offsets past an undelivered batch.
+        self._halted = False
 
     # -- the threaded loop (consumer thread) ---------------------------------------------------
 
@@ -191,18 +208,18 @@ class ClassifierLoop:
         """Commit, in poll order, every leading batch that was fully delivered. The only commit."""
         finished: list[_Batch] = []
         while self._inflight and self._inflight[0].done.is_set():
-            batch = self._inflight.popleft()
-            if not batch.delivered:  # abandoned at a deadline: leave it uncommitted, re-read later
-                self._inflight.clear()
+            if not self._inflight[0].delivered:  # fenced, or abandoned at a deadline
+                self._rewind()
                 break
-            finished.append(batch)
+            finished.append(self._inflight.popleft())
         if not finished:
             return 0
         next_offsets: dict[Partition, int] = {}
         for batch in finished:
             next_offsets.update(batch.next_offsets)
         try:
-            self.source.commit(next_offsets, wait=wait)
+            if not self.exactly_once:  # exactly-once: already committed inside each batch's transaction
+                self.source.commit(next_offsets, wait=wait)
         except CommitError as exc:
             self.stats.commit_failures += 1
             if exc.retriable:  # rebalancing: keep them, in order, and commit after the next poll
@@ -228,6 +245,20 @@ class ClassifierLoop:
         self._count_inflight()
         return sum(len(b.records) for b in finished)
 
+    def _rewind(self) -> None:
+        """Drop every batch in flight, from the first undelivered one on, and read them again from
+        their first offsets; the model thread skips those it has not reached yet."""
+        first: dict[Partition, int] = {}
+        for batch in self._inflight:
+            for key, offset in _first_offsets(batch.records).items():
+                first[key] = min(first.get(key, offset), offset)
+        self._inflight.clear()
+        self.source.seek(first)
+        self._epoch += 1  # before un-halting: the model thread then skips every batch polled earlier
+        self._halted = False
+        self._count_inflight()
+        log.warning("batches not delivered will be read again", partitions=len(first))
+
     def _count_inflight(self) -> None:
         self.stats.inflight_batches = len(self._inflight)
         self.stats.inflight_tokens = sum(b.tokens for b in self._inflight)
@@ -237,7 +268,8 @@ class ClassifierLoop:
         tokens = sum(
             min(cap, len(r.value) // _BYTES_PER_TOKEN + 2) if r.value is not None else 1 for r in records
         )
-        return _Batch(records, tokens, _next_offsets(records))
+        metadata = self.source.group_metadata() if self.exactly_once else None
+        return _Batch(records, tokens, _next_offsets(records), group_metadata=metadata, epoch=self._epoch)
 
     # -- the model thread ---------------------------------------------------------------------
 
@@ -252,13 +284,27 @@ class ClassifierLoop:
 
     def _run_batch(self, batch: _Batch) -> None:
         """Classify and deliver one batch, retrying delivery until it succeeds or is abandoned."""
+        if self._halted or batch.epoch != self._epoch:  # dropped by a rewind: it will be polled again
+            batch.done.set()
+            return
         started = time.perf_counter()
         outbound, batch.classified, batch.rejected = self._process(batch.records)
         backoff = 0.0
+        timeout_s = self.settings.workers.produce_timeout_s
         while True:
             try:
-                self.sink.deliver(outbound, timeout_s=self.settings.workers.produce_timeout_s)
+                if self.exactly_once:
+                    sink: Any = self.sink
+                    sink.deliver_atomically(outbound, batch.next_offsets, batch.group_metadata, timeout_s)
+                else:
+                    self.sink.deliver(outbound, timeout_s=timeout_s)
                 batch.delivered, batch.delivered_at = True, time.time()
+                break
+            except FencedError as exc:
+                self._halted = True
+                self.stats.delivery_failures += 1
+                self.stats.last_error = str(exc)
+                log.warning("transaction fenced; the batch will be read again", error=str(exc))
                 break
             except DeliveryError as exc:
                 self.stats.delivery_failures += 1
@@ -362,4 +408,12 @@ def _next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
     for r in records:
         key = (r.topic, r.partition)
         offsets[key] = max(offsets.get(key, -1), r.offset + 1)
+    return offsets
+
+
+def _first_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:
+    offsets: dict[Partition, int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        offsets[key] = min(offsets.get(key, r.offset), r.offset)
     return offsets

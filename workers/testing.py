@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.errors import CommitError, DeliveryError
+from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.records import Label
 from workers.kafka_io import Partition
 from workers.records import OutboundRecord, RawRecord
@@ -40,6 +40,8 @@ class InMemorySource:
         self.commits_at_revoke: list[dict[Partition, int]] | None = None
         #: That many commits fail as if the group were rebalancing (retriable).
         self.rebalancing_commits = 0
+        self.seeks: list[dict[Partition, int]] = []
+        self.generation = 1
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         self.polls += 1
@@ -62,6 +64,13 @@ class InMemorySource:
             self.rebalancing_commits -= 1
             raise CommitError("injected: the group is rebalancing", retriable=True)
         self.commits.append(dict(next_offsets))
+
+    def seek(self, offsets: Mapping[Partition, int]) -> None:
+        self.position.update(offsets)
+        self.seeks.append(dict(offsets))
+
+    def group_metadata(self) -> str:
+        return f"generation-{self.generation}"
 
     def pause_all(self) -> None:
         self.paused = True
@@ -99,6 +108,50 @@ class InMemorySink:
 
     def on(self, topic: str) -> list[OutboundRecord]:
         return [r for r in self.delivered if r.topic == topic]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class InMemoryTransactionalSink:
+    """A transactional sink: ``committed`` holds the (records, offsets) of each committed
+    transaction; ``abort_next`` aborts that many (retriable), ``fence_next`` fences that many."""
+
+    def __init__(self) -> None:
+        self.committed: list[tuple[list[OutboundRecord], dict[Partition, int], str]] = []
+        self.aborted = 0
+        self.abort_next = 0
+        self.fence_next = 0
+        self.closed = False
+
+    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
+        raise TypeError("a transactional sink delivers with deliver_atomically")
+
+    def deliver_atomically(
+        self,
+        records: Sequence[OutboundRecord],
+        next_offsets: Mapping[Partition, int],
+        group_metadata: object,
+        timeout_s: float,
+    ) -> None:
+        if self.fence_next > 0:
+            self.fence_next -= 1
+            self.aborted += 1
+            raise FencedError("injected: the group generation moved on")
+        if self.abort_next > 0:
+            self.abort_next -= 1
+            self.aborted += 1
+            raise DeliveryError("injected: transaction aborted")
+        self.committed.append((list(records), dict(next_offsets), str(group_metadata)))
+
+    def on(self, topic: str) -> list[OutboundRecord]:
+        return [r for records, _, _ in self.committed for r in records if r.topic == topic]
+
+    def committed_offsets(self) -> dict[Partition, int]:
+        merged: dict[Partition, int] = {}
+        for _, offsets, _ in self.committed:
+            merged.update(offsets)
+        return merged
 
     def close(self) -> None:
         self.closed = True

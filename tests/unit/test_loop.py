@@ -3,13 +3,14 @@ import threading
 import time
 
 import orjson
+import pytest
 
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
 from schemas.settings import Settings
 from workers.loop import ClassifierLoop
 from workers.records import RawRecord
-from workers.testing import InMemorySink, InMemorySource, KeywordClassifier
+from workers.testing import InMemorySink, InMemorySource, InMemoryTransactionalSink, KeywordClassifier
 
 SETTINGS = Settings.load(overrides={"topics": {"input": "in", "output": "out", "dlq": "dlq"}})
 
@@ -215,3 +216,61 @@ def test_stop_finishes_and_commits_the_batches_in_flight():
     committed = source.committed().get(("in", 0), 0)
     assert committed > 0
     assert len(sink.on("out")) >= committed  # everything committed was delivered first
+
+
+# -- exactly-once ------------------------------------------------------------------------------
+
+
+def _exactly_once(records, **workers):
+    settings = Settings.load(
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "workers": {
+                "delivery": "exactly-once",
+                "max_batch_records": 10,
+                "poll_timeout_ms": 10,
+                **workers,
+            },
+        }
+    )
+    source, sink = InMemorySource(records), InMemoryTransactionalSink()
+    return ClassifierLoop(source, sink, KeywordClassifier(), settings), source, sink
+
+
+def test_exactly_once_commits_output_and_offsets_in_one_transaction_and_never_directly():
+    loop, source, sink = _exactly_once(
+        [_tweet(0, i, "good") for i in range(15)] + [RawRecord("in", 0, 15, b"k", b"not json", [])]
+    )
+    assert loop.step() == 10 and loop.step() == 6
+    assert source.commits == [], "offsets go through the transaction, never the consumer"
+    assert [offsets for _, offsets, _ in sink.committed] == [{("in", 0): 10}, {("in", 0): 16}]
+    assert all(metadata == "generation-1" for _, _, metadata in sink.committed)
+    assert len(sink.on("out")) == 15 and len(sink.on("dlq")) == 1
+
+
+def test_an_aborted_transaction_is_retried_and_its_output_appears_once():
+    loop, _, sink = _exactly_once([_tweet(0, i, "good") for i in range(5)])
+    sink.abort_next = 2
+    assert loop.step() == 5
+    assert sink.aborted == 2 and len(sink.committed) == 1
+    assert sorted(orjson.loads(r.value)["id"] for r in sink.on("out")) == [f"0-{i}" for i in range(5)]
+
+
+def test_a_fenced_batch_and_those_after_it_are_read_again_from_their_first_offsets():
+    records = [_tweet(p, i, "good") for p in range(2) for i in range(30)]
+    loop, source, sink = _exactly_once(records, max_inflight_batches=8)
+    sink.fence_next = 1
+    stop, thread = _run_in_thread(loop)
+    _await(lambda: sink.committed_offsets() == {("in", 0): 30, ("in", 1): 30})
+    stop.set()
+    thread.join(10)
+    assert source.seeks and source.seeks[0][("in", 0)] == 0, "read again from the fenced batch's start"
+    ids = [orjson.loads(r.value)["id"] for r in sink.on("out")]
+    assert sorted(ids) == sorted(f"{p}-{i}" for p in range(2) for i in range(30)), "each id exactly once"
+    assert source.commits == []
+
+
+def test_exactly_once_refuses_a_sink_without_transactions():
+    settings = Settings.load(overrides={"workers": {"delivery": "exactly-once"}})
+    with pytest.raises(TypeError, match="transactional sink"):
+        ClassifierLoop(InMemorySource([]), InMemorySink(), KeywordClassifier(), settings)
