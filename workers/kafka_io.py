@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
@@ -20,6 +22,8 @@ from schemas.settings import Settings
 from workers.records import OutboundRecord, RawRecord
 
 Partition = tuple[str, int]
+
+log = structlog.get_logger("clstream.kafka")
 
 #: A little lingering lets one poll's worth of results share a few produce requests.
 _LINGER_MS = 5
@@ -33,8 +37,8 @@ class Source(Protocol):
         ...
 
     def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
-        """Commit, per partition, the offset of the next record to read; ``wait=False`` sends the
-        commit without waiting (the only kind allowed inside a rebalance callback).
+        """Commit, per partition, the offset of the next record to read (inside the revocation
+        callback: made by the source, awaited, before the partitions move).
 
         Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
         next poll), not retriable once the partitions belong to another member."""
@@ -54,9 +58,13 @@ class Source(Protocol):
 
     def resume_all(self) -> None: ...
 
-    def on_revoke(self, callback: Callable[[list[Partition], bool], None]) -> None:
-        """Have ``callback(partitions, lost)`` called inside ``poll`` before partitions are taken away
-        (``lost``: evicted from the group, commits will fail)."""
+    def on_revoke(
+        self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
+    ) -> None:
+        """Inside ``poll``, before partitions are taken away: wait (keeping the member alive) until
+        ``settled()`` or ``timeout_s``, then call ``callback(partitions, lost)``, where ``commit``
+        may be called; the source makes that commit before the partitions move. ``lost``: evicted
+        from the group, nothing can be committed and nothing is waited for."""
         ...
 
     def close(self) -> None:
@@ -77,7 +85,12 @@ class Sink(Protocol):
 class KafkaSource:
     def __init__(self, settings: Settings, client_id: str) -> None:
         self._topic = settings.topics.input
-        self._revoke_callback: Callable[[list[Partition], bool], None] | None = None
+        self._request_timeout_ms = settings.kafka.request_timeout_ms
+        self._revocation: tuple[Callable[[list[Partition], bool], None], Callable[[], bool], float] | None = (
+            None
+        )
+        self._in_revocation = False
+        self._revocation_commits: dict[Partition, int] = {}
         self._subscribed = False
         self._consumer = KafkaConsumer(
             **{**settings.kafka.client_config(), "client_id": client_id},
@@ -121,10 +134,8 @@ class KafkaSource:
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
         }
-        if not wait:
-            # Inside a rebalance callback on kafka-python's IO thread, where a blocking commit is
-            # refused. If it fails, the partitions' new owner re-reads: duplicates, never loss.
-            self._consumer.commit_async(offsets)
+        if self._in_revocation:  # made (and awaited) by the revocation listener once the callback returns
+            self._revocation_commits.update(next_offsets)
             return
         try:
             self._consumer.commit(offsets)
@@ -153,8 +164,37 @@ class KafkaSource:
     def resume_all(self) -> None:
         self._consumer.resume(*self._consumer.paused())
 
-    def on_revoke(self, callback: Callable[[list[Partition], bool], None]) -> None:
-        self._revoke_callback = callback
+    def on_revoke(
+        self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
+    ) -> None:
+        self._revocation = (callback, settled, timeout_s)
+
+    async def _revoked(self, partitions: Iterable[TopicPartition], lost: bool) -> None:
+        """Runs on kafka-python's IO loop as an async rebalance listener: its sleeps let heartbeats
+        go on while the batches in flight finish, so waiting does not get the member evicted."""
+        if self._revocation is None:
+            return
+        callback, settled, timeout_s = self._revocation
+        coordinator = self._consumer._coordinator
+        deadline = time.monotonic() + timeout_s
+        while not lost and not settled() and time.monotonic() < deadline:
+            await coordinator._net.sleep(0.05)
+        self._in_revocation, self._revocation_commits = True, {}
+        try:
+            callback(sorted((tp.topic, tp.partition) for tp in partitions), lost)
+        finally:
+            self._in_revocation = False
+        if lost or not self._revocation_commits:
+            return
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(off, "", -1)
+            for (t, p), off in self._revocation_commits.items()
+        }
+        try:
+            await coordinator._commit_offsets_sync_async(offsets, self._request_timeout_ms)
+        except KafkaError as exc:
+            # The new owner re-reads from the last commit: duplicates, never loss.
+            log.warning("commit before handing partitions over failed", error=f"{type(exc).__name__}: {exc}")
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
@@ -164,22 +204,17 @@ class KafkaSource:
         self._consumer.close(autocommit=False)
 
 
-class _RevokeListener(ConsumerRebalanceListener):
+class _RevokeListener(AsyncConsumerRebalanceListener):
     def __init__(self, source: KafkaSource) -> None:
         self._source = source
 
-    def _call(self, partitions: Iterable[TopicPartition], lost: bool) -> None:
-        callback = self._source._revoke_callback
-        if callback is not None:
-            callback(sorted((tp.topic, tp.partition) for tp in partitions), lost)
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._source._revoked(revoked, lost=False)
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._call(revoked, lost=False)
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        await self._source._revoked(lost, lost=True)
 
-    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
-        self._call(lost, lost=True)
-
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         pass
 
 

@@ -140,7 +140,12 @@ class ClassifierLoop:
 
     def run(self, stop: threading.Event, drain_timeout_s: float = 25.0) -> None:
         """Consume until ``stop`` is set, then finish and commit the batches in flight."""
-        self.source.on_revoke(self._on_revoke)
+        # Waits for the batches in flight before partitions move, up to half the rebalance timeout.
+        self.source.on_revoke(
+            self._on_revoke,
+            settled=self._settled,
+            timeout_s=self.settings.workers.max_poll_interval_ms / 2000,
+        )
         model_thread = threading.Thread(target=self._model_loop, name="clstream-model", daemon=True)
         model_thread.start()
         try:
@@ -178,18 +183,19 @@ class ClassifierLoop:
             self.source.resume_all()
             self.stats.paused, self.stats.resumes = False, self.stats.resumes + 1
 
+    def _settled(self) -> bool:
+        """Every batch in flight is finished (delivered or given up): safe to hand partitions over."""
+        return all(batch.done.is_set() for batch in list(self._inflight))
+
     def _on_revoke(self, partitions: list[Partition], lost: bool) -> None:
-        """Called inside ``poll`` (on kafka-python's IO thread, while the consumer thread waits in
-        ``poll``) before partitions move: finish the batches in flight and commit them, so the new
-        owner starts after them. The wait blocks the member's heartbeats, so it is kept well inside
-        the session timeout; whatever is not finished by then is re-read by the new owner."""
+        """Called inside ``poll`` before partitions move, once ``_settled`` (or its deadline): commit
+        the finished batches so the new owner starts after them; what is unfinished is re-read by
+        the new owner (duplicates, never loss). Must not block: the source has done the waiting."""
         if lost:
             self.stats.losses += 1
         else:
             self.stats.revocations += 1
-        workers = self.settings.workers
-        timeout_s = min(workers.max_poll_interval_ms, workers.session_timeout_ms) / 3000
-        self._finish_inflight(timeout_s=timeout_s, commit=not lost, wait_for_commit=False)
+            self._commit_finished(wait=False)
         if lost:
             # Evicted from the group: a commit would fail; the new owner re-reads from the last commit.
             self._inflight.clear()

@@ -33,7 +33,7 @@ class InMemorySource:
         self.closed = False
         self.paused = False
         self.pause_calls = 0
-        self.revoke_callback = None
+        self.revocation: tuple | None = None
         self.polls = 0
         #: Set to simulate a rebalance: the next poll calls the revocation callback first.
         self.revoke_next_poll = False
@@ -45,9 +45,13 @@ class InMemorySource:
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         self.polls += 1
-        if self.revoke_next_poll and self.revoke_callback is not None:
+        if self.revoke_next_poll and self.revocation is not None:
             self.revoke_next_poll = False
-            self.revoke_callback(sorted(self.position), False)
+            callback, settled, timeout_s = self.revocation
+            deadline = time.monotonic() + timeout_s
+            while not settled() and time.monotonic() < deadline:  # the real source keeps heartbeating here
+                time.sleep(0.01)
+            callback(sorted(self.position), False)
             self.commits_at_revoke = list(self.commits)
         if self.paused:
             time.sleep(timeout_ms / 1000)  # like a real poll with nothing fetchable: blocks up to the timeout
@@ -79,8 +83,8 @@ class InMemorySource:
     def resume_all(self) -> None:
         self.paused = False
 
-    def on_revoke(self, callback) -> None:
-        self.revoke_callback = callback
+    def on_revoke(self, callback, settled, timeout_s: float) -> None:
+        self.revocation = (callback, settled, timeout_s)
 
     def committed(self) -> dict[Partition, int]:
         merged: dict[Partition, int] = {}
