@@ -135,6 +135,8 @@ def run_bench(args: argparse.Namespace) -> int:
         workers__count=1,
         # The actor's torch thread count is its CPU reservation: the same as the bare loop's.
         workers__cpus=float(threads),
+        # A free metrics port: a benchmark never collides with a running driver.
+        metrics__port=0,
     )
     torch.set_num_threads(threads)
     texts = bench_texts(plan.tweets)

@@ -156,6 +156,21 @@ class LocalBroker:
         (self.state_dir / "broker.pid").unlink(missing_ok=True)
         return True
 
+    def set_client_quota(self, client_id: str, producer_byte_rate: int | None) -> None:
+        """Throttle (or, with None, stop throttling) what one client id may produce, in bytes/s:
+        the broker delays its produce responses. A slow sink that is real, for backpressure tests."""
+        change = (
+            ["--add-config", f"producer_byte_rate={producer_byte_rate}"]
+            if producer_byte_rate is not None
+            else ["--delete-config", "producer_byte_rate"]
+        )
+        self._java(
+            self.ensure_jars(),
+            ["kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap, "--alter",
+             *change, "--entity-type", "clients", "--entity-name", client_id],
+            check=True,
+        )  # fmt: skip
+
     def wipe(self) -> None:
         """Stop the broker and delete its data (topics, offsets)."""
         self.stop()

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import bench, evaluate, finetune, train_head
+from pipelines import bench, evaluate, finetune, status, train_head
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -33,6 +33,8 @@ _SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
     "pooling": ("model", "pooling"),
     "device": ("model", "device"),
     "log_level": ("log", "level"),
+    "metrics_port": ("metrics", "port"),
+    "delivery": ("workers", "delivery"),
 }
 
 
@@ -53,6 +55,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) 
     parser.add_argument("--head", type=Path, help="head directory (head.safetensors + head.json)")
     parser.add_argument("--pooling", choices=["cls", "mean", "last4", "pooler"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--metrics-port", type=int, help="driver's Prometheus port (0: a free one)")
+    parser.add_argument(
+        "--delivery",
+        choices=["at-least-once", "exactly-once"],
+        help="exactly-once: output, DLQ and offsets in one Kafka transaction per batch",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -229,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.register(sub)
     evaluate.register(sub)
     bench.register(sub)
+    status.register(sub)
     return parser
 
 

@@ -52,6 +52,8 @@ def run_demo(args: argparse.Namespace) -> int:
         "topics__output": f"demo-{run_id}.labeled",
         "topics__dlq": f"demo-{run_id}.dlq",
         "topics__group_id": f"demo-{run_id}",
+        # A free port unless --metrics-port says otherwise: a demo never collides with a real driver.
+        "metrics__port": 0,
     }
     settings = settings_from_args(args, **names)
 

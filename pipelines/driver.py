@@ -43,6 +43,10 @@ class ActorView:
     rate_per_s: float = 0.0
     device: str = "unknown"
     error: str | None = None
+    inflight_tokens: int = 0
+    inflight_batches: int = 0
+    paused: bool = False
+    rss_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class DriverView:
             "rate_per_s": round(self.rate_per_s, 1),
             "replaced": self.replaced_total,
             "retiring": self.retiring,
+            "inflight_tokens": sum(a.inflight_tokens for a in self.actors),
+            "paused": [a.name for a in self.actors if a.paused],
         }
 
 
@@ -80,6 +86,7 @@ class _Member:
     name: str
     handle: Any
     spawned_at: float
+    slot: int = 0
     pending_ref: Any = None
     last_answer_at: float | None = None
     last: dict[str, Any] = field(default_factory=dict)
@@ -102,7 +109,6 @@ class Driver:
         self._own_ray = False
         self._probe: LagProbe | None = None
         self._last_consumed_by_member: dict[str, tuple[float, int]] = {}
-        self._retired_consumed = 0
         self._due_spawns: list[float] = []
         self._crash_streak = 0
         self._retiring: dict[str, tuple[_Member, Any]] = {}
@@ -111,6 +117,11 @@ class Driver:
         self._last_end: tuple[float, int] | None = None
         self.decisions: list[ScalingDecision] = []
         self.last_view: DriverView | None = None
+        #: Counters of actors that are gone, so pipeline totals never go backwards.
+        self.retired_totals: dict[str, int] = {"consumed": 0, "classified": 0, "dead_lettered": 0}
+        #: Last stats of actors that are gone (their latency histograms stay in the totals).
+        self.retired_latency: list[dict[str, Any]] = []
+        self.metrics_port: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,6 +142,12 @@ class Driver:
             log.info("created topics", topics=created)
         self._probe = LagProbe(self.settings.kafka, topics.input, topics.group_id)
         log.info("driver starting", settings=self.settings.to_log_fields(), cluster=_cluster_resources())
+        metrics = self.settings.metrics
+        if metrics.enabled:
+            from pipelines.metrics import serve_metrics
+
+            self.metrics_port = serve_metrics(self, metrics.host, metrics.port)
+            log.info("metrics served", url=f"http://{metrics.host}:{self.metrics_port}/metrics")
         autoscale = self.settings.autoscale
         for _ in range(autoscale.min_actors if autoscale.enabled else self.settings.workers.count):
             self._spawn()
@@ -204,6 +221,10 @@ class Driver:
                 rate_per_s=m.rate_per_s,
                 device=m.last.get("device", "unknown"),
                 error=m.last.get("error"),
+                inflight_tokens=m.last.get("inflight_tokens", 0),
+                inflight_batches=m.last.get("inflight_batches", 0),
+                paused=bool(m.last.get("paused", False)),
+                rss_bytes=m.last.get("rss_bytes", 0),
             )
             for m in self.members.values()
         )
@@ -212,7 +233,7 @@ class Driver:
             actors=actors,
             lag=lag,
             replaced_total=self.replaced_total,
-            consumed_total=self._retired_consumed + sum(a.consumed for a in actors),
+            consumed_total=self.retired_totals["consumed"] + sum(a.consumed for a in actors),
             rate_per_s=sum(a.rate_per_s for a in actors),
             retiring=len(self._retiring),
             decision=decision,
@@ -276,13 +297,15 @@ class Driver:
         from workers.actor import ClassifierActor
 
         name = f"classifier-{next(self._names)}"
+        taken = {m.slot for m in self.members.values()} | {m.slot for m, _ in self._retiring.values()}
+        slot = next(i for i in itertools.count() if i not in taken)
         workers = self.settings.workers
         options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
         if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
             options["num_gpus"] = workers.gpu_fraction
-        handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name)
+        handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name, slot)
         handle.start.remote()
-        member = _Member(name=name, handle=handle, spawned_at=self.clock())
+        member = _Member(name=name, handle=handle, spawned_at=self.clock(), slot=slot)
         self.members[name] = member
         log.info(
             "actor spawned", actor=name, resources={k: v for k, v in options.items() if k.startswith("num_")}
@@ -304,7 +327,7 @@ class Driver:
             error=member.last.get("error"),
             restart_in_s=delay,
         )
-        self._retired_consumed += member.last.get("consumed", 0)
+        self._fold_retired(member.last)
         try:
             ray.kill(member.handle, no_restart=True)
         except Exception as exc:  # noqa: BLE001 - it may already be gone
@@ -365,13 +388,21 @@ class Driver:
                 continue
             try:
                 final = ray.get(ref)
-                self._retired_consumed += final.get("consumed", 0)
+                self._fold_retired(final)
                 log.info("actor retired", actor=name, consumed=final.get("consumed", 0), state=final["state"])
             except Exception as exc:  # noqa: BLE001 - it died while draining: its batch is uncommitted, re-read
-                self._retired_consumed += member.last.get("consumed", 0)
+                self._fold_retired(member.last)
                 log.warning("actor died while retiring", actor=name, error=type(exc).__name__)
             ray.kill(member.handle, no_restart=True)
             del self._retiring[name]
+
+    def _fold_retired(self, stats: dict[str, Any]) -> None:
+        for key in self.retired_totals:
+            self.retired_totals[key] += stats.get(key, 0)
+        if stats.get("latency_counts"):
+            self.retired_latency.append(
+                {"latency_counts": stats["latency_counts"], "latency_sum_s": stats.get("latency_sum_s", 0.0)}
+            )
 
     # -- introspection for tests and the CLI ------------------------------------------------
 

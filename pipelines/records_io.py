@@ -72,12 +72,19 @@ def read_topic(
     idle_timeout_s: float = 5.0,
     max_records: int | None = None,
     from_end: bool = False,
+    read_committed: bool = False,
 ) -> Iterator[tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
     """(partition, offset, key, value, headers) from every partition of ``topic``, without a group.
 
     From the beginning (or the end) until ``max_records`` or ``idle_timeout_s`` with nothing new.
+    ``read_committed``: skip records of aborted (and not yet committed) transactions.
     """
-    consumer = KafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        **kafka.client_config(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+    )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:

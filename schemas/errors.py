@@ -5,6 +5,8 @@ ClstreamError
 │   └── UnsafeCheckpointError   pickle (.bin/.pt) weights refused; safetensors only
 ├── BrokerError             the local Kafka broker could not be set up, started or reached
 ├── DeliveryError           output/DLQ records were not acknowledged; the batch is not committed
+│   └── FencedError             a transaction refused: this member's group generation is stale
+├── CommitError             offsets not committed (``retriable`` while the group rebalances)
 └── ActorFailedError        a classifier actor stopped with an error (the driver replaces it)
 """
 
@@ -29,6 +31,11 @@ class BrokerError(ClstreamError):
 
 class DeliveryError(ClstreamError):
     pass
+
+
+class FencedError(DeliveryError):
+    """A transaction was refused because this member's group generation is stale: its partitions
+    may belong to another member now. Not retried; the batch is read again from the last commit."""
 
 
 class CommitError(ClstreamError):

@@ -153,6 +153,18 @@ class WorkerSettings(BaseModel):
     gpu_fraction: float = Field(default=1.0, gt=0, le=1)
     #: CPUs reserved per actor; also the actor's torch thread count when on CPU.
     cpus: float = Field(default=1.0, gt=0, le=256)
+    #: Backpressure credit: estimated tokens polled but not yet committed. When spent, the actor
+    #: pauses its partitions (still polling, so it stays in the group) until batches complete.
+    max_inflight_tokens: int = Field(default=32_768, ge=64)
+    #: At most this many polled batches waiting for or in the model; with one batch of producer
+    #: sends outstanding at a time, this bounds an actor's memory.
+    max_inflight_batches: int = Field(default=4, ge=1, le=64)
+    #: at-least-once: commit offsets after the batch's output is acknowledged (a crash may repeat
+    #: the batches in flight). exactly-once: output, DLQ records and offsets in one transaction
+    #: per batch; readers use isolation_level=read_committed.
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    #: How long the broker keeps a transaction of a vanished producer open (exactly-once only).
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
     session_timeout_ms: int = Field(default=30_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
 
@@ -197,6 +209,18 @@ class AutoscaleSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """The driver's Prometheus endpoint (``clstream status`` reads it too)."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    #: Loopback by default: metrics name topics and hosts, so exposing them is a deliberate choice.
+    host: str = "127.0.0.1"
+    #: 9464 is the port OpenTelemetry's Prometheus exporter uses; 0 picks a free one.
+    port: int = Field(default=9464, ge=0, le=65_535)
+
+
 class LogSettings(BaseModel):
     model_config = _FROZEN
 
@@ -220,6 +244,7 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     driver: DriverSettings = DriverSettings()
     autoscale: AutoscaleSettings = AutoscaleSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Any
 
+import psutil
 import structlog
 
 from schemas.settings import Settings
@@ -24,10 +25,12 @@ log = structlog.get_logger("clstream.actor")
 
 
 class ClassifierActor:
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, slot: int = 0) -> None:
         configure_logging(settings.log.level, settings.log.format)
         self.settings = settings
         self.name = name
+        #: Stable across replacements: a replacement reuses its predecessor's transactional id.
+        self.slot = slot
         self.state = "starting"
         self.error: str | None = None
         self.device = "unknown"
@@ -57,6 +60,7 @@ class ClassifierActor:
             "pid": os.getpid(),
             "uptime_s": time.time() - self.started_at,
             "padding_efficiency": (real / padded) if padded else None,
+            "rss_bytes": psutil.Process().memory_info().rss,
             **snapshot,
         }
 
@@ -77,7 +81,7 @@ class ClassifierActor:
             self._loop = self._build()
             self.state = "running" if not self._stop.is_set() else "draining"
             log.info("actor running", device=self.device)
-            self._loop.run(self._stop)
+            self._loop.run(self._stop, drain_timeout_s=self.settings.driver.drain_timeout_s)
             self.state = "stopped"
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces the actor
             self.error = f"{type(exc).__name__}: {exc}"
@@ -90,7 +94,7 @@ class ClassifierActor:
         import torch
 
         from workers.checkpoints import load_classifier
-        from workers.kafka_io import KafkaSink, KafkaSource
+        from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
         from workers.loop import ClassifierLoop
 
         model = self.settings.model
@@ -109,7 +113,14 @@ class ClassifierActor:
             precision=model.precision,
         )
         self.device = str(getattr(classifier, "device", "cpu"))
-        sink = KafkaSink(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
+        client_id = f"{self.settings.kafka.client_id}-{self.name}"
+        sink: Any
+        if self.settings.workers.delivery == "exactly-once":
+            # One id per slot and group: the replacement of a dead actor fences it at once.
+            transactional_id = f"{self.settings.topics.group_id}-classifier-{self.slot}"
+            sink = KafkaTransactionalSink(self.settings, client_id, transactional_id)
+        else:
+            sink = KafkaSink(self.settings, client_id=client_id)
         source = KafkaSource(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
         return ClassifierLoop(source, sink, classifier, self.settings)
 

@@ -1,23 +1,29 @@
 """Kafka behind two narrow interfaces: a ``Source`` of raw records and a ``Sink`` that delivers.
 
 The loop only sees these protocols; ``workers.testing`` has in-memory versions for unit tests.
+A ``TransactionalSink`` (exactly-once delivery) also commits the consumed offsets, inside the
+same Kafka transaction as the batch's output and dead-letter records.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import structlog
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
-from schemas.errors import CommitError, DeliveryError
+from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.settings import Settings
 from workers.records import OutboundRecord, RawRecord
 
 Partition = tuple[str, int]
+
+log = structlog.get_logger("clstream.kafka")
 
 #: A little lingering lets one poll's worth of results share a few produce requests.
 _LINGER_MS = 5
@@ -30,15 +36,35 @@ class Source(Protocol):
         """Up to ``max_records`` records in offset order per partition; blocks at most ``timeout_ms``."""
         ...
 
-    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
-        """Synchronously commit, per partition, the offset of the next record to read.
+    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
+        """Commit, per partition, the offset of the next record to read (inside the revocation
+        callback: made by the source, awaited, before the partitions move).
 
         Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
         next poll), not retriable once the partitions belong to another member."""
         ...
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
-        """Re-read from these offsets on the next poll (used to retry an undelivered batch)."""
+        """Read again from these offsets (partitions no longer assigned are left to their owner)."""
+        ...
+
+    def group_metadata(self) -> Any:
+        """This member's group generation, for fencing a transaction's offset commit (KIP-447)."""
+        ...
+
+    def pause_all(self) -> None:
+        """Stop fetching from every assigned partition; ``poll`` still keeps the member in the group."""
+        ...
+
+    def resume_all(self) -> None: ...
+
+    def on_revoke(
+        self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
+    ) -> None:
+        """Inside ``poll``, before partitions are taken away: wait (keeping the member alive) until
+        ``settled()`` or ``timeout_s``, then call ``callback(partitions, lost)``, where ``commit``
+        may be called; the source makes that commit before the partitions move. ``lost``: evicted
+        from the group, nothing can be committed and nothing is waited for."""
         ...
 
     def close(self) -> None:
@@ -58,8 +84,15 @@ class Sink(Protocol):
 
 class KafkaSource:
     def __init__(self, settings: Settings, client_id: str) -> None:
+        self._topic = settings.topics.input
+        self._request_timeout_ms = settings.kafka.request_timeout_ms
+        self._revocation: tuple[Callable[[list[Partition], bool], None], Callable[[], bool], float] | None = (
+            None
+        )
+        self._in_revocation = False
+        self._revocation_commits: dict[Partition, int] = {}
+        self._subscribed = False
         self._consumer = KafkaConsumer(
-            settings.topics.input,
             **{**settings.kafka.client_config(), "client_id": client_id},
             group_id=settings.topics.group_id,
             enable_auto_commit=False,
@@ -78,6 +111,10 @@ class KafkaSource:
         )
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        if not self._subscribed:
+            # Joined on the first poll, so a revocation callback set before it is always in place.
+            self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
+            self._subscribed = True
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         return [
             RawRecord(
@@ -93,10 +130,13 @@ class KafkaSource:
             for r in records
         ]
 
-    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
         }
+        if self._in_revocation:  # made (and awaited) by the revocation listener once the callback returns
+            self._revocation_commits.update(next_offsets)
+            return
         try:
             self._consumer.commit(offsets)
         except RebalanceInProgressError as exc:
@@ -112,8 +152,49 @@ class KafkaSource:
         assigned = self._consumer.assignment()
         for (topic, partition), offset in offsets.items():
             tp = TopicPartition(topic, partition)
-            if tp in assigned:  # a partition revoked meanwhile is re-read by its new owner from the commit
+            if tp in assigned:
                 self._consumer.seek(tp, offset)
+
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
+    def pause_all(self) -> None:
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume_all(self) -> None:
+        self._consumer.resume(*self._consumer.paused())
+
+    def on_revoke(
+        self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
+    ) -> None:
+        self._revocation = (callback, settled, timeout_s)
+
+    async def _revoked(self, partitions: Iterable[TopicPartition], lost: bool) -> None:
+        """Runs on kafka-python's IO loop as an async rebalance listener: its sleeps let heartbeats
+        go on while the batches in flight finish, so waiting does not get the member evicted."""
+        if self._revocation is None:
+            return
+        callback, settled, timeout_s = self._revocation
+        coordinator = self._consumer._coordinator
+        deadline = time.monotonic() + timeout_s
+        while not lost and not settled() and time.monotonic() < deadline:
+            await coordinator._net.sleep(0.05)
+        self._in_revocation, self._revocation_commits = True, {}
+        try:
+            callback(sorted((tp.topic, tp.partition) for tp in partitions), lost)
+        finally:
+            self._in_revocation = False
+        if lost or not self._revocation_commits:
+            return
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(off, "", -1)
+            for (t, p), off in self._revocation_commits.items()
+        }
+        try:
+            await coordinator._commit_offsets_sync_async(offsets, self._request_timeout_ms)
+        except KafkaError as exc:
+            # The new owner re-reads from the last commit: duplicates, never loss.
+            log.warning("commit before handing partitions over failed", error=f"{type(exc).__name__}: {exc}")
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
@@ -123,20 +204,56 @@ class KafkaSource:
         self._consumer.close(autocommit=False)
 
 
+class _RevokeListener(AsyncConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._source._revoked(revoked, lost=False)
+
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        await self._source._revoked(lost, lost=True)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        pass
+
+
+class TransactionalSink(Sink, Protocol):
+    def deliver_atomically(
+        self,
+        records: Sequence[OutboundRecord],
+        next_offsets: Mapping[Partition, int],
+        group_metadata: Any,
+        timeout_s: float,
+    ) -> None:
+        """Produce ``records`` and commit ``next_offsets`` for the group in one transaction.
+
+        Returns once it is committed. On failure the transaction is aborted (none of it is ever
+        visible to ``read_committed`` readers) and ``DeliveryError`` is raised: try the same batch
+        again. ``FencedError`` means the group generation moved on (the partitions may belong to
+        another member now): do not retry; read the batch again from the last committed offsets."""
+        ...
+
+
+def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer:
+    return KafkaProducer(
+        **{**settings.kafka.client_config(), "client_id": client_id},
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=_LINGER_MS,
+        retries=2**31 - 1,
+        # kafka-python insists on delivery_timeout > linger + request_timeout.
+        delivery_timeout_ms=max(
+            int(settings.workers.produce_timeout_s * 1000),
+            settings.kafka.request_timeout_ms + _LINGER_MS + 1_000,
+        ),
+        **extra,
+    )
+
+
 class KafkaSink:
     def __init__(self, settings: Settings, client_id: str) -> None:
-        self._producer = KafkaProducer(
-            **{**settings.kafka.client_config(), "client_id": client_id},
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=_LINGER_MS,
-            retries=2**31 - 1,
-            # kafka-python insists on delivery_timeout > linger + request_timeout.
-            delivery_timeout_ms=max(
-                int(settings.workers.produce_timeout_s * 1000),
-                settings.kafka.request_timeout_ms + _LINGER_MS + 1_000,
-            ),
-        )
+        self._producer = _producer(settings, client_id)
 
     def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -170,3 +287,96 @@ def _failures(futures: Iterable[Any]) -> list[BaseException]:
         elif future.failed():
             failures.append(future.exception)
     return failures
+
+
+#: Errors that mean this member's view of the group is stale: its transaction may not commit
+#: offsets for partitions that could now belong to someone else (KIP-447).
+_FENCING_ERRORS = (
+    "ProducerFencedError",
+    "InvalidProducerEpochError",
+    "CommitFailedError",
+    "IllegalGenerationError",
+    "UnknownMemberIdError",
+    "FencedInstanceIdError",
+    "RebalanceInProgressError",
+)
+
+
+class KafkaTransactionalSink:
+    """Exactly-once delivery: one transactional producer per actor slot.
+
+    ``transactional_id`` is stable per actor slot, so the replacement of a killed actor fences the
+    dead one and aborts its open transaction at once (``init_transactions``) instead of leaving
+    ``read_committed`` readers stuck behind it until the transaction timeout. kafka-python's
+    ``commit_transaction``, ``abort_transaction`` and ``send_offsets_to_transaction`` wait without
+    a deadline; here every wait has one, and a producer that misses it is closed and replaced.
+    """
+
+    def __init__(self, settings: Settings, client_id: str, transactional_id: str) -> None:
+        self._settings, self._client_id, self._transactional_id = settings, client_id, transactional_id
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> KafkaProducer:
+        producer = _producer(
+            self._settings,
+            self._client_id,
+            transactional_id=self._transactional_id,
+            transaction_timeout_ms=self._settings.workers.transaction_timeout_ms,
+        )
+        producer.init_transactions()
+        return producer
+
+    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
+        raise TypeError("a transactional sink delivers with deliver_atomically (offsets in the transaction)")
+
+    def deliver_atomically(
+        self,
+        records: Sequence[OutboundRecord],
+        next_offsets: Mapping[Partition, int],
+        group_metadata: Any,
+        timeout_s: float,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        producer = self._producer
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
+        }
+        try:
+            producer.begin_transaction()
+            for r in records:
+                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
+            manager = producer._transaction_manager
+            self._await(manager.send_offsets_to_transaction(offsets, group_metadata), deadline, "offsets")
+            self._await(manager.begin_commit(), deadline, "commit")
+        except KafkaError as exc:
+            self._abort(deadline + timeout_s)
+            message = f"transaction of {len(records)} records not committed: {type(exc).__name__}: {exc}"
+            if type(exc).__name__ in _FENCING_ERRORS:
+                raise FencedError(message) from exc
+            raise DeliveryError(message) from exc
+
+    def _await(self, result: Any, deadline: float, what: str) -> None:
+        """Wait for a transactional request with a deadline (kafka-python's own calls have none)."""
+        self._producer._sender.wakeup()
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if not result.wait(timeout_ms=remaining_ms):
+            from kafka.errors import KafkaTimeoutError
+
+            raise KafkaTimeoutError(f"transaction {what} not acknowledged in time")
+
+    def _abort(self, deadline: float) -> None:
+        try:
+            self._await(self._producer._transaction_manager.begin_abort(), deadline, "abort")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure to abort: start over with a new producer
+            error = f"{type(exc).__name__}: {exc}"
+        # A producer that cannot abort is replaced; init_transactions on the same transactional id
+        # fences it and aborts whatever it left open.
+        try:
+            self._producer.close(timeout=0)
+        finally:
+            self._producer = self._new_producer()
+        raise DeliveryError(f"could not abort a transaction ({error}); the producer was replaced")
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)

@@ -1,25 +1,43 @@
-"""The per-actor loop: poll -> decode -> classify -> deliver -> commit.
+"""The per-actor loop: poll -> decode -> classify -> deliver -> commit, with backpressure.
 
-Offsets are committed in exactly one place, ``ClassifierLoop.step``, and only after every output
-and dead-letter record of the batch has been acknowledged (at-least-once). If delivery fails the
-batch is not committed: the loop seeks back and processes it again after a backoff, so a record
-is never skipped, even when the DLQ itself cannot be written.
+Two threads share the work. The *consumer thread* (``run``) owns the Kafka consumer: it polls,
+hands batches to the *model thread*, commits finished batches in order, and pauses every
+assigned partition while the in-flight credit is spent, so it keeps polling (and so stays in the
+group, however long inference takes) without taking more records. The *model thread* decodes,
+classifies and delivers one batch at a time, waiting for every output and DLQ record to be
+acknowledged, so at most one batch of producer sends is ever outstanding.
+
+Offsets are committed in exactly one place, ``_commit_finished``, on the consumer thread, and
+only for batches whose records were all acknowledged, in the order they were polled. A batch
+whose delivery fails (broker down, DLQ unwritable) is retried with a backoff until it succeeds:
+the credit stays spent, the partitions stay paused, consumption stops and ``stats.last_error``
+says why; nothing is skipped.
+
+Credit is counted in tokens, estimated from each record's size before tokenization.
+
+With ``workers.delivery = "exactly-once"`` the model thread commits each batch's output, DLQ
+records and offsets in one Kafka transaction, and the consumer thread commits nothing itself. A
+batch whose transaction is fenced (the group moved on) is not retried: the consumer thread drops
+it and every batch after it and reads them again from the last committed offsets.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from queue import SimpleQueue
+from typing import Any
 
 import numpy as np
 import orjson
 import structlog
 
 from schemas.dlq import DlqHeader
-from schemas.errors import CommitError, DeliveryError
+from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.records import SCHEMA_VERSION, Tweet
 from schemas.settings import Settings
 from workers.decode import Rejection, decode_tweet
@@ -31,11 +49,15 @@ log = structlog.get_logger("clstream.loop")
 
 #: Longest wait between retries of an undelivered batch; keeps recovery quick once the broker is back.
 _MAX_BACKOFF_S = 5.0
+#: Upper bounds of the end-to-end latency histogram, seconds (Prometheus ``le`` buckets).
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: WordPiece averages roughly 4 bytes of English per token; the JSON envelope makes this an overestimate.
+_BYTES_PER_TOKEN = 4
 
 
 @dataclass
 class LoopStats:
-    """Counters since the loop started. Written by the loop thread only; read by anyone."""
+    """Counters since the loop started. Written by the loop's threads; read by anyone."""
 
     consumed: int = 0
     classified: int = 0
@@ -47,14 +69,54 @@ class LoopStats:
     busy_s: float = 0.0
     last_batch_at: float | None = None
     last_error: str | None = None
+    inflight_batches: int = 0
+    inflight_tokens: int = 0
+    paused: bool = False
+    pauses: int = 0
+    resumes: int = 0
+    #: Partitions taken away by a rebalance (revoked) or by eviction from the group (lost).
+    revocations: int = 0
+    losses: int = 0
+    #: End-to-end latency (record timestamp -> output acknowledged): counts per ``LATENCY_BUCKETS_S``
+    #: bucket (not cumulative), the last one for anything slower; records without a timestamp skipped.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
     committed: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict:
-        return asdict(self) | {"committed": dict(self.committed)}
+        return asdict(self) | {"committed": dict(self.committed), "latency_counts": list(self.latency_counts)}
+
+    def observe_latencies(self, latencies_s: np.ndarray) -> None:
+        if latencies_s.size:
+            bins = np.searchsorted(LATENCY_BUCKETS_S, latencies_s, side="left")
+            counts = np.bincount(bins, minlength=len(self.latency_counts))
+            self.latency_counts = [a + int(b) for a, b in zip(self.latency_counts, counts, strict=True)]
+            self.latency_sum_s += float(latencies_s.sum())
+
+
+@dataclass
+class _Batch:
+    records: list[RawRecord]
+    tokens: int
+    next_offsets: dict[Partition, int]
+    done: threading.Event = field(default_factory=threading.Event)
+    delivered: bool = False
+    delivered_at: float = 0.0
+    #: Group membership when polled: fences the batch's transaction if the group has moved on.
+    group_metadata: Any = None
+    #: The loop's rewind count when polled: a batch from before a rewind is skipped, never delivered.
+    epoch: int = 0
+    classified: int = 0
+    rejected: int = 0
+    busy_s: float = 0.0
 
 
 class ClassifierLoop:
-    """One consumer-group member's whole data path. Not thread-safe: one thread calls ``step``."""
+    """One consumer-group member's whole data path.
+
+    ``run`` is the threaded loop used by actors. ``step`` does one batch synchronously on the
+    calling thread (for tests and embedding); the two must not be mixed on one instance.
+    """
 
     def __init__(self, source: Source, sink: Sink, classifier: Classifier, settings: Settings) -> None:
         self.source = source
@@ -62,58 +124,224 @@ class ClassifierLoop:
         self.classifier = classifier
         self.settings = settings
         self.stats = LoopStats()
-        self._backoff_s = 0.0
-        # Delivered but not yet committed because the group was rebalancing: committed with the next batch.
-        self._uncommitted: dict[Partition, int] = {}
+        self._inflight: deque[_Batch] = deque()
+        self._work: SimpleQueue[_Batch | None] = SimpleQueue()
+        # Set when retries must give up (drain deadline passed): the batch stays uncommitted.
+        self._abandon = threading.Event()
+        self.exactly_once = settings.workers.delivery == "exactly-once"
+        if self.exactly_once and not hasattr(sink, "deliver_atomically"):
+            raise TypeError("exactly-once delivery needs a transactional sink")
+        self._epoch = 0
+        # Set by the model thread when a batch is fenced: it skips every later batch until the
+        # consumer thread has rewound, so no transaction commits offsets past an undelivered batch.
+        self._halted = False
 
-    def run(self, stop: threading.Event) -> None:
-        """Process batches until ``stop`` is set; the batch in hand is finished and committed first."""
-        while not stop.is_set():
-            self.step(stop)
+    # -- the threaded loop (consumer thread) ---------------------------------------------------
 
-    def step(self, stop: threading.Event | None = None) -> int:
-        """Poll one batch and see it through to a commit. Returns the number of records committed."""
+    def run(self, stop: threading.Event, drain_timeout_s: float = 25.0) -> None:
+        """Consume until ``stop`` is set, then finish and commit the batches in flight."""
+        # Waits for the batches in flight before partitions move, up to half the rebalance timeout.
+        self.source.on_revoke(
+            self._on_revoke,
+            settled=self._settled,
+            timeout_s=self.settings.workers.max_poll_interval_ms / 2000,
+        )
+        model_thread = threading.Thread(target=self._model_loop, name="clstream-model", daemon=True)
+        model_thread.start()
+        try:
+            while not stop.is_set():
+                self._poll_and_dispatch()
+                self._commit_finished()
+                self._apply_credit()
+            self._finish_inflight(timeout_s=drain_timeout_s)
+        finally:
+            self._abandon.set()
+            self._work.put(None)
+            model_thread.join(timeout=drain_timeout_s)
+
+    def _poll_and_dispatch(self) -> None:
+        workers = self.settings.workers
+        records = self.source.poll(timeout_ms=workers.poll_timeout_ms, max_records=workers.max_batch_records)
+        if records:
+            batch = self._new_batch(records)
+            self._inflight.append(batch)
+            self._work.put(batch)
+            self._count_inflight()
+
+    def _apply_credit(self) -> None:
+        """Pause while the credit is spent; resume once it has come back. Never stops polling."""
+        workers = self.settings.workers
+        spent = (
+            self.stats.inflight_tokens >= workers.max_inflight_tokens
+            or len(self._inflight) >= workers.max_inflight_batches
+        )
+        if spent and not self.stats.paused:
+            self.source.pause_all()
+            self.stats.paused, self.stats.pauses = True, self.stats.pauses + 1
+            log.debug("credit spent: partitions paused", inflight_tokens=self.stats.inflight_tokens)
+        elif not spent and self.stats.paused:
+            self.source.resume_all()
+            self.stats.paused, self.stats.resumes = False, self.stats.resumes + 1
+
+    def _settled(self) -> bool:
+        """Every batch in flight is finished (delivered or given up): safe to hand partitions over."""
+        return all(batch.done.is_set() for batch in list(self._inflight))
+
+    def _on_revoke(self, partitions: list[Partition], lost: bool) -> None:
+        """Called inside ``poll`` before partitions move, once ``_settled`` (or its deadline): commit
+        the finished batches so the new owner starts after them; what is unfinished is re-read by
+        the new owner (duplicates, never loss). Must not block: the source has done the waiting."""
+        if lost:
+            self.stats.losses += 1
+        else:
+            self.stats.revocations += 1
+            self._commit_finished(wait=False)
+        if lost:
+            # Evicted from the group: a commit would fail; the new owner re-reads from the last commit.
+            self._inflight.clear()
+            self._count_inflight()
+
+    def _finish_inflight(self, timeout_s: float, commit: bool = True, wait_for_commit: bool = True) -> None:
+        deadline = time.monotonic() + timeout_s
+        for batch in list(self._inflight):
+            if not batch.done.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("batches still in flight at the deadline", batches=len(self._inflight))
+                break
+        if commit:
+            self._commit_finished(wait=wait_for_commit)
+
+    def _commit_finished(self, wait: bool = True) -> int:
+        """Commit, in poll order, every leading batch that was fully delivered. The only commit."""
+        finished: list[_Batch] = []
+        while self._inflight and self._inflight[0].done.is_set():
+            if not self._inflight[0].delivered:  # fenced, or abandoned at a deadline
+                self._rewind()
+                break
+            finished.append(self._inflight.popleft())
+        if not finished:
+            return 0
+        next_offsets: dict[Partition, int] = {}
+        for batch in finished:
+            next_offsets.update(batch.next_offsets)
+        try:
+            if not self.exactly_once:  # exactly-once: already committed inside each batch's transaction
+                self.source.commit(next_offsets, wait=wait)
+        except CommitError as exc:
+            self.stats.commit_failures += 1
+            if exc.retriable:  # rebalancing: keep them, in order, and commit after the next poll
+                self._inflight.extendleft(reversed(finished))
+            else:  # the new owner re-reads them from the last commit: duplicates, never loss
+                log.warning("batches delivered but not committed", batches=len(finished), error=str(exc))
+                self._count_inflight()
+            return 0
+        stats = self.stats
+        for batch in finished:
+            stats.consumed += len(batch.records)
+            stats.classified += batch.classified
+            stats.dead_lettered += batch.rejected
+            stats.busy_s += batch.busy_s
+            stamps = np.fromiter(
+                (r.timestamp_ms for r in batch.records), dtype=np.float64, count=len(batch.records)
+            )
+            stats.observe_latencies(np.maximum(0.0, batch.delivered_at - stamps[stamps >= 0] / 1000))
+        stats.batches += len(finished)
+        stats.commits += 1
+        stats.last_batch_at = time.time()
+        stats.committed.update({f"{t}/{p}": off for (t, p), off in next_offsets.items()})
+        self._count_inflight()
+        return sum(len(b.records) for b in finished)
+
+    def _rewind(self) -> None:
+        """Drop every batch in flight, from the first undelivered one on, and read them again from
+        their first offsets; the model thread skips those it has not reached yet."""
+        first: dict[Partition, int] = {}
+        for batch in self._inflight:
+            for key, offset in _first_offsets(batch.records).items():
+                first[key] = min(first.get(key, offset), offset)
+        self._inflight.clear()
+        self.source.seek(first)
+        self._epoch += 1  # before un-halting: the model thread then skips every batch polled earlier
+        self._halted = False
+        self._count_inflight()
+        log.warning("batches not delivered will be read again", partitions=len(first))
+
+    def _count_inflight(self) -> None:
+        self.stats.inflight_batches = len(self._inflight)
+        self.stats.inflight_tokens = sum(b.tokens for b in self._inflight)
+
+    def _new_batch(self, records: list[RawRecord]) -> _Batch:
+        cap = self.settings.model.max_length
+        tokens = sum(
+            min(cap, len(r.value) // _BYTES_PER_TOKEN + 2) if r.value is not None else 1 for r in records
+        )
+        metadata = self.source.group_metadata() if self.exactly_once else None
+        return _Batch(records, tokens, _next_offsets(records), group_metadata=metadata, epoch=self._epoch)
+
+    # -- the model thread ---------------------------------------------------------------------
+
+    def _model_loop(self) -> None:
+        while (batch := self._work.get()) is not None:
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("batch failed unexpectedly; it stays uncommitted", error=self.stats.last_error)
+                batch.done.set()
+
+    def _run_batch(self, batch: _Batch) -> None:
+        """Classify and deliver one batch, retrying delivery until it succeeds or is abandoned."""
+        if self._halted or batch.epoch != self._epoch:  # dropped by a rewind: it will be polled again
+            batch.done.set()
+            return
+        started = time.perf_counter()
+        outbound, batch.classified, batch.rejected = self._process(batch.records)
+        backoff = 0.0
+        timeout_s = self.settings.workers.produce_timeout_s
+        while True:
+            try:
+                if self.exactly_once:
+                    sink: Any = self.sink
+                    sink.deliver_atomically(outbound, batch.next_offsets, batch.group_metadata, timeout_s)
+                else:
+                    self.sink.deliver(outbound, timeout_s=timeout_s)
+                batch.delivered, batch.delivered_at = True, time.time()
+                break
+            except FencedError as exc:
+                self._halted = True
+                self.stats.delivery_failures += 1
+                self.stats.last_error = str(exc)
+                log.warning("transaction fenced; the batch will be read again", error=str(exc))
+                break
+            except DeliveryError as exc:
+                self.stats.delivery_failures += 1
+                self.stats.last_error = str(exc)
+                backoff = min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
+                log.warning(
+                    "batch not delivered; retrying",
+                    records=len(batch.records),
+                    backoff_s=backoff,
+                    error=str(exc),
+                )
+                if self._abandon.wait(backoff):
+                    break
+        batch.busy_s = time.perf_counter() - started
+        batch.done.set()
+
+    # -- one batch synchronously ----------------------------------------------------------------
+
+    def step(self) -> int:
+        """Poll one batch and see it through to a commit on this thread. Returns records committed.
+
+        Retries an undelivered batch until it is delivered: for tests and embedding, not for actors.
+        """
         workers = self.settings.workers
         records = self.source.poll(timeout_ms=workers.poll_timeout_ms, max_records=workers.max_batch_records)
         if not records:
-            if self._uncommitted:
-                self._commit({})
             return 0
-        started = time.perf_counter()
-        outbound, classified, rejected = self._process(records)
-        try:
-            self.sink.deliver(outbound, timeout_s=workers.produce_timeout_s)
-        except DeliveryError as exc:
-            self._retry_later(records, exc, stop)
-            return 0
-        next_offsets = _next_offsets(records)
-        self._commit(next_offsets)
-        self._backoff_s = 0.0
-        stats = self.stats
-        stats.consumed += len(records)
-        stats.classified += classified
-        stats.dead_lettered += rejected
-        stats.batches += 1
-        stats.busy_s += time.perf_counter() - started
-        stats.last_batch_at = time.time()
-        return len(records)
-
-    def _commit(self, next_offsets: dict[Partition, int]) -> None:
-        """The only commit: offsets of delivered records (plus any left over from a rebalance)."""
-        offsets = {**self._uncommitted, **next_offsets}
-        try:
-            self.source.commit(offsets)
-        except CommitError as exc:
-            self.stats.commit_failures += 1
-            if exc.retriable:  # the rebalance completes in the next poll; commit then
-                self._uncommitted = offsets
-            else:  # another member owns them now and re-reads from the last commit: duplicates, never loss
-                self._uncommitted = {}
-                log.warning("delivered records not committed", partitions=len(offsets), error=str(exc))
-            return
-        self._uncommitted = {}
-        self.stats.commits += 1
-        self.stats.committed.update({f"{t}/{p}": off for (t, p), off in offsets.items()})
+        batch = self._new_batch(records)
+        self._inflight.append(batch)
+        self._run_batch(batch)
+        return self._commit_finished()
 
     def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], int, int]:
         decoded = [decode_tweet(record) for record in records]
@@ -165,24 +393,6 @@ class ClassifierLoop:
                 return [Rejection("ClassificationFailed", reason, stage="classify")]
             half = len(texts) // 2
             return self._classify_isolating(texts[:half]) + self._classify_isolating(texts[half:])
-
-    def _retry_later(
-        self, records: Sequence[RawRecord], exc: DeliveryError, stop: threading.Event | None
-    ) -> None:
-        self.stats.delivery_failures += 1
-        self.stats.last_error = str(exc)
-        self.source.seek(_first_offsets(records))
-        self._backoff_s = min(_MAX_BACKOFF_S, max(0.1, self._backoff_s * 2))
-        log.warning(
-            "batch not delivered; will retry it",
-            records=len(records),
-            backoff_s=self._backoff_s,
-            error=str(exc),
-        )
-        if stop is not None:
-            stop.wait(self._backoff_s)
-        else:
-            time.sleep(self._backoff_s)
 
 
 def _dead_letter(record: RawRecord, rejection: Rejection, topic: str, now: str) -> OutboundRecord:

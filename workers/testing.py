@@ -8,12 +8,14 @@ is a deterministic ``Classifier``; ``save_tiny_bert`` writes a small randomly in
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from schemas.errors import CommitError, DeliveryError
+from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.records import Label
 from workers.kafka_io import Partition
 from workers.records import OutboundRecord, RawRecord
@@ -29,10 +31,31 @@ class InMemorySource:
         self.position: dict[Partition, int] = {}
         self.commits: list[dict[Partition, int]] = []
         self.closed = False
+        self.paused = False
+        self.pause_calls = 0
+        self.revocation: tuple | None = None
+        self.polls = 0
+        #: Set to simulate a rebalance: the next poll calls the revocation callback first.
+        self.revoke_next_poll = False
+        self.commits_at_revoke: list[dict[Partition, int]] | None = None
         #: That many commits fail as if the group were rebalancing (retriable).
         self.rebalancing_commits = 0
+        self.seeks: list[dict[Partition, int]] = []
+        self.generation = 1
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        self.polls += 1
+        if self.revoke_next_poll and self.revocation is not None:
+            self.revoke_next_poll = False
+            callback, settled, timeout_s = self.revocation
+            deadline = time.monotonic() + timeout_s
+            while not settled() and time.monotonic() < deadline:  # the real source keeps heartbeating here
+                time.sleep(0.01)
+            callback(sorted(self.position), False)
+            self.commits_at_revoke = list(self.commits)
+        if self.paused:
+            time.sleep(timeout_ms / 1000)  # like a real poll with nothing fetchable: blocks up to the timeout
+            return []
         batch = [r for r in self._records if r.offset >= self.position.get((r.topic, r.partition), 0)][
             :max_records
         ]
@@ -40,7 +63,7 @@ class InMemorySource:
             self.position[(r.topic, r.partition)] = r.offset + 1
         return batch
 
-    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
         if self.rebalancing_commits > 0:
             self.rebalancing_commits -= 1
             raise CommitError("injected: the group is rebalancing", retriable=True)
@@ -48,6 +71,20 @@ class InMemorySource:
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
         self.position.update(offsets)
+        self.seeks.append(dict(offsets))
+
+    def group_metadata(self) -> str:
+        return f"generation-{self.generation}"
+
+    def pause_all(self) -> None:
+        self.paused = True
+        self.pause_calls += 1
+
+    def resume_all(self) -> None:
+        self.paused = False
+
+    def on_revoke(self, callback, settled, timeout_s: float) -> None:
+        self.revocation = (callback, settled, timeout_s)
 
     def committed(self) -> dict[Partition, int]:
         merged: dict[Partition, int] = {}
@@ -80,6 +117,50 @@ class InMemorySink:
         self.closed = True
 
 
+class InMemoryTransactionalSink:
+    """A transactional sink: ``committed`` holds the (records, offsets) of each committed
+    transaction; ``abort_next`` aborts that many (retriable), ``fence_next`` fences that many."""
+
+    def __init__(self) -> None:
+        self.committed: list[tuple[list[OutboundRecord], dict[Partition, int], str]] = []
+        self.aborted = 0
+        self.abort_next = 0
+        self.fence_next = 0
+        self.closed = False
+
+    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
+        raise TypeError("a transactional sink delivers with deliver_atomically")
+
+    def deliver_atomically(
+        self,
+        records: Sequence[OutboundRecord],
+        next_offsets: Mapping[Partition, int],
+        group_metadata: object,
+        timeout_s: float,
+    ) -> None:
+        if self.fence_next > 0:
+            self.fence_next -= 1
+            self.aborted += 1
+            raise FencedError("injected: the group generation moved on")
+        if self.abort_next > 0:
+            self.abort_next -= 1
+            self.aborted += 1
+            raise DeliveryError("injected: transaction aborted")
+        self.committed.append((list(records), dict(next_offsets), str(group_metadata)))
+
+    def on(self, topic: str) -> list[OutboundRecord]:
+        return [r for records, _, _ in self.committed for r in records if r.topic == topic]
+
+    def committed_offsets(self) -> dict[Partition, int]:
+        merged: dict[Partition, int] = {}
+        for _, offsets, _ in self.committed:
+            merged.update(offsets)
+        return merged
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class KeywordClassifier:
     """POSITIVE if the text says 'good', NEGATIVE if 'bad', else NEUTRAL; raises on ``poison``."""
 
@@ -87,12 +168,21 @@ class KeywordClassifier:
     pooling = "cls"
     labels = LABELS
 
-    def __init__(self, poison: str | None = None) -> None:
+    def __init__(
+        self, poison: str | None = None, gate: threading.Event | None = None, delay_s: float = 0.0
+    ) -> None:
         self.poison = poison
         self.calls: list[int] = []
+        #: When given, every call waits for it: a stalled model.
+        self.gate = gate
+        self.delay_s = delay_s
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(len(texts))
+        if self.gate is not None:
+            self.gate.wait()
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.poison is not None and any(self.poison in t for t in texts):
             raise RuntimeError("simulated model failure")
         probs = np.full((len(texts), 3), 0.1, dtype=np.float32)

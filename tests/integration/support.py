@@ -63,6 +63,8 @@ def pipeline_settings(bootstrap: str, names: dict[str, str], **sections: dict[st
         # 6 s is the broker's minimum: a killed member is noticed quickly.
         "workers": {"count": 2, "cpus": 1, "session_timeout_ms": 6_000},
         "driver": {"watch_interval_s": 0.5, "health_timeout_s": 60},
+        # A free port per driver: tests never collide with each other or with a real driver.
+        "metrics": {"port": 0},
     }
     for section, values in sections.items():
         overrides[section] = {**overrides.get(section, {}), **values}

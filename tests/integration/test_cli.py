@@ -60,7 +60,12 @@ def test_clstream_run_labels_what_kcat_produces_and_exits_0_on_sigterm(broker, t
         "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
         "--group-id", names["group_id"], "--workers", "2", "--partitions", "4",
     ]  # fmt: skip
-    env = {**os.environ, "CLSTREAM_WORKERS__SESSION_TIMEOUT_MS": "6000", "CLSTREAM_LOG__FORMAT": "json"}
+    env = {
+        **os.environ,
+        "CLSTREAM_WORKERS__SESSION_TIMEOUT_MS": "6000",
+        "CLSTREAM_LOG__FORMAT": "json",
+        "CLSTREAM_METRICS__PORT": "0",  # a free port: never collide with a real driver
+    }
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

