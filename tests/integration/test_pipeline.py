@@ -165,14 +165,25 @@ def test_exactly_once_survives_a_killed_actor_without_duplicates(
 
     assert consumed_before_kill < n, "the kill must happen mid-stream"
     assert final.replaced_total >= 1 and final.lag.total == 0
-    committed = list(read_topic(settings.kafka, names["output"], idle_timeout_s=3.0, read_committed=True))
-    ids = Counter(orjson.loads(value)["id"] for _, _, _, value, _ in committed)
-    assert set(ids) == {tid for tid, _ in tweets}
+    expected = {tid for tid, _ in tweets}
+
+    def all_visible() -> tuple[list, Counter] | None:
+        committed = list(read_topic(settings.kafka, names["output"], idle_timeout_s=2.0, read_committed=True))
+        ids = Counter(orjson.loads(value)["id"] for _, _, _, value, _ in committed)
+        return (committed, ids) if set(ids) == expected else None
+
+    # A killed producer's open transaction hides everything after it from read_committed readers
+    # until its replacement fences it or the transaction times out: wait that long, no longer.
+    committed, ids = wait_until(
+        all_visible,
+        timeout_s=settings.workers.transaction_timeout_ms / 1000 + 30,
+        what="every id to be visible to read_committed (lost ids never appear)",
+    )
     assert max(ids.values()) == 1, f"{sum(ids.values()) - n} duplicates visible to read_committed"
     dlq = list(read_topic(settings.kafka, names["dlq"], idle_timeout_s=3.0, read_committed=True))
     assert len(dlq) == len(bad)
     everything = list(read_topic(settings.kafka, names["output"], idle_timeout_s=3.0))
     print(
         f"exactly-once: killed {victim.name} after {consumed_before_kill} of {n}; read_committed sees "
-        f"{len(committed)} (0 duplicates); read_uncommitted sees {len(everything)} (that count includes any aborted output)"
+        f"{len(committed)} (0 duplicates); read_uncommitted sees {len(everything)} (with any aborted output)"
     )

@@ -1,0 +1,120 @@
+"""Exactly-once delivery against the real broker: every third transaction is deliberately aborted
+after its records are in the log. Aborted output must never be visible to a read_committed reader
+(checked with kafka-python and, independently, with kcat/librdkafka), and every id appears once."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections import Counter
+
+import orjson
+import pytest
+
+from pipelines.kafka_admin import ensure_topics
+from pipelines.records_io import read_topic
+from schemas.errors import DeliveryError
+from tests.integration.support import pipeline_settings, produce_tweets, wait_until
+from workers.checkpoints import load_classifier
+from workers.kafka_io import KafkaSource, KafkaTransactionalSink
+from workers.loop import ClassifierLoop
+
+
+class _AbortEveryThird(KafkaTransactionalSink):
+    """The real transactional sink, except that every third transaction writes its records to the
+    log and is then aborted (as a broker error or a crash before commit would leave it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.aborted = 0
+
+    def deliver_atomically(self, records, next_offsets, group_metadata, timeout_s):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            producer = self._producer
+            producer.begin_transaction()
+            for r in records:
+                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
+            producer.flush(timeout=timeout_s)  # the records are in the log now
+            producer.abort_transaction()
+            self.aborted += 1
+            raise DeliveryError("injected: transaction aborted after its records were written")
+        super().deliver_atomically(records, next_offsets, group_metadata, timeout_s)
+
+
+def _kcat_values(bootstrap: str, topic: str, isolation: str) -> list[bytes]:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.fail("kcat is not installed (Debian package kcat); `make test` installs it")
+    result = subprocess.run(
+        [
+            kcat,
+            "-C",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-e",
+            "-q",
+            "-f",
+            "%s\\n",
+            "-X",
+            f"isolation.level={isolation}",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in result.stdout.split(b"\n") if line]
+
+
+def test_aborted_transactions_are_never_visible_and_every_id_is_committed_once(
+    broker, topic_names, tiny_model
+):
+    encoder, head = tiny_model
+    names = topic_names()
+    settings = pipeline_settings(
+        broker,
+        names,
+        model={"encoder": encoder, "head": head},
+        workers={"delivery": "exactly-once", "max_batch_records": 100},
+    )
+    n = 3_000
+    tweets = [(f"id-{i}", f"tweet {i}") for i in range(n)]
+    produce_tweets(settings, tweets, [b"not json"], partitions=3)
+    ensure_topics(settings.kafka, {names["output"]: 3, names["dlq"]: 1})
+    model = settings.model
+    classifier = load_classifier(
+        encoder_dir=model.encoder, head_dir=model.head, pooling=model.pooling, device="cpu"
+    )
+    source = KafkaSource(settings, "abort-test")
+    sink = _AbortEveryThird(settings, "abort-test", transactional_id=f"{names['group_id']}-abort-test")
+    loop = ClassifierLoop(source, sink, classifier, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: loop.stats.consumed == n + 1, 180, "every record to be committed")
+    finally:
+        stop.set()
+        thread.join(30)
+        source.close()
+        sink.close()
+
+    expected = {tid for tid, _ in tweets}
+    committed = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    ids = Counter(orjson.loads(v)["id"] for v in committed)
+    assert set(ids) == expected and max(ids.values()) == 1, "kafka-python read_committed"
+    kcat_ids = Counter(orjson.loads(v)["id"] for v in _kcat_values(broker, names["output"], "read_committed"))
+    assert set(kcat_ids) == expected and max(kcat_ids.values()) == 1, "kcat read_committed"
+    everything = _kcat_values(broker, names["output"], "read_uncommitted")
+    assert len(everything) > n, "the aborted transactions' records are in the log"
+    dlq = _kcat_values(broker, names["dlq"], "read_committed")
+    assert dlq == [b"not json"]
+    print(
+        f"\naborted every third transaction: {sink.aborted} aborted of {sink.calls}; "
+        f"read_committed sees {len(committed)} (kcat {sum(kcat_ids.values())}), "
+        f"read_uncommitted sees {len(everything)}"
+    )
