@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import evaluate, finetune, train_head
+from pipelines import evaluate, finetune, train_head, verify
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_head.register(sub)
     finetune.register(sub)
     evaluate.register(sub)
+    verify.register(sub)
     return parser
 
 
