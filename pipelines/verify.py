@@ -266,9 +266,9 @@ def input_id(value: bytes | None) -> str | None:
     """The record's JSON ``id`` as text, or None when the value is not a JSON object with one."""
     if not value:
         return None
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
+    try:  # not orjson: it reads integers past 64 bits as floats, and ids can be that long
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(parsed, dict):
         return None

@@ -145,6 +145,8 @@ def test_order_is_judged_per_output_partition():
     [
         (b'{"id": "a", "text": "x"}', "a"),
         (b'{"id": 12345678901234567890, "text": "x"}', "12345678901234567890"),
+        (b'{"id": 18446744073709551616123, "text": "x"}', "18446744073709551616123"),
+        (b"[" * 5000, None),
         (b'{"id": true}', None),
         (b'{"id": null}', None),
         (b"[1]", None),
