@@ -374,6 +374,9 @@ def verify_topics(
     timeout_s: float = 120.0,
 ) -> VerifyReport:
     """Read the three topics (read_committed) and ``compare`` them."""
+    from pipelines.kafka_admin import admin_client
+
+    admin_client(kafka).close()  # fails fast, naming the cause, on a wrong password or no broker
     inputs = [
         InputRecord(p, o, input_id(v)) for p, o, _, v, _ in read_committed(kafka, input_topic, timeout_s)
     ]
