@@ -3,6 +3,11 @@
 The broker's jars come from Maven Central through ``deploy/local/pom.xml`` (resolved once into
 ``$CLSTREAM_CACHE/kafka-<version>/``); its state (data, log, pid) lives in
 ``$CLSTREAM_CACHE/broker-<port>/``. ``start`` and ``stop`` are idempotent.
+
+With ``scram_users`` the client listener is SASL_PLAINTEXT with SCRAM-SHA-512 only; the users'
+credentials are written into the metadata log when the storage is formatted (so a broker's
+users are fixed at its first start; ``wipe`` to change them). The first user is also the
+broker's own inter-broker identity. ``kill``, ``pause`` and ``resume`` inject faults in tests.
 """
 
 from __future__ import annotations
@@ -41,6 +46,22 @@ def kafka_version() -> str:
 @dataclass(frozen=True)
 class LocalBroker:
     port: int = DEFAULT_PORT
+    #: (username, password) pairs; empty: a PLAINTEXT listener without authentication.
+    scram_users: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.scram_users else "PLAINTEXT"
+
+    def client_config(self) -> dict[str, object]:
+        """kafka-python keyword arguments to reach this broker (as the first SCRAM user, if any)."""
+        config: dict[str, object] = {"bootstrap_servers": self.bootstrap, "security_protocol": self.protocol}
+        if self.scram_users:
+            name, password = self.scram_users[0]
+            config.update(
+                sasl_mechanism="SCRAM-SHA-512", sasl_plain_username=name, sasl_plain_password=password
+            )
+        return config
 
     @property
     def bootstrap(self) -> str:
@@ -118,9 +139,14 @@ class LocalBroker:
         config = self._render_config()
         data = self.state_dir / "data"
         if not (data / "meta.properties").exists():
+            scram = [
+                arg
+                for name, password in self.scram_users
+                for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+            ]
             self._java(
                 jars,
-                ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config), *scram],
                 check=True,
             )
         log_dir = self.log_file.parent
@@ -171,6 +197,30 @@ class LocalBroker:
             check=True,
         )  # fmt: skip
 
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no controlled shutdown, no flush) and wait until it is gone."""
+        pid = self.pid()
+        if pid is None:
+            raise BrokerError(f"no broker of ours runs on port {self.port}")
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+        (self.state_dir / "broker.pid").unlink(missing_ok=True)
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: connections stay open but nothing answers (a hung machine)."""
+        pid = self.pid()
+        if pid is None:
+            raise BrokerError(f"no broker of ours runs on port {self.port}")
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker."""
+        pid = self.pid()
+        if pid is None:
+            raise BrokerError(f"no broker of ours runs on port {self.port}")
+        os.kill(pid, signal.SIGCONT)
+
     def wipe(self) -> None:
         """Stop the broker and delete its data (topics, offsets)."""
         self.stop()
@@ -182,11 +232,31 @@ class LocalBroker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         template = (DEPLOY_DIR / "server.properties.template").read_text()
         rendered = template.format(
-            port=self.port, controller_port=self.controller_port, log_dirs=self.state_dir / "data"
+            port=self.port,
+            controller_port=self.controller_port,
+            log_dirs=self.state_dir / "data",
+            protocol=self.protocol,
+            sasl_settings=self._sasl_settings(),
         )
         path = self.state_dir / "server.properties"
         path.write_text(rendered)
         return path
+
+    def _sasl_settings(self) -> str:
+        if not self.scram_users:
+            return ""
+        for value in (part for user in self.scram_users for part in user):
+            if not value or any(c in value for c in '",=[]\\\n'):
+                raise BrokerError('SCRAM user names and passwords must be non-empty, without " , = [ ] \\')
+        return "\n".join(
+            [
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{self.scram_users[0][0]}" password="{self.scram_users[0][1]}";',
+            ]
+        )
 
     def _java(
         self, jars: Path, args: list[str], check: bool = False, stdout=None, log_dir: Path | None = None
@@ -215,7 +285,7 @@ class LocalBroker:
         from kafka.errors import KafkaError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            admin = KafkaAdminClient(**self.client_config(), request_timeout_ms=5000)  # type: ignore[arg-type]
         except (KafkaError, OSError):
             return False
         try:

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import bench, evaluate, finetune, status, train_head
+from pipelines import bench, evaluate, finetune, status, train_head, verify
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(sub)
     bench.register(sub)
     status.register(sub)
+    verify.register(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -12,13 +13,67 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from schemas.errors import BrokerError
 from schemas.settings import KafkaSettings
 
+#: A reachable broker bootstraps in milliseconds; past this, say why instead of waiting longer.
+_PREFLIGHT_TIMEOUT_MS = 10_000
+
 
 def admin_client(kafka: KafkaSettings) -> KafkaAdminClient:
+    """An admin client, or a ``BrokerError`` that says whether the broker refused our credentials.
+
+    kafka-python retries a failed SASL handshake until its bootstrap timeout and then reports only
+    "Unable to bootstrap"; the reason is in its log. This watches that log while connecting, so a
+    wrong password fails within min(``kafka.request_timeout_ms``, 10 s) with a message naming
+    authentication. It is also the preflight of every command that talks to Kafka
+    (``ensure_topics``, so ``clstream run``; ``clstream verify``).
+    """
+    servers = ",".join(kafka.bootstrap_servers)
+    spy = _BootstrapSpy()
+    kafka_logger = logging.getLogger("kafka")
+    kafka_logger.addHandler(spy)
     try:
-        return KafkaAdminClient(**kafka.client_config())
+        return KafkaAdminClient(
+            **kafka.client_config(),
+            bootstrap_timeout_ms=min(kafka.request_timeout_ms, _PREFLIGHT_TIMEOUT_MS),
+        )
     except KafkaError as exc:
-        servers = ",".join(kafka.bootstrap_servers)
+        sasl = kafka.security_protocol.startswith("SASL_")
+        if spy.auth_failure is not None or (sasl and spy.dropped and not spy.refused):
+            # The broker closes the connection after refusing credentials; kafka-python sometimes
+            # sees the close before the refusal, so a SASL connection dropped mid-handshake counts.
+            why = spy.auth_failure or "the broker closed the connection during the SASL handshake"
+            raise BrokerError(
+                f"authentication failed at {servers} as {kafka.sasl_username!r} ({kafka.sasl_mechanism}): "
+                f"{why}; check kafka.sasl_username and kafka.sasl_password"
+            ) from exc
         raise BrokerError(f"cannot reach Kafka at {servers}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        kafka_logger.removeHandler(spy)
+
+
+class _BootstrapSpy(logging.Handler):
+    """Remembers why kafka-python's bootstrap attempts failed (it logs the reason, then retries)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.auth_failure: str | None = None
+        self.dropped = 0
+        self.refused = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Text, not args: the redacting log-record factory (workers.logs) has formatted them already.
+        message = record.getMessage()
+        for marker in ("SaslAuthenticationFailedError", "AuthorizationFailedError"):
+            if marker in message and self.auth_failure is None:
+                # The broker's own words ("... invalid credentials with SASL mechanism
+                # SCRAM-SHA-512"), never our password.
+                self.auth_failure = message[message.index(marker) :][:300]
+        if message.startswith("Bootstrap connection to"):
+            # "socket disconnected": the broker accepted, then hung up; anything else
+            # (ECONNREFUSED, timeouts) means there was no conversation at all.
+            if "socket disconnected" in message:
+                self.dropped += 1
+            else:
+                self.refused += 1
 
 
 def ensure_topics(kafka: KafkaSettings, topics: dict[str, int], timeout_s: float = 30.0) -> list[str]:

@@ -20,3 +20,6 @@ class DlqHeader(str, Enum):
     #: Where it failed: ``decode`` or ``classify``.
     ERROR_STAGE = "clstream.error.stage"
     FAILED_AT = "clstream.failed_at"
+    #: Only when the original had nulls kafka-python cannot produce: ``key`` (key and value both
+    #: null) and/or ``header:<index>`` (a null header value); the copy has ``b""`` in their place.
+    SOURCE_NULLS = "clstream.source.nulls"

@@ -8,10 +8,26 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 #: Bumped whenever a field of ``LabeledTweet`` changes meaning or goes away.
 SCHEMA_VERSION = 1
+
+#: Longest tweet text accepted, in characters. Posts on X are at most 25,000 characters, and the
+#: encoder reads only the first ``model.max_length`` tokens (a few hundred characters) anyway; but
+#: the tokenizer splits the *whole* text before truncating (~1.2 s for 1 MB on one core), so an
+#: unbounded text lets one record stall a batch. 2**17 leaves room for any real post (and for a
+#: 100,000-character single word, which the tokenizer maps to one [UNK] cheaply).
+MAX_TEXT_CHARS = 2**17
 
 
 class Label(str, Enum):
@@ -34,10 +50,20 @@ class Tweet(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     id: Annotated[str, BeforeValidator(_id_as_text), Field(min_length=1, max_length=256)]
-    text: str
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     created_at: datetime | str | None = None
     lang: str | None = None
     user: str | dict[str, Any] | None = None
+
+    @field_validator("created_at", "lang", "user", mode="wrap")
+    @classmethod
+    def _optional_metadata(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Unused metadata of an unexpected shape (e.g. created_at as epoch millis) is dropped:
+        # it must never be the reason a tweet is not classified.
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
     @field_validator("text")
     @classmethod

@@ -73,3 +73,28 @@ def topic_names() -> Callable[[], dict[str, str]]:
         }
 
     return make
+
+
+#: (test id, title, counts) reported by tests through the ``report`` fixture, printed at the end of
+#: the session whatever pytest's capture mode, so `make test` output carries the numbers.
+_SUMMARIES: list[tuple[str, str, dict[str, object]]] = []
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``report(title, **counts)``: a line in the session's closing summary (and on stdout now)."""
+
+    def emit(title: str, **counts: object) -> None:
+        _SUMMARIES.append((request.node.nodeid, title, counts))
+        print(f"{title}: " + " ".join(f"{k}={v}" for k, v in counts.items()))
+
+    return emit
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _SUMMARIES:
+        return
+    terminalreporter.section("clstream counts")
+    for nodeid, title, counts in _SUMMARIES:
+        fields = " ".join(f"{k}={v}" for k, v in counts.items())
+        terminalreporter.write_line(f"{title}: {fields}  [{nodeid.rsplit('::', 1)[-1]}]")

@@ -1,4 +1,10 @@
-"""Bytes -> ``Tweet``, or a ``Rejection`` saying precisely why not. Never raises on input."""
+"""Bytes -> ``Tweet``, or a ``Rejection`` saying precisely why not. Never raises on input.
+
+Error classes (the ``clstream.error.class`` DLQ header): ``Tombstone``, ``EmptyValue``, ``NonUtf8``
+(including UTF-8-encoded lone surrogates), ``InvalidJson`` (including ``\\ud800`` escapes of lone
+surrogates and nesting past the parser's recursion limit), ``SchemaMismatch``, ``EmptyText``
+(nothing visible), ``TextTooLong`` (over ``schemas.records.MAX_TEXT_CHARS``).
+"""
 
 from __future__ import annotations
 
@@ -45,5 +51,10 @@ def _rejection_from(exc: ValidationError) -> Rejection:
     for error in errors[:5]:
         where = ".".join(str(p) for p in error["loc"]) or "record"
         parts.append(f"{where}: {error['msg']}")
-    empty_text = any(e["loc"] == ("text",) and e["type"] == "value_error" for e in errors)
-    return Rejection("EmptyText" if empty_text and len(errors) == 1 else "SchemaMismatch", "; ".join(parts))
+    message = "; ".join(parts)
+    if len(errors) == 1 and errors[0]["loc"] == ("text",):
+        if errors[0]["type"] == "value_error":
+            return Rejection("EmptyText", message)
+        if errors[0]["type"] == "string_too_long":
+            return Rejection("TextTooLong", message)
+    return Rejection("SchemaMismatch", message)

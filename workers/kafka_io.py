@@ -17,6 +17,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
+from schemas.dlq import DlqHeader
 from schemas.errors import CommitError, DeliveryError, FencedError
 from schemas.settings import Settings
 from workers.records import OutboundRecord, RawRecord
@@ -260,7 +261,7 @@ class KafkaSink:
         try:
             futures = [
                 self._producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
-                for r in records
+                for r in map(producible, records)
             ]
             self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:
@@ -277,6 +278,29 @@ class KafkaSink:
 
     def close(self) -> None:
         self._producer.close(timeout=5)
+
+
+def producible(record: OutboundRecord) -> OutboundRecord:
+    """``record`` in a form kafka-python's producer accepts, with what it had to change recorded.
+
+    Kafka allows a record whose key and value are both null, and null header values, and a
+    consumer hands them over as such; kafka-python's ``send`` refuses both (``ValueError``,
+    ``TypeError``), so copying such a record to the DLQ would crash the actor on every retry.
+    The copy carries ``b""`` in their place and a ``clstream.source.nulls`` header naming them
+    (``key``, ``header:<index>``), so the original is still exactly recoverable.
+    """
+    nulls = [f"header:{i}" for i, (_, value) in enumerate(record.headers) if value is None]
+    if record.key is None and record.value is None:
+        nulls.insert(0, "key")
+    if not nulls:
+        return record
+    headers = [(name, b"" if value is None else value) for name, value in record.headers]
+    return OutboundRecord(
+        record.topic,
+        b"" if "key" in nulls else record.key,
+        record.value,
+        [*headers, (DlqHeader.SOURCE_NULLS.value, ",".join(nulls).encode())],
+    )
 
 
 def _failures(futures: Iterable[Any]) -> list[BaseException]:

@@ -158,6 +158,8 @@ class ClassifierLoop:
             self._abandon.set()
             self._work.put(None)
             model_thread.join(timeout=drain_timeout_s)
+            # Batches given up at the deadline: rewind to them, so the loop can be run again.
+            self._commit_finished()
 
     def _poll_and_dispatch(self) -> None:
         workers = self.settings.workers

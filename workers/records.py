@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-Headers = list[tuple[str, bytes]]
+#: Kafka allows null header values; a consumer hands them over as None.
+Headers = list[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)

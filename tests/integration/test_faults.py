@@ -1,0 +1,478 @@
+"""Fault injection: uniquely numbered records through the real pipeline while things are killed.
+
+The method of Kafka's own transaction system tests and Jepsen: copy ``RECORDS`` numbered tweets
+(``CLSTREAM_FAULT_RECORDS``, default 10,000) from the input topic while faults are injected, then
+let ``pipelines.verify.compare`` (an independent read_committed reader) account for every one.
+
+Pass: lost = 0 always. Duplicates: 0 where the fault is a clean stop (SIGTERM drain, members
+leaving by drain); after a hard crash (SIGKILL of an actor, the driver or the broker; a paused
+broker) at most ``IN_FLIGHT_BOUND`` per fault: every actor may have delivered the batches
+in flight (at most ``max_inflight_batches`` of ``max_batch_records``) it had not committed yet, and a member that loses its partitions re-reads
+from the last commit. (``delivery`` is a parameter so the exactly-once mode can join: there the
+bound is 0.) Each test reports records, faults, lost and duplicates in the session summary.
+
+The deliberately broken variant (``test_verifier_catches_a_loop_that_commits_before_producing``)
+proves these checks can fail: a source that commits what it hands out before it is delivered
+loses the batch in hand when the actor dies, and the verifier must say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from pipelines.broker import LocalBroker
+from pipelines.driver import Driver
+from pipelines.kafka_admin import LagProbe, ensure_topics
+from pipelines.verify import VerifyReport, verify_topics
+from schemas.settings import Settings, WorkerSettings
+from tests.conftest import TEST_BROKER_PORT
+from tests.integration.support import pipeline_settings, wait_until
+from workers.kafka_io import KafkaSink, KafkaSource, Partition
+from workers.loop import ClassifierLoop
+from workers.records import RawRecord
+from workers.testing import KeywordClassifier
+
+RECORDS = int(os.environ.get("CLSTREAM_FAULT_RECORDS", "10000"))
+PARTITIONS = 4
+ACTORS = 2
+BATCH = 200
+#: Duplicates one hard crash may cause in at-least-once mode: each actor's batches in flight
+#: (polled, maybe delivered, not yet committed), which the backpressure credit caps.
+IN_FLIGHT_BOUND = BATCH * ACTORS * WorkerSettings().max_inflight_batches
+#: Modes under test; exactly-once joins with its bound of 0 duplicates once it exists.
+DELIVERY = ["at-least-once"]
+BOUND = {"at-least-once": IN_FLIGHT_BOUND, "exactly-once": 0}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _settings(bootstrap: str, names: dict[str, str], tiny_model, **workers: object) -> Settings:
+    encoder, head = tiny_model
+    return pipeline_settings(
+        bootstrap,
+        names,
+        model={"encoder": encoder, "head": head},
+        workers={"count": ACTORS, "max_batch_records": BATCH, **workers},
+    )
+
+
+class NumberedProducer:
+    """Produces tweets ``n-0`` ... ``n-{count-1}`` at ``rate`` per second on a background thread."""
+
+    def __init__(self, settings: Settings, count: int = RECORDS, rate: float | None = None) -> None:
+        ensure_topics(settings.kafka, {settings.topics.input: PARTITIONS})
+        self.topic = settings.topics.input
+        self.count = count
+        self.rate = rate
+        self.sent = 0
+        self._producer = KafkaProducer(**settings.kafka.client_config(), acks="all", retries=2**31 - 1)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> NumberedProducer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        for i in range(self.count):
+            value = json.dumps({"id": f"n-{i}", "text": f"tweet number {i} is {'good' if i % 2 else 'bad'}"})
+            self._producer.send(self.topic, key=f"n-{i}".encode(), value=value.encode())
+            self.sent = i + 1
+            if self.rate and i % 100 == 99:
+                self._producer.flush()
+                time.sleep(max(0.0, started + self.sent / self.rate - time.monotonic()))
+        self._producer.flush()
+
+    def join(self, timeout_s: float = 300) -> None:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the producer did not finish"
+        self._producer.close()
+
+
+def _drive_until_done(driver: Driver, timeout_s: float = 300) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(timeout_s, stop.set)
+    timer.start()
+    try:
+        view = driver.run(stop, until=lambda v: v.lag.total_end >= RECORDS and v.lag.total == 0)
+    finally:
+        timer.cancel()
+    assert not stop.is_set(), f"pipeline did not finish in {timeout_s}s: {view.to_log_fields()}"
+
+
+def _check(
+    report_fn, title: str, settings: Settings, delivery: str, faults: int, started: float, bound: int
+) -> VerifyReport:
+    topics = settings.topics
+    verdict = verify_topics(settings.kafka, topics.input, topics.output, topics.dlq, delivery)  # type: ignore[arg-type]
+    report_fn(
+        title,
+        delivery=delivery,
+        records=verdict.input_records,
+        faults=faults,
+        lost=verdict.lost,
+        duplicates=verdict.duplicates,
+        bound=bound,
+        out_of_order=verdict.out_of_order,
+        took_s=round(time.monotonic() - started, 1),
+    )
+    assert verdict.input_records == RECORDS
+    assert verdict.lost == 0, verdict.table()
+    assert verdict.unexpected == verdict.mismatched == verdict.unreadable == 0, verdict.table()
+    assert verdict.duplicates <= bound, verdict.table()
+    return verdict
+
+
+def _running_consumer(driver: Driver) -> str | None:
+    for actor in driver.tick().actors:
+        if actor.state == "running" and actor.consumed > 0:
+            return actor.name
+    return None
+
+
+def _noticed_dead(driver: Driver, name: str) -> bool:
+    driver.tick()
+    return name in driver.dead_members
+
+
+# -- actors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
+    broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    settings = _settings(broker, topic_names(), tiny_model)
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 40).start()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    kills = 0
+    try:
+        for _ in range(3):
+            victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
+            os.kill(driver.members[victim].last["pid"], signal.SIGKILL)
+            kills += 1
+            wait_until(lambda v=victim: _noticed_dead(driver, v), 60, f"{victim}'s death noticed")
+        producer.join()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    assert driver.replaced_total >= kills
+    _check(report, "actor SIGKILL x3", settings, delivery, kills, started, kills * BOUND[delivery])
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+def _run_cmd(broker: str, names: Mapping[str, str], tiny_model) -> list[str]:
+    encoder, head = tiny_model
+    return [
+        sys.executable, "-m", "pipelines.cli", "run", "--bootstrap-servers", broker,
+        "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
+        "--group-id", names["group_id"], "--workers", str(ACTORS), "--partitions", str(PARTITIONS),
+        "--encoder", str(encoder), "--head", str(head),
+    ]  # fmt: skip
+
+
+_RUN_ENV = {
+    "CLSTREAM_WORKERS__SESSION_TIMEOUT_MS": "6000",
+    "CLSTREAM_WORKERS__MAX_BATCH_RECORDS": str(BATCH),
+    "CLSTREAM_DRIVER__WATCH_INTERVAL_S": "0.5",
+    "CLSTREAM_LOG__FORMAT": "json",
+}
+
+
+def _start_driver(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        # Its own session: the whole process group (driver, its Ray, its actors) can be cleaned up.
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **_RUN_ENV}, start_new_session=True
+        )
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of a driver's process group (its local Ray), and reap the driver."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _committed(probe: LagProbe) -> int:
+    try:
+        return probe.measure().total_committed
+    except Exception:  # noqa: BLE001 - the group may not exist yet
+        return 0
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_driver_sigkilled_at_random_points_then_restarted_loses_nothing(
+    broker, topic_names, tiny_model, report, delivery, tmp_path
+):
+    names = topic_names()
+    settings = _settings(broker, names, tiny_model)
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 60).start()
+    probe = LagProbe(settings.kafka, names["input"], names["group_id"])
+    rng = random.Random(5)
+    cmd = _run_cmd(broker, names, tiny_model)
+    kills = 0
+    try:
+        for _ in range(3):
+            process = _start_driver(cmd, tmp_path / "run.log")
+            try:
+                before = _committed(probe)
+                wait_until(lambda b=before: _committed(probe) > b, 180, "the restarted driver to commit")
+                time.sleep(rng.uniform(0.0, 3.0))  # a random point of the stream, not a synchronization
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+                kills += 1
+            finally:
+                _kill_group(process)
+        producer.join()
+        process = _start_driver(cmd, tmp_path / "run.log")
+        try:
+            wait_until(lambda: _committed(probe) >= RECORDS, 300, "the last driver to finish")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0
+        finally:
+            _kill_group(process)
+    finally:
+        probe.close()
+    _check(report, "driver SIGKILL x3", settings, delivery, kills, started, kills * BOUND[delivery])
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_sigterm_under_load_drains_cleanly_and_restart_duplicates_nothing(
+    broker, topic_names, tiny_model, report, delivery, tmp_path
+):
+    names = topic_names()
+    settings = _settings(broker, names, tiny_model)
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 30).start()
+    probe = LagProbe(settings.kafka, names["input"], names["group_id"])
+    cmd = _run_cmd(broker, names, tiny_model)
+    try:
+        process = _start_driver(cmd, tmp_path / "run.log")
+        try:
+            wait_until(lambda: _committed(probe) > RECORDS // 10, 180, "the pipeline to be under load")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            _kill_group(process)
+        assert _committed(probe) < RECORDS, "SIGTERM must land mid-stream"
+        producer.join()
+        process = _start_driver(cmd, tmp_path / "run.log")
+        try:
+            wait_until(lambda: _committed(probe) >= RECORDS, 300, "the restarted pipeline to finish")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0
+        finally:
+            _kill_group(process)
+    finally:
+        probe.close()
+    _check(report, "SIGTERM drain + restart", settings, delivery, 1, started, 0)
+
+
+# -- group membership -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_members_joining_and_leaving_repeatedly_lose_nothing(
+    broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    # Half a CPU each: up to four members on the two CPUs of the test Ray.
+    settings = _settings(broker, topic_names(), tiny_model, count=1, cpus=0.5)
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 40).start()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    changes = 0
+    try:
+        wait_until(lambda: _running_consumer(driver), 180, "the first member consuming")
+        for size in (3, 1, 2, 1):
+            while len(driver.members) < size:
+                driver._spawn()
+                changes += 1
+            while len(driver.members) > size:
+                driver._retire(max(driver.members.values(), key=lambda m: m.spawned_at))
+                changes += 1
+            wait_until(
+                lambda n=size: (
+                    sum(a.state == "running" for a in driver.tick().actors) == n and not driver._retiring
+                ),
+                180,
+                f"{size} running members",
+            )
+        producer.join()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    # Joins and drained leaves are clean; a member whose commit a rebalance refused may re-deliver
+    # its last batch, so allow one batch per change rather than 0.
+    _check(report, "join/leave x" + str(changes), settings, delivery, changes, started, changes * BATCH)
+
+
+# -- broker -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_broker() -> Iterator[LocalBroker]:
+    """A broker this module may kill and pause (never the session's)."""
+    local = LocalBroker(TEST_BROKER_PORT + 100)
+    local.wipe()
+    local.start()
+    yield local
+    local.wipe()
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_broker_sigkilled_and_restarted_loses_nothing(
+    own_broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    settings = _settings(own_broker.bootstrap, topic_names(), tiny_model)
+    started = time.monotonic()
+    producer = NumberedProducer(settings)
+    producer.start().join()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    try:
+        wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
+        own_broker.kill()
+        time.sleep(3)  # the outage itself: clients must ride out a broker that is gone
+        own_broker.start()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery])
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_broker_paused_past_the_session_timeout_loses_nothing(
+    own_broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    settings = _settings(own_broker.bootstrap, topic_names(), tiny_model)
+    started = time.monotonic()
+    NumberedProducer(settings).start().join()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    try:
+        wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
+        own_broker.pause()
+        try:
+            # Past the 6 s session timeout: the group expires its members when the broker wakes.
+            time.sleep(settings.workers.session_timeout_ms / 1000 + 4)
+        finally:
+            own_broker.resume()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    _check(report, "broker SIGSTOP 10s", settings, delivery, 1, started, BOUND[delivery])
+
+
+# -- the checks can fail --------------------------------------------------------------------------
+
+
+class CommitsOnPoll:
+    """BROKEN ON PURPOSE: commits every batch as it hands it out, before it is delivered
+    (like enable.auto.commit with a crash between poll and produce)."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        records = self._source.poll(timeout_ms, max_records)
+        if records:
+            offsets: dict[Partition, int] = {}
+            for r in records:
+                offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
+            self._source.commit(offsets)
+        return records
+
+    def __getattr__(self, name: str):  # commit, seek, close: as the real source
+        return getattr(self._source, name)
+
+
+class CrashOnDelivery(KafkaSink):
+    """Dies (like a SIGKILL: nothing more is sent or committed) on its ``crash_on``-th delivery."""
+
+    def __init__(self, settings: Settings, client_id: str, crash_on: int) -> None:
+        super().__init__(settings, client_id)
+        self.deliveries = 0
+        self.crash_on = crash_on
+
+    def deliver(self, records, timeout_s):
+        self.deliveries += 1
+        if self.deliveries == self.crash_on:
+            raise _Crash()
+        super().deliver(records, timeout_s)
+
+
+class _Crash(BaseException):
+    pass
+
+
+def _run_loop_crashing_once(settings: Settings, broken: bool) -> None:
+    """One loop that dies on its third delivery, then a healthy one that finishes the stream."""
+    source = KafkaSource(settings, client_id="fault-1")
+    loop = ClassifierLoop(
+        CommitsOnPoll(source) if broken else source,  # type: ignore[arg-type]
+        CrashOnDelivery(settings, "fault-1", crash_on=3),
+        KeywordClassifier(),
+        settings,
+    )
+    with pytest.raises(_Crash):
+        while True:
+            loop.step()
+    source.close()
+    loop.sink.close()
+    healthy = ClassifierLoop(
+        KafkaSource(settings, "fault-2"), KafkaSink(settings, "fault-2"), KeywordClassifier(), settings
+    )
+    probe = LagProbe(settings.kafka, settings.topics.input, settings.topics.group_id)
+    try:
+        wait_until(lambda: healthy.step() is not None and probe.measure().total == 0, 120, "the stream done")
+    finally:
+        probe.close()
+        healthy.source.close()
+        healthy.sink.close()
+
+
+@pytest.mark.parametrize("broken", [True, False], ids=["commits-before-producing", "correct"])
+def test_verifier_catches_a_loop_that_commits_before_producing(broker, topic_names, report, broken):
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"max_batch_records": BATCH})
+    ensure_topics(settings.kafka, {names["output"]: PARTITIONS, names["dlq"]: 1})
+    started = time.monotonic()
+    NumberedProducer(settings, count=RECORDS).start().join()
+    _run_loop_crashing_once(settings, broken)
+    topics = settings.topics
+    verdict = verify_topics(settings.kafka, topics.input, topics.output, topics.dlq)
+    report(
+        "broken variant" if broken else "broken variant's control",
+        records=verdict.input_records,
+        faults=1,
+        lost=verdict.lost,
+        duplicates=verdict.duplicates,
+        took_s=round(time.monotonic() - started, 1),
+    )
+    if broken:
+        # The crashed delivery's batch was committed but never produced: that batch, and only it, is lost.
+        assert 0 < verdict.lost <= BATCH and not verdict.ok
+        assert verdict.failures == [f"lost={verdict.lost}"]
+    else:
+        assert verdict.ok and verdict.lost == 0 and verdict.duplicates == 0

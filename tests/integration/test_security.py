@@ -1,0 +1,155 @@
+"""Security against real processes: a SCRAM-SHA-512 broker, logs at DEBUG, Ray's bind address.
+
+The SCRAM broker is our own (``TEST_BROKER_PORT + 100``), formatted with two users; the session
+broker is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from kafka import KafkaProducer
+
+from pipelines.broker import LocalBroker
+from pipelines.kafka_admin import admin_client, ensure_topics
+from pipelines.verify import read_committed
+from schemas.errors import BrokerError
+from schemas.settings import Settings
+from tests.conftest import TEST_BROKER_PORT
+from tests.integration.support import wait_until
+from workers.kafka_io import KafkaSink, KafkaSource
+from workers.logs import configure_logging
+from workers.loop import ClassifierLoop
+from workers.testing import KeywordClassifier
+
+CANARY_PASSWORD = "canary-pw-3b7e0c"
+CANARY_TEXT = "canary-tweet-f91d2a"
+SCRAM_PORT = TEST_BROKER_PORT + 100
+
+
+@pytest.fixture(scope="module")
+def scram_broker() -> Iterator[LocalBroker]:
+    local = LocalBroker(SCRAM_PORT, scram_users=(("admin", "admin-secret"), ("clstream", CANARY_PASSWORD)))
+    local.wipe()  # users are written when the storage is formatted: start from nothing
+    local.start()
+    yield local
+    local.wipe()
+
+
+def _settings(broker: LocalBroker, password: str, **sections: dict) -> Settings:
+    return Settings.load(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": broker.bootstrap,
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "clstream",
+                "sasl_password": password,
+                "request_timeout_ms": 10_000,
+            },
+            **sections,
+        }
+    )
+
+
+def test_loop_over_scram_at_debug_never_logs_the_password_or_a_payload(
+    scram_broker, topic_names, caplog, capfd
+):
+    names = topic_names()
+    settings = _settings(
+        scram_broker,
+        CANARY_PASSWORD,
+        topics=names,
+        workers={"max_batch_records": 50, "session_timeout_ms": 6_000},
+        log={"level": "DEBUG", "format": "json"},
+    )
+    configure_logging(settings.log.level, settings.log.format)
+    caplog.set_level(logging.DEBUG)
+    try:
+        structlog.get_logger("clstream.test").info("settings", settings=settings.to_log_fields())
+        ensure_topics(settings.kafka, {names["input"]: 2, names["output"]: 2, names["dlq"]: 1})
+        producer = KafkaProducer(**settings.kafka.client_config(), acks="all")
+        for i in range(30):
+            value = json.dumps({"id": f"s-{i}", "text": f"good {CANARY_TEXT} {i}"}).encode()
+            producer.send(names["input"], key=f"s-{i}".encode(), value=value)
+        producer.send(names["input"], key=b"bad", value=f"{{not json {CANARY_TEXT}".encode())
+        producer.flush()
+        producer.close()
+
+        source = KafkaSource(settings, client_id="security-test")
+        sink = KafkaSink(settings, client_id="security-test")
+        loop = ClassifierLoop(source, sink, KeywordClassifier(), settings)
+        try:
+            wait_until(lambda: loop.step() is not None and loop.stats.consumed >= 31, 90, "31 records")
+        finally:
+            source.close()
+            sink.close()
+        out = list(read_committed(settings.kafka, names["output"]))
+        dead = list(read_committed(settings.kafka, names["dlq"]))
+    finally:
+        configure_logging("INFO", "auto")
+
+    # The round trip worked over SCRAM: payloads reach the topics...
+    assert len(out) == 30 and all(json.loads(v)["label"] == "POSITIVE" for *_, v, _ in out)
+    assert [v for *_, v, _ in dead] == [f"{{not json {CANARY_TEXT}".encode()]
+    # ...and never the logs, though kafka-python logged its config and every send at DEBUG.
+    captured = capfd.readouterr()
+    everything = caplog.text + captured.out + captured.err
+    assert CANARY_PASSWORD not in everything
+    assert CANARY_TEXT not in everything
+    assert "'sasl_plain_password': ***" in caplog.text, "the admin client's config was logged, redacted"
+    sends = [r for r in caplog.records if r.name == "kafka.producer.kafka" and "Sending" in r.getMessage()]
+    assert len(sends) >= 31 and all(r.levelno == logging.DEBUG for r in sends)
+    assert '"sasl_password": "**********"' in captured.err, "structlog printed the masked settings"
+
+
+def test_wrong_password_fails_fast_with_an_error_naming_authentication(scram_broker):
+    wrong = "wrong-password-77aa"
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match=r"authentication failed at 127\.0\.0\.1:\d+ as 'clstream'") as info:
+        admin_client(_settings(scram_broker, wrong).kafka)
+    took = time.monotonic() - started
+    assert took < 15, f"took {took:.1f}s"
+    assert wrong not in str(info.value)
+    assert "check kafka.sasl_username and kafka.sasl_password" in str(info.value)
+
+    # The same through the command line, configured by environment variables.
+    env = {
+        **os.environ,
+        "CLSTREAM_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "CLSTREAM_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+        "CLSTREAM_KAFKA__SASL_USERNAME": "clstream",
+        "CLSTREAM_KAFKA__SASL_PASSWORD": wrong,
+    }
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "pipelines.cli", "verify", "--bootstrap-servers", scram_broker.bootstrap]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    took_cli = time.monotonic() - started
+    assert result.returncode == 1
+    assert "clstream: authentication failed" in result.stderr
+    assert wrong not in result.stdout + result.stderr
+    assert took_cli < 60, f"took {took_cli:.1f}s (imports included)"
+
+
+def test_right_password_lists_topics(scram_broker):
+    admin = admin_client(_settings(scram_broker, CANARY_PASSWORD).kafka)
+    try:
+        wait_until(lambda: admin.list_topics() is not None, 30, "topics")
+    finally:
+        admin.close()
+
+
+def test_local_ray_binds_to_loopback(ray_cluster):
+    import ray
+
+    nodes = ray.nodes()
+    assert nodes and {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
