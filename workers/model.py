@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
+from workers.adapter import LoraAdapter, load_adapter, merge_adapter
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
 
@@ -88,10 +89,19 @@ class Encoded:
 
 
 class BertEncoder:
-    """Tokenizer + encoder + pooling. Batches are sorted by length so padding stays small."""
+    """Tokenizer + encoder + pooling. Batches are sorted by length so padding stays small.
+
+    With an ``adapter`` its LoRA updates are merged into the weights once, here, so encoding
+    costs the same as without one.
+    """
 
     def __init__(
-        self, directory: Path, pooling: str = "cls", max_length: int = 128, device: str = "auto"
+        self,
+        directory: Path,
+        pooling: str = "cls",
+        max_length: int = 128,
+        device: str = "auto",
+        adapter: LoraAdapter | None = None,
     ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
@@ -112,9 +122,19 @@ class BertEncoder:
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a Hugging Face encoder from {directory}: {exc}") from exc
+        if adapter is not None:
+            merge_adapter(self.model, adapter)
+        self.adapter_sha256 = adapter.sha256 if adapter is not None else None
         self.model.eval().to(self.device)
         self.hidden_size = int(self.model.config.hidden_size)
         self._pool = POOLINGS[pooling]
+
+    def weights_id(self) -> str:
+        """sha256 naming the weights in use: the directory's, combined with the adapter's if any."""
+        base = weights_sha256(self.directory)
+        if self.adapter_sha256 is None:
+            return base
+        return hashlib.sha256(f"{base}+lora:{self.adapter_sha256}".encode()).hexdigest()
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> Encoded:
@@ -177,14 +197,19 @@ class BertClassifier:
                 f"the head in {head_dir or DEFAULT_HEAD_DIR} was trained for {meta.pooling!r} pooling, not {pooling!r}; "
                 "train a head for that pooling with `clstream train-head --pooling ...`"
             )
-        encoder = BertEncoder(encoder_dir, meta.pooling, max_length=max_length, device=device)
         sha = weights_sha256(encoder_dir)
         if meta.encoder_sha256 and meta.encoder_sha256 != sha:
             raise ModelLoadError(
                 f"the head was trained on encoder {meta.encoder_id} (sha256 {meta.encoder_sha256[:12]}), "
                 f"but {encoder_dir} has weights sha256 {sha[:12]}; train a head for this encoder"
             )
-        model_id = f"{meta.encoder_id}+head-{meta.pooling}@{sha[:12]}"
+        # The adapter is checked after the encoder's sha: a mismatch there is the clearer message.
+        adapter = load_adapter(head_dir or DEFAULT_HEAD_DIR)
+        encoder = BertEncoder(
+            encoder_dir, meta.pooling, max_length=max_length, device=device, adapter=adapter
+        )
+        lora = f"+lora@{adapter.sha256[:12]}" if adapter is not None else ""
+        model_id = f"{meta.encoder_id}{lora}+head-{meta.pooling}@{sha[:12]}"
         return cls(encoder, head, model_id=model_id, batch_size=batch_size)
 
     @torch.inference_mode()

@@ -118,7 +118,7 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path: Path):
     parameters = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2))]
     optimizer = torch.optim.AdamW(parameters, lr=0.1, betas=(0.8, 0.9))
     for _ in range(3):
-        sum(p.square().sum() for p in parameters).backward()
+        torch.stack([p.square().sum() for p in parameters]).sum().backward()
         optimizer.step()
     save_optimizer(optimizer, tmp_path / "optimizer.safetensors")
 
