@@ -6,7 +6,8 @@ do, so the seed-0 test split here is the one the shipped head and a fine-tuned m
 
 - ``--pooling cls,mean,...``: for each pooling a softmax head is trained on the train split
   (frozen, cached encoder vectors; model selection on validation) and scored on test.
-- no ``--pooling``: the configured default classifier (``--encoder``/``--head``, else the shipped one).
+- no ``--pooling`` (or ``--default`` with it): the configured default classifier
+  (``--encoder``/``--head``, else the shipped one).
 - ``--checkpoint DIR`` (repeatable): a ``finetune`` output or any local sequence-classification
   checkpoint, or an encoder directory holding a trained head.
 - always: TF-IDF word 1-2 grams + class-balanced logistic regression, fit on the same train split.
@@ -515,6 +516,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a finetune output, sequence-classification checkpoint or encoder-with-head directory (repeatable)",
     )
+    parser.add_argument(
+        "--default",
+        action="store_true",
+        help="with --pooling: also score the default classifier (always scored without --pooling)",
+    )
     parser.add_argument("--encoder", type=Path, help="encoder (or checkpoint) of the default classifier")
     parser.add_argument(
         "--head", type=Path, help="head of the default classifier (default: the shipped head)"
@@ -563,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
             predictions[f"{pooling} head"] = head_predictions(
                 vectors, data, train, validation, test, args.seed, args.progress
             )
-    else:
+    if args.default or not args.pooling:
         if args.unseen_topics:
             require_trained_without(args.unseen_topics, args.head or DEFAULT_HEAD_DIR, args.encoder)
         name, predicted = default_classifier_predictions(args, test_texts)
