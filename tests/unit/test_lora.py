@@ -195,3 +195,20 @@ def test_lora_command_writes_a_head_directory_with_metadata(tiny_encoder: Path, 
     assert meta["metrics"]["test"]["n"] == 12  # 10% of 120 texts
     adapter = load_adapter(out)
     assert adapter is not None and adapter.rank == 2
+
+
+def test_lora_command_stopped_early_resumes_to_the_end(tiny_encoder: Path, tmp_path: Path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(40)))
+    out = tmp_path / "out"
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+    argv = ["--lora", "--lora-rank", "2", "--data", str(data), "--encoder", str(tiny_encoder)]
+    argv += ["--out", str(out), "--epochs", "2", "--batch-size", "16", "--max-length", "16", "--no-progress"]
+    assert finetune.run(parser.parse_args([*argv, "--max-steps", "3"])) == 0
+    assert "stopped at step 3 (epoch 1); continue with --resume" in capsys.readouterr().out
+    assert not (out / "head.json").exists()  # no epoch finished yet: only the resume checkpoint
+    assert finetune.run(parser.parse_args([*argv, "--resume"])) == 0
+    state = json.loads((out / finetune.CHECKPOINT_DIR / finetune.STATE_FILE).read_text())
+    assert (state["global_step"], state["epoch"]) == (2 * 6, 2)  # 96 training texts / 16 x 2 epochs
+    assert json.loads((out / "head.json").read_text())["metrics"]["test"]["n"] == 12
