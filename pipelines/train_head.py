@@ -82,7 +82,7 @@ def _vector_cache_key(encoder: BertEncoder, texts: Sequence[str]) -> str:
         texts_digest.update(text.encode("utf-8", errors="surrogatepass"))
         texts_digest.update(b"\0")
     key = {
-        "encoder_sha256": weights_sha256(encoder.directory),
+        "encoder_sha256": encoder.weights_id(),
         "pooling": encoder.pooling,
         "max_length": encoder.max_length,
         "texts_sha256": texts_digest.hexdigest(),

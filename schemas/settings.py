@@ -114,7 +114,8 @@ class ModelSettings(BaseModel):
 
     #: A local Hugging Face encoder directory (safetensors weights). None: the embedded default.
     encoder: Path | None = None
-    #: A head directory (``head.safetensors`` + ``head.json``). None: the head shipped with clstream.
+    #: A head directory (``head.safetensors`` + ``head.json``, and ``adapter.safetensors`` when the
+    #: encoder was LoRA-tuned with it: merged at load). None: the head shipped with clstream.
     head: Path | None = None
     pooling: Pooling = "cls"
     #: Tweets are short; this bounds the cost of the rare very long record.

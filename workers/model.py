@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
+from workers.adapter import LoraAdapter, load_adapter, merge_adapter
 from workers.batching import BatchStats, pad_group, plan_batches
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
@@ -113,7 +114,8 @@ class BertEncoder:
     longest text, moved to the device in one copy (pinned host memory, non-blocking on CUDA)
     and encoded; vectors come back in input order. On CUDA the groups are launched without
     waiting, so padding the next group on the CPU overlaps the GPU's work on this one.
-    Not thread-safe.
+    With an ``adapter`` its LoRA updates are merged into the weights once, here, so encoding
+    costs the same as without one. Not thread-safe.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class BertEncoder:
         max_length: int = 128,
         device: str = "auto",
         precision: str = "auto",
+        adapter: LoraAdapter | None = None,
     ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
@@ -142,10 +145,20 @@ class BertEncoder:
             self.model = load_hf_model(AutoModel, directory)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a Hugging Face encoder from {directory}: {exc}") from exc
+        if adapter is not None:
+            merge_adapter(self.model, adapter)
+        self.adapter_sha256 = adapter.sha256 if adapter is not None else None
         self.model.eval().to(self.device)
         self.hidden_size = int(self.model.config.hidden_size)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self._pool = POOLINGS[pooling]
+
+    def weights_id(self) -> str:
+        """sha256 naming the weights in use: the directory's, combined with the adapter's if any."""
+        base = weights_sha256(self.directory)
+        if self.adapter_sha256 is None:
+            return base
+        return hashlib.sha256(f"{base}+lora:{self.adapter_sha256}".encode()).hexdigest()
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (special tokens included, truncated to ``max_length``), unpadded."""
@@ -266,16 +279,24 @@ class BertClassifier:
                 f"the head in {head_dir or DEFAULT_HEAD_DIR} was trained for {meta.pooling!r} pooling, not {pooling!r}; "
                 "train a head for that pooling with `clstream train-head --pooling ...`"
             )
-        encoder = BertEncoder(
-            encoder_dir, meta.pooling, max_length=max_length, device=device, precision=precision
-        )
         sha = weights_sha256(encoder_dir)
         if meta.encoder_sha256 and meta.encoder_sha256 != sha:
             raise ModelLoadError(
                 f"the head was trained on encoder {meta.encoder_id} (sha256 {meta.encoder_sha256[:12]}), "
                 f"but {encoder_dir} has weights sha256 {sha[:12]}; train a head for this encoder"
             )
-        model_id = f"{meta.encoder_id}+head-{meta.pooling}@{sha[:12]}"
+        # The adapter is checked after the encoder's sha: a mismatch there is the clearer message.
+        adapter = load_adapter(head_dir or DEFAULT_HEAD_DIR)
+        encoder = BertEncoder(
+            encoder_dir,
+            meta.pooling,
+            max_length=max_length,
+            device=device,
+            precision=precision,
+            adapter=adapter,
+        )
+        lora = f"+lora@{adapter.sha256[:12]}" if adapter is not None else ""
+        model_id = f"{meta.encoder_id}{lora}+head-{meta.pooling}@{sha[:12]}"
         return cls(encoder, head, model_id=model_id, batch_size=batch_size, max_tokens=max_tokens)
 
     @torch.inference_mode()

@@ -27,8 +27,7 @@ def save_tiny_sequence_classifier(directory: Path, id2label: dict[int, str], see
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        num_labels=len(id2label),
-        id2label=id2label,
+        id2label=id2label,  # also sets num_labels
         label2id={name: index for index, name in id2label.items()},
     )
     model = BertForSequenceClassification(config)

@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipelines.cli import main
-from pipelines.datasets import LabeledText
-from pipelines.evaluate import TfidfBaseline, classification_metrics, heldout_topic_folds
+from pipelines.datasets import TOPICS, DatasetError, LabeledText, parse_topics, unseen_topic_split
+from pipelines.evaluate import (
+    TfidfBaseline,
+    classification_metrics,
+    heldout_topic_folds,
+    require_trained_without,
+)
+from schemas.errors import ClstreamError
 from tests.unit.test_checkpoints import save_tiny_sequence_classifier
 
 WORDS = {
@@ -76,19 +83,26 @@ def test_leave_one_topic_out_folds_test_on_exactly_one_topic_and_train_on_the_ot
 
 
 def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path: Path, capsys):
-    encoder_dir, _ = tiny_model
+    encoder_dir, head_dir = tiny_model
     checkpoint = save_tiny_sequence_classifier(tmp_path / "finetuned", {0: "pos", 1: "neg", 2: "neu"})
     data = tmp_path / "tweets.jsonl"
     data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(20)))
     out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
     argv = ["eval", "--data", str(data), "--encoder", str(encoder_dir), "--pooling", "cls,mean"]
+    argv += ["--default", "--head", str(head_dir)]
     argv += ["--checkpoint", str(checkpoint), "--json", str(out_json), "--plot", str(out_png)]
     argv += ["--device", "cpu", "--no-progress", "--no-vector-cache"]
 
     assert main(argv) == 0
 
     result = json.loads(out_json.read_text())
-    assert list(result["classifiers"]) == ["cls head", "mean head", "finetuned", "tfidf"]
+    assert list(result["classifiers"]) == [
+        "cls head",
+        "mean head",
+        "default (cls head)",
+        "finetuned",
+        "tfidf",
+    ]
     for metrics in result["classifiers"].values():
         assert {"accuracy", "macro_f1", "per_class", "confusion", "labels"} <= set(metrics)
         assert np.array(metrics["confusion"]).sum() == metrics["n"] == 6
@@ -96,3 +110,38 @@ def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path:
     assert result["heldout_topics"] is None
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "macro-F1" in capsys.readouterr().out
+
+
+def _topic_items() -> list[LabeledText]:
+    return [
+        LabeledText(f"{topic} {label} {i}", label, None, topic)
+        for topic in ("airline", "apple", "claritin", None)
+        for label in WORDS
+        for i in range(10)
+    ]
+
+
+def test_unseen_topic_split_tests_on_the_held_out_topics_and_trains_on_the_others():
+    split = unseen_topic_split(_topic_items(), ["apple", "claritin"], seed=0)
+    assert {item.topic for item in split.test} == {"apple", "claritin"} and len(split.test) == 60
+    assert {item.topic for item in split.train + split.validation} == {"airline"}  # untagged: nowhere
+    assert (len(split.train), len(split.validation)) == (27, 3)
+    with pytest.raises(DatasetError, match="some, not all"):
+        unseen_topic_split(_topic_items(), list(TOPICS), seed=0)
+    assert parse_topics("claritin, apple") == ("apple", "claritin")
+    with pytest.raises(DatasetError, match="unknown topic"):
+        parse_topics("apple,bananas")
+
+
+def test_unseen_topics_refuse_a_classifier_not_trained_without_them(tiny_model, tmp_path: Path):
+    encoder_dir, head_dir = tiny_model
+    with pytest.raises(
+        ClstreamError, match=r"trained with held-out topics \[\] \(per head.json\), not \[.apple.\]"
+    ):
+        require_trained_without(["apple"], head_dir, encoder_dir)
+    meta = json.loads((head_dir / "head.json").read_text())
+    meta["trained_on"] = {**meta.get("trained_on", {}), "unseen_topics": ["apple"]}
+    (tmp_path / "head.json").write_text(json.dumps(meta))
+    require_trained_without(["apple"], tmp_path, encoder_dir)  # passes: trained without apple
+    with pytest.raises(ClstreamError, match="not \\['apple', 'claritin'\\]"):
+        require_trained_without(["apple", "claritin"], tmp_path, encoder_dir)

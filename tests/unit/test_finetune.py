@@ -118,7 +118,7 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path: Path):
     parameters = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2))]
     optimizer = torch.optim.AdamW(parameters, lr=0.1, betas=(0.8, 0.9))
     for _ in range(3):
-        sum(p.square().sum() for p in parameters).backward()
+        torch.stack([p.square().sum() for p in parameters]).sum().backward()
         optimizer.step()
     save_optimizer(optimizer, tmp_path / "optimizer.safetensors")
 
@@ -136,28 +136,22 @@ def test_finetune_command_writes_metadata_and_a_loadable_model(tiny_encoder: Pat
     data.write_text(
         "".join(json.dumps({"text": item.text, "label": item.label.lower()}) + "\n" for item in synthetic(20))
     )
-    args = argparse.Namespace(
-        data=data,
-        text_column="text",
-        label_column="label",
-        encoding="utf-8",
-        encoder=tiny_encoder,
-        out=tmp_path / "out",
-        epochs=1,
-        lr=3e-3,
-        batch_size=16,
-        max_length=16,
-        limit=None,
-        seed=0,
-        save_every=0,
-        max_steps=None,
-        resume=False,
-        device="cpu",
-        progress=False,
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+    args = parser.parse_args(
+        ["--data", str(data), "--encoder", str(tiny_encoder), "--out", str(tmp_path / "out")]
+        + ["--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--max-length", "16"]
+        + ["--save-every", "0", "--device", "cpu", "--no-progress"]
     )
     assert finetune.run(args) == 0
     metadata = json.loads((tmp_path / "out" / "clstream.json").read_text())
-    assert metadata["trained_on"]["sizes"] == {"train": 48, "validation": 6, "test": 6, "train_used": 48}
+    assert metadata["trained_on"]["sizes"] == {
+        "train": 48,
+        "validation": 6,
+        "test": 6,
+        "train_used": 48,
+        "validation_used": 6,
+    }
     assert set(metadata["metrics"]["test"]) >= {"accuracy", "macro_f1", "confusion"}
     assert load_classifier(tmp_path / "out", device="cpu").labels == ("POSITIVE", "NEGATIVE", "NEUTRAL")
     with pytest.raises(ClstreamError, match="already holds a fine-tuning run: pass --resume"):

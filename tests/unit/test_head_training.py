@@ -106,11 +106,13 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-def test_embedded_vectors_come_from_the_cache_on_a_second_call(tiny_bert: Path, tmp_path: Path) -> None:
+def test_embedded_vectors_come_from_the_cache_on_a_second_call(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     encoder = BertEncoder(tiny_bert, "cls", max_length=16, device="cpu")
     texts = ["a longer text than the others", "short", "mid length text"]
     first = embed_texts(encoder, texts, progress=False, cache_dir=tmp_path)
-    encoder.encode = None  # a cache miss would now fail
+    monkeypatch.setattr(encoder, "encode", None)  # a cache miss would now fail
     second = embed_texts(encoder, texts, progress=False, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
     assert torch.equal(first, second)
