@@ -113,6 +113,10 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         if not self._subscribed:
+            # Fetch the topic's partitions before joining: a group leader that assigns without them
+            # ("No partition metadata for topic") hands out nothing, and kafka-python notices the
+            # partitions only at its next metadata refresh, up to metadata_max_age_ms (5 min) later.
+            self._consumer.partitions_for_topic(self._topic)
             # Joined on the first poll, so a revocation callback set before it is always in place.
             self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
             self._subscribed = True
