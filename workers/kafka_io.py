@@ -205,6 +205,9 @@ class KafkaSource:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
     def close(self) -> None:
+        # Leaving the group revokes everything; the loop has stopped and committed what it could,
+        # so there is nothing left to wait for (a batch given up at a deadline never settles).
+        self._revocation = None
         # autocommit=False: every commit is explicit, made only after delivery.
         self._consumer.close(autocommit=False)
 
