@@ -102,6 +102,12 @@ def install_redaction() -> None:
         logging.setLogRecordFactory(_redacting_factory(current))
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Whatever sys.stderr is when the line is written, not when logging was configured: a stream
+    # swapped and closed since (pytest's capture, a redirect) must not break the next log call.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     install_redaction()
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -115,7 +121,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(

@@ -39,7 +39,8 @@ def test_password_pairs_in_free_text_are_redacted():
 
 def test_records_of_any_logger_are_redacted_before_any_handler_sees_them(caplog):
     install_redaction()
-    caplog.set_level(logging.DEBUG)
+    # On kafka's logger itself: configure_logging (run by earlier tests) holds it at WARNING.
+    caplog.set_level(logging.DEBUG, logger="kafka")
     logger = logging.getLogger("kafka.producer.kafka")
     logger.debug("Sending (key=%r value=%r headers=%r) to %s", b"k", f"text {CANARY}".encode(), [], "t-0")
     logger.debug("Starting KafkaAdminClient with configuration: %s", {"sasl_plain_password": CANARY})
@@ -55,7 +56,7 @@ def test_bytes_inside_logged_objects_are_cut_from_the_message(caplog):
             return f"FetchResponse(topic='t', records={records!r}, more={more!r})"
 
     install_redaction()
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kafka")
     logging.getLogger("kafka.protocol.parser").debug("Received response %s", FetchResponse())
     assert CANARY not in caplog.text
     assert (
@@ -63,3 +64,19 @@ def test_bytes_inside_logged_objects_are_cut_from_the_message(caplog):
         in caplog.text
     )
     assert redact_message("no bytes, b'' is empty") == "no bytes, <0 chars of bytes> is empty"
+
+
+def test_logging_after_the_configured_stream_was_closed_writes_to_the_current_one(monkeypatch, capsys):
+    import io
+
+    import structlog
+
+    from workers.logs import configure_logging
+
+    old = io.StringIO()
+    monkeypatch.setattr("sys.stderr", old)
+    configure_logging("INFO", "json")
+    old.close()  # what pytest does to a test's capture stream when the test ends
+    monkeypatch.undo()
+    structlog.get_logger("clstream.test").warning("after the swap", records=2)
+    assert '"event": "after the swap"' in capsys.readouterr().err
