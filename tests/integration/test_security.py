@@ -61,8 +61,13 @@ def _settings(broker: LocalBroker, password: str, **sections: dict) -> Settings:
 
 
 def test_loop_over_scram_at_debug_never_logs_the_password_or_a_payload(
-    scram_broker, topic_names, caplog, capfd
+    scram_broker, topic_names, caplog, capfd, monkeypatch
 ):
+    import kafka.producer.kafka
+
+    # kafka-python's KafkaProducer.__del__ swaps the module's logger for a NullLogger for good, so
+    # once any producer of this process was garbage-collected unclosed, no send is logged again.
+    monkeypatch.setattr(kafka.producer.kafka, "log", logging.getLogger("kafka.producer.kafka"))
     names = topic_names()
     settings = _settings(
         scram_broker,
