@@ -120,6 +120,7 @@ class KafkaSource:
             # Joined on the first poll, so a revocation callback set before it is always in place.
             self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
             self._subscribed = True
+        _unpark_resumed(self._consumer)
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         return [
             RawRecord(
@@ -210,6 +211,26 @@ class KafkaSource:
         self._revocation = None
         # autocommit=False: every commit is explicit, made only after delivery.
         self._consumer.close(autocommit=False)
+
+
+def _unpark_resumed(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0.12 fetcher bug that stops a partition for good.
+
+    Records already parsed for a partition that gets paused are parked, and put back only on a
+    poll that finds no other partition's records in hand, which after the first records of any
+    unpaused partition (one assigned during the pause, say) never happens again; meanwhile the
+    parked partition is never fetched. So a resumed partition's parked records are dropped here:
+    its position is still the first record not returned, and the fetcher reads them again from
+    there. Nothing is skipped and nothing is returned twice.
+    """
+    fetcher = consumer._fetcher
+    parked = fetcher._paused_partition_records
+    if not parked:
+        return
+    subscription = consumer._subscription
+    resumed = [tp for tp in list(parked) if not subscription.is_paused(tp)]
+    for tp in resumed:
+        parked.pop(tp).drain()
 
 
 class _RevokeListener(AsyncConsumerRebalanceListener):
