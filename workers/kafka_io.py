@@ -393,11 +393,17 @@ class KafkaTransactionalSink:
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
         }
+        manager = producer._transaction_manager
+        with manager._lock:
+            # kafka-python 3.0.12 keeps the offsets of a TxnOffsetCommit the broker refused (e.g. a
+            # stale generation: IllegalGeneration) and sends them again with the *next*
+            # transaction's offsets, which commits a fenced batch's offsets without its output: a
+            # silent loss. A transaction starts with no offsets but its own.
+            manager._pending_txn_offset_commits.clear()
         try:
             producer.begin_transaction()
             for r in records:
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
-            manager = producer._transaction_manager
             self._await(manager.send_offsets_to_transaction(offsets, group_metadata), deadline, "offsets")
             self._await(manager.begin_commit(), deadline, "commit")
         except KafkaError as exc:

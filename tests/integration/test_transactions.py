@@ -12,13 +12,14 @@ from collections import Counter
 import orjson
 import pytest
 
-from pipelines.kafka_admin import ensure_topics
+from pipelines.kafka_admin import LagProbe, ensure_topics
 from pipelines.records_io import read_topic
-from schemas.errors import DeliveryError
+from schemas.errors import DeliveryError, FencedError
 from tests.integration.support import pipeline_settings, produce_tweets, wait_until
 from workers.checkpoints import load_classifier
 from workers.kafka_io import KafkaSource, KafkaTransactionalSink
 from workers.loop import ClassifierLoop
+from workers.records import OutboundRecord
 
 
 class _AbortEveryThird(KafkaTransactionalSink):
@@ -118,3 +119,39 @@ def test_aborted_transactions_are_never_visible_and_every_id_is_committed_once(
         f"read_committed sees {len(committed)} (kcat {sum(kcat_ids.values())}), "
         f"read_uncommitted sees {len(everything)}"
     )
+
+
+def test_a_fenced_transaction_commits_none_of_its_offsets_with_the_next_one(broker, topic_names):
+    """A transaction refused for a stale group generation must leave its offsets uncommitted.
+
+    kafka-python 3.0.12 keeps the refused offsets pending and sends them with the next
+    transaction, so the fenced batch's offsets were committed without its output (6,000 tweets,
+    an actor SIGKILLed: 256 ids lost). ``KafkaTransactionalSink`` starts each transaction clean.
+    """
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"delivery": "exactly-once"})
+    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(20)], [], partitions=2)
+    ensure_topics(settings.kafka, {names["output"]: 2, names["dlq"]: 1})
+    source = KafkaSource(settings, "fence-test")
+    sink = KafkaTransactionalSink(settings, "fence-test", transactional_id=f"{names['group_id']}-fence")
+    topic = names["input"]
+    probe = LagProbe(settings.kafka, topic, names["group_id"])
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        current = source.group_metadata()
+        stale = current._replace(generation_id=current.generation_id + 7)
+        fenced = OutboundRecord(names["output"], b"k", b"fenced output")
+        with pytest.raises(FencedError):
+            sink.deliver_atomically([fenced], {(topic, 0): 10}, stale, timeout_s=30)
+        sink.deliver_atomically(
+            [OutboundRecord(names["output"], b"k", b"committed output")], {(topic, 1): 3}, current, 30
+        )
+        committed = probe.measure().committed
+    finally:
+        probe.close()
+        source.close()
+        sink.close()
+    assert committed[1] == 3
+    assert committed[0] == 0, "the fenced transaction's offset was committed by the next one"
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"committed output"]
