@@ -51,8 +51,6 @@ log = structlog.get_logger("clstream.loop")
 _MAX_BACKOFF_S = 5.0
 #: Upper bounds of the end-to-end latency histogram, seconds (Prometheus ``le`` buckets).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-#: Longest poll while batches are in flight (ms): how long a delivered batch may wait for its commit.
-_INFLIGHT_POLL_MS = 20
 #: WordPiece averages roughly 4 bytes of English per token; the JSON envelope makes this an overestimate.
 _BYTES_PER_TOKEN = 4
 
@@ -165,12 +163,7 @@ class ClassifierLoop:
 
     def _poll_and_dispatch(self) -> None:
         workers = self.settings.workers
-        # While batches are in flight the commit of a delivered one waits for this poll to return:
-        # keep the wait short, so that what a crash can repeat is rarely more than the batch in hand.
-        timeout_ms = (
-            min(workers.poll_timeout_ms, _INFLIGHT_POLL_MS) if self._inflight else workers.poll_timeout_ms
-        )
-        records = self.source.poll(timeout_ms=timeout_ms, max_records=workers.max_batch_records)
+        records = self.source.poll(timeout_ms=workers.poll_timeout_ms, max_records=workers.max_batch_records)
         if records:
             batch = self._new_batch(records)
             self._inflight.append(batch)

@@ -8,8 +8,9 @@ Pass: lost = 0 always. Duplicates: 0 where the fault is a clean stop (SIGTERM dr
 leaving by drain); after a hard crash (SIGKILL of an actor, the driver or the broker; a paused
 broker) at most ``IN_FLIGHT_BOUND`` per fault: every actor may have delivered the batches
 in flight (at most ``max_inflight_batches`` of ``max_batch_records``) it had not committed yet, and a member that loses its partitions re-reads
-from the last commit. (``delivery`` is a parameter so the exactly-once mode can join: there the
-bound is 0.) Each test reports records, faults, lost and duplicates in the session summary.
+from the last commit. The crashes of actors and of the driver also run with
+``delivery=exactly-once``, where the bound is 0 duplicates. Each test reports records, faults,
+lost and duplicates in the session summary.
 
 The deliberately broken variant (``test_verifier_catches_a_loop_that_commits_before_producing``)
 proves these checks can fail: a source that commits what it hands out before it is delivered
@@ -31,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipelines.broker import LocalBroker
 from pipelines.driver import Driver
@@ -52,8 +53,9 @@ BATCH = 200
 #: Duplicates one hard crash may cause in at-least-once mode: each actor's batches in flight
 #: (polled, maybe delivered, not yet committed), which the backpressure credit caps.
 IN_FLIGHT_BOUND = BATCH * ACTORS * WorkerSettings().max_inflight_batches
-#: Modes under test; exactly-once joins with its bound of 0 duplicates once it exists.
+#: Modes under test for every fault; the hard crashes of actors and drivers run in both.
 DELIVERY = ["at-least-once"]
+BOTH_MODES = ["at-least-once", "exactly-once"]
 BOUND = {"at-least-once": IN_FLIGHT_BOUND, "exactly-once": 0}
 
 
@@ -66,7 +68,9 @@ def _settings(bootstrap: str, names: dict[str, str], tiny_model, **workers: obje
         bootstrap,
         names,
         model={"encoder": encoder, "head": head},
-        workers={"count": ACTORS, "max_batch_records": BATCH, **workers},
+        # A killed producer's open transaction is fenced by its replacement (same transactional
+        # id); the timeout is the backstop that unblocks read_committed readers if none comes.
+        workers={"count": ACTORS, "max_batch_records": BATCH, "transaction_timeout_ms": 20_000, **workers},
     )
 
 
@@ -121,6 +125,8 @@ def _check(
     report_fn, title: str, settings: Settings, delivery: str, faults: int, started: float, bound: int
 ) -> VerifyReport:
     topics = settings.topics
+    if delivery == "exactly-once":
+        _wait_for_no_open_transactions(settings)
     verdict = verify_topics(settings.kafka, topics.input, topics.output, topics.dlq, delivery)  # type: ignore[arg-type]
     report_fn(
         title,
@@ -140,6 +146,31 @@ def _check(
     return verdict
 
 
+def _wait_for_no_open_transactions(settings: Settings) -> None:
+    """Wait until no transaction is open on the output and DLQ topics (last stable offset = log
+    end). A SIGKILLed producer's transaction hides every later record from read_committed readers
+    until a producer with its transactional id fences it or the broker aborts it at
+    ``transaction_timeout_ms``; whichever comes first, it comes within that timeout."""
+    topics = settings.topics
+    committed = KafkaConsumer(**settings.kafka.client_config(), isolation_level="read_committed")
+    uncommitted = KafkaConsumer(**settings.kafka.client_config())
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (topics.output, topics.dlq)
+            for p in uncommitted.partitions_for_topic(topic) or ()
+        ]
+        # The broker looks for timed-out transactions every 10 s (its default cleanup interval).
+        wait_until(
+            lambda: committed.end_offsets(tps) == uncommitted.end_offsets(tps),
+            settings.workers.transaction_timeout_ms / 1000 + 30,
+            "every transaction of a killed producer to be fenced or aborted",
+        )
+    finally:
+        committed.close()
+        uncommitted.close()
+
+
 def _running_consumer(driver: Driver) -> str | None:
     for actor in driver.tick().actors:
         if actor.state == "running" and actor.consumed > 0:
@@ -155,11 +186,11 @@ def _noticed_dead(driver: Driver, name: str) -> bool:
 # -- actors -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("delivery", DELIVERY)
+@pytest.mark.parametrize("delivery", BOTH_MODES)
 def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
     broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
-    settings = _settings(broker, topic_names(), tiny_model)
+    settings = _settings(broker, topic_names(), tiny_model, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 40).start()
     driver = Driver(settings)
@@ -187,13 +218,13 @@ def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
 DRIVER_ACTORS = 1
 
 
-def _run_cmd(broker: str, names: Mapping[str, str], tiny_model) -> list[str]:
+def _run_cmd(broker: str, names: Mapping[str, str], tiny_model, delivery: str = "at-least-once") -> list[str]:
     encoder, head = tiny_model
     return [
         sys.executable, "-m", "pipelines.cli", "run", "--bootstrap-servers", broker,
         "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
         "--group-id", names["group_id"], "--workers", str(DRIVER_ACTORS), "--partitions", str(PARTITIONS),
-        "--encoder", str(encoder), "--head", str(head),
+        "--encoder", str(encoder), "--head", str(head), "--delivery", delivery,
     ]  # fmt: skip
 
 
@@ -201,6 +232,7 @@ _RUN_ENV = {
     "CLSTREAM_WORKERS__SESSION_TIMEOUT_MS": "6000",
     "CLSTREAM_WORKERS__MAX_BATCH_RECORDS": str(BATCH),
     "CLSTREAM_DRIVER__WATCH_INTERVAL_S": "0.5",
+    "CLSTREAM_WORKERS__TRANSACTION_TIMEOUT_MS": "20000",
     "CLSTREAM_LOG__FORMAT": "json",
 }
 
@@ -232,19 +264,19 @@ def _pipeline_ticks(log: Path) -> int:
     return log.read_text(errors="replace").count('"event": "pipeline"') if log.exists() else 0
 
 
-@pytest.mark.parametrize("delivery", DELIVERY)
+@pytest.mark.parametrize("delivery", BOTH_MODES)
 def test_driver_sigkilled_at_random_points_then_restarted_loses_nothing(
     broker, topic_names, tiny_model, report, delivery, tmp_path
 ):
     names = topic_names()
-    settings = _settings(broker, names, tiny_model)
+    settings = _settings(broker, names, tiny_model, delivery=delivery)
     started = time.monotonic()
     # Each driver life gets a backlog of its own, so that its kill lands mid-stream.
     producer = NumberedProducer(settings, count=RECORDS // 4)
     producer.start().join()
     probe = LagProbe(settings.kafka, names["input"], names["group_id"])
     rng = random.Random(5)
-    cmd = _run_cmd(broker, names, tiny_model)
+    cmd = _run_cmd(broker, names, tiny_model, delivery)
     log = tmp_path / "run.log"
     kills = mid_stream = 0
     try:
