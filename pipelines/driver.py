@@ -25,6 +25,7 @@ from pipelines.autoscaling import (
     decide_actor_count,
 )
 from pipelines.kafka_admin import GroupLag, LagProbe, ensure_topics
+from pipelines.watchdog import MemberActivity, Stall, StallWatch
 from schemas.settings import Settings
 
 log = structlog.get_logger("clstream.driver")
@@ -58,6 +59,8 @@ class DriverView:
     lag: GroupLag
     replaced_total: int
     consumed_total: int = 0
+    #: Stalls the watchdog acted on (``pipelines/watchdog.py``).
+    stalls_total: int = 0
     rate_per_s: float = 0.0
     retiring: int = 0
     decision: ScalingDecision | None = None
@@ -75,6 +78,7 @@ class DriverView:
             "consumed": self.consumed_total,
             "rate_per_s": round(self.rate_per_s, 1),
             "replaced": self.replaced_total,
+            "stalls": self.stalls_total,
             "retiring": self.retiring,
             "inflight_tokens": sum(a.inflight_tokens for a in self.actors),
             "paused": [a.name for a in self.actors if a.paused],
@@ -94,6 +98,8 @@ class _Member:
     #: Records/s while busy (consumed / time spent processing) over the last tick; None if idle.
     busy_rate_per_s: float | None = None
     state: str = "pending"
+    #: Last time its consumed count moved, or it began running (for the stall watchdog).
+    progressed_at: float | None = None
 
 
 class Driver:
@@ -122,6 +128,10 @@ class Driver:
         #: Last stats of actors that are gone (their latency histograms stay in the totals).
         self.retired_latency: list[dict[str, Any]] = []
         self.metrics_port: int | None = None
+        timeout = settings.driver.stall_timeout_s
+        self._stalls = StallWatch(timeout) if timeout is not None else None
+        self.stalls: list[Stall] = []
+        self._lag_fresh = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -210,6 +220,7 @@ class Driver:
             self._spawn()
         lag = self._measure_lag()
         self._collect_retired()
+        self._watch_for_stalls(now, lag)
         decision = self._autoscale(now, lag) if self.settings.autoscale.enabled else None
         actors = tuple(
             ActorView(
@@ -233,6 +244,7 @@ class Driver:
             actors=actors,
             lag=lag,
             replaced_total=self.replaced_total,
+            stalls_total=len(self.stalls),
             consumed_total=self.retired_totals["consumed"] + sum(a.consumed for a in actors),
             rate_per_s=sum(a.rate_per_s for a in actors),
             retiring=len(self._retiring),
@@ -245,14 +257,62 @@ class Driver:
         from kafka.errors import KafkaError
 
         previous = self.last_view.lag if self.last_view is not None else GroupLag()
+        self._lag_fresh = False
         if self._probe is None:
             return previous
         try:
-            return self._probe.measure()
+            lag = self._probe.measure()
         except KafkaError as exc:
             # e.g. no group coordinator yet right after the broker started: keep the last view.
             log.debug("lag not measured this tick", error=type(exc).__name__)
             return previous
+        self._lag_fresh = True
+        return lag
+
+    def _watch_for_stalls(self, now: float, lag: GroupLag) -> None:
+        """Replace the members that sit idle on partitions with lag (``pipelines/watchdog.py``)."""
+        if self._stalls is None:
+            return
+        members = [
+            MemberActivity(
+                name=m.name,
+                running=m.state == "running",
+                progressed_at=m.progressed_at if m.progressed_at is not None else now,
+                paused=bool(m.last.get("paused", False)),
+                inflight_batches=int(m.last.get("inflight_batches", 0)),
+                assignment=frozenset(m.last["assignment"]) if m.last.get("assignment") is not None else None,
+                spawned_at=m.spawned_at,
+            )
+            for m in self.members.values()
+        ]
+        # Joins and leaves move partitions: only a settled group with a fresh lag gets a verdict.
+        settled = self._lag_fresh and not self._retiring and not self._due_spawns
+        stall = self._stalls.observe(now, lag.committed, lag.by_partition, members, settled)
+        if stall is None:
+            return
+        self.stalls.append(stall)
+        log.error(
+            "consumer group stalled: partitions with lag are not being consumed; replacing their owners",
+            **stall.to_log_fields(),
+            kafka_state=self._kafka_state(stall.replace),
+        )
+        for name in stall.replace:
+            self._retire(self.members[name])
+            self._spawn()
+
+    def _kafka_state(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Each named member's own view of its consumer, for the log; what does not answer in 5 s is skipped."""
+        import ray
+
+        refs = [self.members[name].handle.kafka_state.remote() for name in names]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=5)
+        states = []
+        for ref in ready:
+            try:
+                states.append(ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - a dying actor has no state to give
+                states.append({"error": type(exc).__name__})
+        return states
 
     def _observe(self, member: _Member, now: float) -> None:
         import ray
@@ -276,6 +336,10 @@ class Driver:
             member.last = {**member.last, "error": type(exc).__name__}
             return
         previous = self._last_consumed_by_member.get(member.name)
+        if member.progressed_at is None and stats["state"] == "running":
+            member.progressed_at = now
+        if previous is not None and stats.get("consumed", 0) != previous[1]:
+            member.progressed_at = now
         if previous is not None and now > previous[0]:
             member.rate_per_s = (stats.get("consumed", 0) - previous[1]) / (now - previous[0])
         self._last_consumed_by_member[member.name] = (now, stats.get("consumed", 0))

@@ -65,6 +65,11 @@ class PipelineCollector(Collector):
                 sum(1 for d in driver.decisions if (d.desired > d.current) == (direction == "up")),
             )
         yield decisions
+        stalls = CounterMetricFamily(
+            f"{_PREFIX}_stalls", "Stalled partitions found by the watchdog (their owners were replaced)"
+        )
+        stalls.add_metric([], len(driver.stalls))
+        yield stalls
 
         retired = driver.retired_totals
         for key, name, doc in (

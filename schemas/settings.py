@@ -179,6 +179,9 @@ class DriverSettings(BaseModel):
     health_timeout_s: float = Field(default=30.0, gt=0)
     #: Time allowed for actors to drain (finish, produce, commit) after SIGINT/SIGTERM.
     drain_timeout_s: float = Field(default=25.0, gt=0)
+    #: A partition with lag whose offset has not moved for this long while its owner sits idle
+    #: (or nobody owns it) is stalled: the owner is replaced (``pipelines/watchdog.py``). None: off.
+    stall_timeout_s: float | None = Field(default=60.0, gt=0)
     #: Ray cluster address; None starts a local Ray bound to 127.0.0.1.
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(default=None, ge=1)

@@ -61,8 +61,16 @@ class ClassifierActor:
             "uptime_s": time.time() - self.started_at,
             "padding_efficiency": (real / padded) if padded else None,
             "rss_bytes": psutil.Process().memory_info().rss,
+            #: Input partitions owned after the last poll (None until the source is built).
+            "assignment": list(getattr(loop.source, "assigned", ())) if loop is not None else None,
             **snapshot,
         }
+
+    def kafka_state(self) -> dict[str, Any]:
+        """The consumer's own view of its partitions (a stall report's evidence); cheap, read-only."""
+        loop = self._loop
+        diagnostics = getattr(getattr(loop, "source", None), "diagnostics", None)
+        return {"name": self.name, **(diagnostics() if diagnostics is not None else {})}
 
     def drain(self, timeout_s: float = 25.0) -> dict[str, Any]:
         """Stop polling, finish and commit the batch in hand, leave the group. Blocks up to ``timeout_s``."""

@@ -93,6 +93,8 @@ class KafkaSource:
         self._in_revocation = False
         self._revocation_commits: dict[Partition, int] = {}
         self._subscribed = False
+        #: Input partitions owned after the last poll (read by other threads for health reports).
+        self.assigned: tuple[int, ...] = ()
         self._consumer = KafkaConsumer(
             **{**settings.kafka.client_config(), "client_id": client_id},
             group_id=settings.topics.group_id,
@@ -105,11 +107,12 @@ class KafkaSource:
             max_poll_interval_ms=settings.workers.max_poll_interval_ms,
             # KIP-429: a member joining or leaving moves only the partitions that change owner;
             # the others keep consuming instead of stopping for a stop-the-world rebalance.
-            partition_assignment_strategy=(CooperativeStickyAssignor,),
+            partition_assignment_strategy=(OwnedPartitionsCooperativeStickyAssignor,),
             # The consumer owns no deserializer: the loop needs the exact bytes for the DLQ.
             key_deserializer=None,
             value_deserializer=None,
         )
+        OwnedPartitionsCooperativeStickyAssignor.attach(self._consumer)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         if not self._subscribed:
@@ -122,6 +125,7 @@ class KafkaSource:
             self._subscribed = True
         _unpark_resumed(self._consumer)
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
         return [
             RawRecord(
                 topic=r.topic,
@@ -202,6 +206,33 @@ class KafkaSource:
             # The new owner re-reads from the last commit: duplicates, never loss.
             log.warning("commit before handing partitions over failed", error=f"{type(exc).__name__}: {exc}")
 
+    def diagnostics(self) -> dict[str, Any]:
+        """The consumer's view of its partitions, for a stall report: what it owns, what is paused,
+        positions, and what the fetcher holds back. Best effort from another thread; read-only."""
+        consumer = self._consumer
+        fetcher = consumer._fetcher
+        try:
+            states = {
+                tp.partition: {
+                    "paused": state.paused,
+                    "position": getattr(state.position, "offset", None),
+                    "has_valid_position": state.has_valid_position,
+                    "awaiting_reset": getattr(state, "awaiting_reset", None),
+                }
+                for tp, state in list(consumer._subscription.assignment.items())
+            }
+            return {
+                "partitions": states,
+                "fetchable": sorted(tp.partition for tp in consumer._subscription.fetchable_partitions()),
+                "fetch_pending_to_nodes": sorted(str(n) for n in fetcher._nodes_with_pending_fetch_requests),
+                "fetches_in_flight": sum(1 for f in list(fetcher._fetch_futures) if not f.is_done),
+                "parked_records": sorted(tp.partition for tp in fetcher._paused_partition_records),
+                "parked_fetches": sorted(tp.partition for tp in fetcher._paused_completed_fetches),
+                "generation": str(getattr(consumer._coordinator, "_generation", None)),
+            }
+        except Exception as exc:  # noqa: BLE001 - the internals moved under us: say so, don't fail
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
@@ -231,6 +262,38 @@ def _unpark_resumed(consumer: KafkaConsumer) -> None:
     resumed = [tp for tp in list(parked) if not subscription.is_paused(tp)]
     for tp in resumed:
         parked.pop(tp).drain()
+
+
+class OwnedPartitionsCooperativeStickyAssignor(CooperativeStickyAssignor):
+    """kafka-python 3.0.12's cooperative-sticky assignor, claiming only partitions it still owns.
+
+    At each JoinGroup a cooperative member tells the leader which partitions it owns, and the
+    leader withholds a partition that changes owner until its owner has revoked it. Upstream
+    claims the partitions of the member's last assignment, even after they were lost (evicted
+    from the group: its session expired while the broker was paused, say), whereas Kafka's
+    Java client claims what the consumer owns now, nothing after a loss. A stale claim makes
+    the leader withhold partitions from their new owner for an "owner" that owns nothing and so
+    never revokes them and never asks for the follow-up rebalance: those partitions are
+    assigned to nobody until something else rebalances the group (after a broker pause, lag
+    stood on two of four partitions with both members idle). This claims, as Java does, the
+    consumer's current assignment. Same protocol name: members with the upstream assignor
+    interoperate. ``attach`` it to the consumer after building it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscription: Any = None
+
+    @classmethod
+    def attach(cls, consumer: KafkaConsumer) -> None:
+        for assignor in consumer._coordinator._assignors.values():
+            if isinstance(assignor, cls):
+                assignor.subscription = consumer._subscription
+
+    def metadata(self, topics: Any) -> Any:
+        if self.subscription is not None:
+            self.member_assignment = sorted(self.subscription.assigned_partitions())
+        return super().metadata(topics)
 
 
 class _RevokeListener(AsyncConsumerRebalanceListener):

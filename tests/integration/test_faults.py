@@ -12,6 +12,10 @@ from the last commit. The crashes of actors and of the driver also run with
 ``delivery=exactly-once``, where the bound is 0 duplicates. Each test reports records, faults,
 lost and duplicates in the session summary.
 
+A member that stops fetching while it stays in the group (``_stop_fetching``: the shape of the
+kafka-python bugs that stranded partitions) must be found and replaced by the driver's stall
+watchdog; the other tests report how often it had to act (``stalls``, 0 unless something stuck).
+
 The deliberately broken variant (``test_verifier_catches_a_loop_that_commits_before_producing``)
 proves these checks can fail: a source that commits what it hands out before it is delivered
 loses the batch in hand when the actor dies, and the verifier must say so.
@@ -32,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import ray
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipelines.broker import LocalBroker
@@ -62,12 +67,15 @@ BOUND = {"at-least-once": IN_FLIGHT_BOUND, "exactly-once": 0}
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _settings(bootstrap: str, names: dict[str, str], tiny_model, **workers: object) -> Settings:
+def _settings(
+    bootstrap: str, names: dict[str, str], tiny_model, driver: dict | None = None, **workers: object
+) -> Settings:
     encoder, head = tiny_model
     return pipeline_settings(
         bootstrap,
         names,
         model={"encoder": encoder, "head": head},
+        driver=driver or {},
         # A killed producer's open transaction is fenced by its replacement (same transactional
         # id); the timeout is the backstop that unblocks read_committed readers if none comes.
         workers={"count": ACTORS, "max_batch_records": BATCH, "transaction_timeout_ms": 20_000, **workers},
@@ -122,7 +130,14 @@ def _drive_until_done(driver: Driver, timeout_s: float = 300) -> None:
 
 
 def _check(
-    report_fn, title: str, settings: Settings, delivery: str, faults: int, started: float, bound: int
+    report_fn,
+    title: str,
+    settings: Settings,
+    delivery: str,
+    faults: int,
+    started: float,
+    bound: int,
+    driver: Driver | None = None,
 ) -> VerifyReport:
     topics = settings.topics
     if delivery == "exactly-once":
@@ -137,6 +152,8 @@ def _check(
         duplicates=verdict.duplicates,
         bound=bound,
         out_of_order=verdict.out_of_order,
+        # Partitions the stall watchdog had to unstick (0 unless a member stopped consuming).
+        **({"stalls": len(driver.stalls)} if driver is not None else {}),
         took_s=round(time.monotonic() - started, 1),
     )
     assert verdict.input_records == RECORDS
@@ -207,7 +224,7 @@ def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
     finally:
         driver.drain()
     assert driver.replaced_total >= kills
-    _check(report, "actor SIGKILL x3", settings, delivery, kills, started, kills * BOUND[delivery])
+    _check(report, "actor SIGKILL x3", settings, delivery, kills, started, kills * BOUND[delivery], driver)
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -426,7 +443,7 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
         _drive_until_done(driver)
     finally:
         driver.drain()
-    _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery])
+    _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery], driver)
 
 
 @pytest.mark.parametrize("delivery", DELIVERY)
@@ -449,7 +466,44 @@ def test_broker_paused_past_the_session_timeout_loses_nothing(
         _drive_until_done(driver)
     finally:
         driver.drain()
-    _check(report, "broker SIGSTOP 10s", settings, delivery, 1, started, BOUND[delivery])
+    _check(report, "broker SIGSTOP 10s", settings, delivery, 1, started, BOUND[delivery], driver)
+
+
+# -- a member that stops consuming -----------------------------------------------------------------
+
+
+def _stop_fetching(actor: object) -> list[int]:
+    """Run inside an actor (``__ray_call__``): its consumer stops fetching every partition it owns
+    and the loop cannot resume them; the member stays alive and in the group, idle, like the
+    kafka-python fetcher bugs that strand partitions."""
+    source = actor._loop.source  # type: ignore[attr-defined]
+    consumer = source._consumer
+    owned = consumer.assignment()
+    consumer.pause(*owned)
+    source.resume_all = lambda: None
+    return sorted(tp.partition for tp in owned)
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+def test_a_member_that_stops_fetching_is_replaced_by_the_stall_watchdog(
+    broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8})
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 30).start()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    try:
+        victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
+        wedged = ray.get(driver.members[victim].handle.__ray_call__.remote(_stop_fetching), timeout=30)
+        assert wedged, f"{victim} owned no partitions to stop"
+        producer.join()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    assert [stall.replace for stall in driver.stalls] == [(victim,)], driver.stalls
+    assert set(driver.stalls[0].partitions) <= set(wedged)
+    _check(report, "member stops fetching", settings, delivery, 1, started, BOUND[delivery], driver)
 
 
 # -- the checks can fail --------------------------------------------------------------------------

@@ -10,6 +10,8 @@ good, silently, with its lag growing (seen in the autoscaling test after a scale
 
 from __future__ import annotations
 
+import time
+
 from kafka import KafkaProducer, TopicPartition
 
 from pipelines.kafka_admin import ensure_topics
@@ -65,3 +67,43 @@ def test_a_partition_paused_with_records_in_hand_is_read_to_the_end_once_resumed
     # Every record of both partitions, once, in order.
     assert offsets[first] == list(range(PER_PARTITION)), f"partition {first} stopped at {len(offsets[first])}"
     assert offsets[1 - first] == list(range(PER_PARTITION))
+
+
+def test_a_member_that_lost_its_partitions_claims_none_of_them_when_it_rejoins(broker, topic_names):
+    """kafka-python's cooperative assignor claims its last assignment at every JoinGroup, even
+    after the partitions were lost; a stale claim can leave partitions assigned to nobody (see
+    ``tests/unit/test_assignor.py``). Here a real eviction: the member stops polling past
+    ``max_poll_interval_ms``, kafka-python leaves the group for it, and it joins again."""
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"max_poll_interval_ms": 10_000})
+    topic = names["input"]
+    ensure_topics(settings.kafka, {topic: 4})
+    source = KafkaSource(settings, client_id="claims-test")
+    assignor = next(iter(source._consumer._coordinator._assignors.values()))
+    joins: list[tuple[set[int], set[int]]] = []
+    advertise = assignor.metadata
+
+    def recording(topics):
+        metadata = advertise(topics)
+        claimed = {p for tp in metadata.owned_partitions for p in tp.partitions}
+        joins.append((claimed, {tp.partition for tp in source._consumer.assignment()}))
+        return metadata
+
+    assignor.metadata = recording
+    try:
+        for _ in range(100):
+            source.poll(timeout_ms=200, max_records=10)
+            if len(source.assigned) == 4:
+                break
+        assert source.assigned == (0, 1, 2, 3)
+        time.sleep(13)  # no poll for longer than max_poll_interval_ms: the member is out
+        for _ in range(100):
+            source.poll(timeout_ms=200, max_records=10)
+            if len(joins) >= 2 and len(source.assigned) == 4:
+                break
+    finally:
+        source.close()
+    assert len(joins) >= 2, "the member did not join again"
+    assert all(claimed == owned for claimed, owned in joins), joins
+    assert joins[-1] == (set(), set())  # it rejoined owning, and claiming, nothing
+    assert source.assigned == (0, 1, 2, 3)  # and got everything back

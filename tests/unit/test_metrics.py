@@ -12,6 +12,7 @@ from pipelines.driver import ActorView, Driver, DriverView, _Member
 from pipelines.kafka_admin import GroupLag
 from pipelines.metrics import serve_metrics
 from pipelines.status import parse_metrics, render
+from pipelines.watchdog import Stall
 from schemas.settings import Settings
 from workers.loop import LATENCY_BUCKETS_S, LoopStats
 
@@ -28,6 +29,9 @@ def _driver() -> Driver:
     driver.members[member.name] = member
     driver.retired_totals.update(consumed=10, classified=10)
     driver.decisions.append(ScalingDecision(at=1.0, current=1, desired=2, wanted=2, reason="lag"))
+    driver.stalls.append(
+        Stall(partitions=(0,), lag={0: 60}, owners={0: None}, stalled_for_s=61, replace=("x",))
+    )
     driver.last_view = DriverView(
         at=1.0,
         actors=(ActorView(name="classifier-0", state="running"),),
@@ -59,6 +63,11 @@ def test_a_scrape_shows_lag_totals_backpressure_and_latency():
     assert status.latency_buckets[-1] == (float("inf"), 4.0)
     assert status.latency_quantile(0.5) == 0.025 and status.latency_quantile(0.99) == 10.0
     assert status.driver_rss > 0
+
+
+def test_a_scrape_counts_the_stalls_the_watchdog_acted_on():
+    port = serve_metrics(_driver(), "127.0.0.1", 0)
+    assert "\nclstream_stalls_total 1.0\n" in _scrape(port)
 
 
 def test_latency_observations_land_in_their_buckets():
