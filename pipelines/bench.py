@@ -7,7 +7,8 @@ thread count for every column:
 2. naive kafka-python loop (batches of 32 in arrival order, padded to the longest);
 3. the clstream pipeline (Driver + Ray actors, Kafka topic to Kafka topic);
 4. end-to-end latency of the pipeline at a steady load of half its measured maximum;
-5. bare throughput against the batch token budget (the plot's third panel);
+5. bare throughput against the batch token budget (the plot's third panel), and what one
+   forward pass costs beyond its tokens (the batch planner's ``pass_cost``);
 6. bf16-vs-fp32 label agreement on the bench device; on CUDA, model-only FLOP/s of a
    random-initialised bert-base-sized encoder as a fraction of the measured bf16 matmul rate.
 
@@ -46,6 +47,7 @@ from pipelines.bench_phases import (
     matmul_flops_per_s,
     measure_bare,
     measure_naive,
+    measure_pass_cost,
     percentile_ms,
     produce_at_rate,
     read_outputs,
@@ -178,6 +180,9 @@ def run_bench(args: argparse.Namespace) -> int:
         result.update(_pipeline(progress, settings, texts, plan))
         result["sweep"] = _sweep(progress, classifier, texts[: plan.sweep_tweets], plan.budgets)
         result.update(_agreement(progress, classifier, texts[: plan.agreement_tweets]))
+        task = progress.add_task("cost of one forward pass", total=1)
+        result["pass_cost"] = measure_pass_cost(classifier)
+        progress.update(task, completed=1)
         if classifier.device.type == "cuda":
             result["gpu_model_only"] = _gpu_model_only(progress, classifier, texts)
     result["pipeline_vs_bare"] = result["pipeline_tweets_per_s"] / result["bare_tweets_per_s"]
@@ -478,6 +483,13 @@ def _print_table(console: Console, r: dict[str, Any]) -> None:
         summary.add_row(
             f"bare at max_batch_tokens={point['max_batch_tokens']}",
             f"{_fmt(point['tweets_per_s'])} tweets/s, padding {_fmt(point['padding_efficiency'], 3)}",
+        )
+    cost = r.get("pass_cost")
+    if cost:
+        summary.add_row(
+            "one forward pass",
+            f"{cost['pass_overhead_ms']:.2f} ms + {cost['per_token_slot_ms']:.3f} ms per token slot "
+            f"(= {cost['pass_cost_tokens']:.0f} slots)",
         )
     gpu = r.get("gpu_model_only")
     if gpu:

@@ -336,3 +336,41 @@ def bert_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len: f
     dense = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
     attention = 2 * 2 * seq_len * hidden
     return layers * (dense + attention)
+
+
+# -- what one forward pass costs ----------------------------------------------------------------
+
+#: (rows, width) shapes timed for the pass-cost fit: from a lone short tweet to full batches.
+_PASS_SHAPES = ((1, 8), (1, 32), (4, 16), (8, 8), (8, 32), (16, 16), (2, 64), (32, 32), (64, 16), (16, 64))
+
+
+@torch.inference_mode()
+def measure_pass_cost(classifier: BertClassifier, repeats: int = 5) -> dict[str, float]:
+    """Fit ``seconds = a + b × token slots`` to the encoder's forward passes over random ids.
+
+    ``a / b`` is the fixed cost of one pass in token slots: the ``pass_cost`` the batch planner
+    uses (``workers.batching.CPU_PASS_COST_TOKENS`` on a CPU). Medians of ``repeats`` per shape.
+    """
+    encoder = classifier.encoder
+    timings: list[tuple[int, float]] = []
+    generator = torch.Generator().manual_seed(0)
+    for rows, width in _PASS_SHAPES:
+        ids = torch.randint(1000, 20000, (rows, width), generator=generator).to(encoder.device)
+        mask = torch.ones_like(ids)
+        encoder.model(input_ids=ids, attention_mask=mask)  # warm this shape
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            encoder.model(input_ids=ids, attention_mask=mask)
+            if encoder.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
+        timings.append((rows * width, float(np.median(seconds))))
+    slots = np.array([s for s, _ in timings], dtype=np.float64)
+    took = np.array([t for _, t in timings], dtype=np.float64)
+    per_slot, per_pass = np.polyfit(slots, took, 1)
+    return {
+        "pass_overhead_ms": per_pass * 1000,
+        "per_token_slot_ms": per_slot * 1000,
+        "pass_cost_tokens": per_pass / per_slot if per_slot > 0 else float("nan"),
+    }

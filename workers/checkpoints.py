@@ -25,7 +25,7 @@ import torch
 
 from schemas.errors import ModelLoadError
 from schemas.records import Label
-from workers.batching import BatchStats, pad_group, plan_batches
+from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.model import (
     BertClassifier,
     Classifier,
@@ -160,7 +160,12 @@ class SequenceClassifierModel:
         )["input_ids"]  # fmt: skip
         lengths = [len(row) for row in ids]
         # Length-bucketed, token-budgeted passes (workers.batching); rows go back by index.
-        groups = plan_batches(lengths, self.max_tokens or sys.maxsize, self.batch_size)
+        groups = plan_batches(
+            lengths,
+            self.max_tokens or sys.maxsize,
+            self.batch_size,
+            pass_cost_tokens(self.device.type, self.max_tokens),
+        )
         pad_id = int(self.tokenizer.pad_token_id or 0)
         cuda = self.device.type == "cuda"
         columns = self._columns.to(self.device)

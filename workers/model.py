@@ -20,7 +20,7 @@ import torch
 
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
 from workers.adapter import LoraAdapter, load_adapter, merge_adapter
-from workers.batching import BatchStats, pad_group, plan_batches
+from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
 
@@ -187,7 +187,9 @@ class BertEncoder:
         """Like ``encode`` but the vectors stay on the model's device (no synchronisation on CUDA)."""
         ids = self.token_ids(texts)
         lengths = [len(row) for row in ids]
-        groups = plan_batches(lengths, max_tokens or sys.maxsize, batch_size)
+        groups = plan_batches(
+            lengths, max_tokens or sys.maxsize, batch_size, pass_cost_tokens(self.device.type, max_tokens)
+        )
         cuda = self.device.type == "cuda"
         vectors = torch.empty((len(texts), self.hidden_size), dtype=torch.float32, device=self.device)
         all_layers = self.pooling in NEEDS_ALL_LAYERS

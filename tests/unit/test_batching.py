@@ -10,7 +10,14 @@ import torch
 from pydantic import ValidationError
 
 from schemas.settings import Settings
-from workers.batching import BatchStats, pad_group, padded_cost, plan_batches
+from workers.batching import (
+    CPU_PASS_COST_TOKENS,
+    BatchStats,
+    pad_group,
+    padded_cost,
+    pass_cost_tokens,
+    plan_batches,
+)
 from workers.model import BertClassifier, resolve_precision
 
 
@@ -54,11 +61,55 @@ def test_length_bucketing_keeps_padding_small_on_a_skewed_mix():
     assert real / in_arrival_order < 0.50  # what batching by arrival order wastes
 
 
+def _best_sorted_plan_cost(lengths: list[int], budget: int, cap: int, pass_cost: int) -> int:
+    """Exhaustive: the least cost of any cut of the length-sorted texts into valid groups."""
+    widths = sorted(lengths)
+    best = None
+    for mask in range(1 << (len(widths) - 1)):
+        groups, start = [], 0
+        for i in range(1, len(widths) + 1):
+            if i == len(widths) or mask >> (i - 1) & 1:
+                groups.append(widths[start:i])
+                start = i
+        if all(len(g) <= cap and (len(g) * g[-1] <= budget or len(g) == 1) for g in groups):
+            cost = sum(len(g) * g[-1] + pass_cost for g in groups)
+            best = cost if best is None else min(best, cost)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("pass_cost", [0, 13, 100])
+def test_the_plan_is_the_cheapest_cut_of_the_sorted_texts(pass_cost):
+    rng = random.Random(pass_cost)
+    for _ in range(40):
+        lengths = [rng.randint(3, 60) for _ in range(rng.randint(1, 10))]
+        budget, cap = rng.choice([64, 128, 400]), rng.choice([2, 4, 64])
+        groups = plan_batches(lengths, budget, cap, pass_cost)
+        cost = padded_cost(lengths, groups) + pass_cost * len(groups)
+        assert cost == _best_sorted_plan_cost(lengths, budget, cap, pass_cost), (lengths, budget, cap)
+
+
+def test_a_group_is_cut_where_the_lengths_jump_when_a_pass_is_cheap():
+    lengths = [10, 10, 10, 40]
+    # Filling up to the budget pads three 10-token tweets to 40 (160 slots for 70 real).
+    assert plan_batches(lengths, 160, pass_cost=0) == [[0, 1, 2], [3]]
+    # When a pass costs more than the padding it saves, one pass it is.
+    assert plan_batches(lengths, 160, pass_cost=100) == [[0, 1, 2, 3]]
+
+
+def test_pass_cost_is_small_on_a_cpu_and_a_full_budget_elsewhere():
+    assert pass_cost_tokens("cpu", 1024) == CPU_PASS_COST_TOKENS
+    assert pass_cost_tokens("cuda", 8192) == 8192
+    assert pass_cost_tokens("cuda", None) == 4096
+
+
 def test_invalid_budgets_are_refused():
     with pytest.raises(ValueError, match="max_tokens must be at least 1"):
         plan_batches([1], 0)
     with pytest.raises(ValueError, match="max_records must be at least 1"):
         plan_batches([1], 10, max_records=0)
+    with pytest.raises(ValueError, match="pass_cost must be at least 0"):
+        plan_batches([1], 10, pass_cost=-1)
 
 
 def test_pad_group_packs_ids_and_mask_right_padded():
