@@ -277,11 +277,13 @@ def _pipeline(progress: Progress, settings: Settings, texts: list[str], plan: Be
         efficiency = _pipeline_padding(driver)
         outputs = read_outputs(settings.kafka, settings.topics.output, total)
         rate = throughput_from_outputs(outputs)
+        stalls = len(driver.stalls)  # a replaced actor's wait is inside the measured time
         latency = _latency(progress, driver, settings, texts, rate.tweets_per_s / 2, plan.latency_s)
     finally:
         driver.drain()
     return {
         "pipeline_tweets_per_s": rate.tweets_per_s,
+        "pipeline_stalls": stalls,
         "padding_efficiency": efficiency,
         "pipeline_cpu_percent": meter.cpu_percent,
         "pipeline_gpu_percent": meter.gpu_percent,
@@ -434,7 +436,39 @@ def _run_until(driver: Any, until: Any, timeout_s: float, what: str) -> None:
     finally:
         timer.cancel()
     if stop.is_set():
-        raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}; {_stuck_report(driver)}")
+
+
+def _stuck_report(driver: Any) -> str:
+    """What the group looked like when a phase timed out: each actor's last stats and its
+    consumer's own view, and the lag per partition, so a stuck run explains itself."""
+    view = driver.last_view
+    lag = dict(view.lag.by_partition) if view is not None else {}
+    actors = []
+    for member in driver.members.values():
+        last = member.last
+        actors.append(
+            {
+                "name": member.name,
+                "state": member.state,
+                **{
+                    key: last.get(key)
+                    for key in (
+                        "assignment",
+                        "consumed",
+                        "inflight_batches",
+                        "unfinished_batches",
+                        "paused",
+                        "revocations",
+                        "losses",
+                        "commit_failures",
+                        "last_error",
+                    )
+                },
+            }
+        )
+    kafka = driver.kafka_state(tuple(driver.members))
+    return f"lag by partition {lag}, stalls {len(driver.stalls)}, actors {actors}, consumers {kafka}"
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -499,6 +533,11 @@ def _print_table(console: Console, r: dict[str, Any]) -> None:
             f"{gpu['matmul_bf16_tflops']:.0f} TFLOP/s bf16 matmul on {gpu['gpu']}",
         )
     console.print(summary)
+    if r.get("pipeline_stalls"):
+        console.print(
+            f"[bold red]warning:[/] the stall watchdog replaced {r['pipeline_stalls']} actor(s) during the "
+            "pipeline phase; its throughput includes that wait and is not a fair figure"
+        )
 
 
 def _rounded(value: Any) -> Any:

@@ -282,6 +282,7 @@ class Driver:
                 inflight_batches=int(m.last.get("inflight_batches", 0)),
                 assignment=frozenset(m.last["assignment"]) if m.last.get("assignment") is not None else None,
                 spawned_at=m.spawned_at,
+                unfinished_batches=m.last.get("unfinished_batches"),
             )
             for m in self.members.values()
         ]
@@ -294,13 +295,13 @@ class Driver:
         log.error(
             "consumer group stalled: partitions with lag are not being consumed; replacing their owners",
             **stall.to_log_fields(),
-            kafka_state=self._kafka_state(stall.replace),
+            kafka_state=self.kafka_state(stall.replace),
         )
         for name in stall.replace:
             self._retire(self.members[name])
             self._spawn()
 
-    def _kafka_state(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    def kafka_state(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
         """Each named member's own view of its consumer, for the log; what does not answer in 5 s is skipped."""
         import ray
 

@@ -2,17 +2,18 @@
 
 A partition is *stalled* when it has lag, its committed offset has not moved for ``timeout_s``,
 and nobody is working on it: no member owns it, or its owner has committed nothing at all for
-``timeout_s`` while it has no batch in flight and is not paused by its credit. A busy owner is
+``timeout_s`` while none of its batches is being classified or delivered. A busy owner is
 never a stall, however long one partition waits behind the others (kafka-python can serve one
 partition's fetched records for a minute before the next), and neither is a member still
 starting, a rebalance in progress (someone joining or retiring) or a tick whose lag could not be
 measured. Each of those resets nothing: the clock of a stalled partition only starts over once
 its offset moves or the stall has been acted on.
 
-What it catches is a member that has stopped asking for records it owns, or partitions nobody
-owns, whatever the cause. Both have been seen with kafka-python 3.0.12 (a resumed partition
+What it catches is a member that has stopped asking for records it owns, one whose finished
+batches can never be committed, or partitions nobody owns, whatever the cause. Both have been seen with kafka-python 3.0.12 (a resumed partition
 never fetched again; after a broker pause, two partitions never consumed again with both
-members idle). The driver's answer is the one that always works: replace the owner (or, with
+members idle; a member stuck half way through a rejoin, its finished batches refused as
+"rebalancing" for ten minutes while their credit kept it paused). The driver's answer is the one that always works: replace the owner (or, with
 no owner, the oldest member); its clean leave and the replacement's join rebalance the group.
 
 ``observe`` never reads a clock (``now`` is a parameter) and never touches the network.
@@ -39,6 +40,9 @@ class MemberActivity:
     #: Input partitions it owns; None when it has not reported them yet.
     assignment: frozenset[int] | None
     spawned_at: float = 0.0
+    #: Batches in flight that are still being classified or delivered (None: not reported, and
+    #: then every batch in flight counts). Finished batches waiting for a commit are not work.
+    unfinished_batches: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,4 +130,10 @@ def _owner(members: Sequence[MemberActivity], partition: int) -> str | None:
 
 
 def _idle(member: MemberActivity, now: float, timeout_s: float) -> bool:
-    return not member.paused and member.inflight_batches == 0 and now - member.progressed_at >= timeout_s
+    """Nothing committed for ``timeout_s`` and nothing being worked on. A paused member is idle
+    too when every batch holding its credit is finished: only their commit is missing."""
+    if member.unfinished_batches is not None:
+        working = member.unfinished_batches > 0
+    else:
+        working = member.paused or member.inflight_batches > 0
+    return not working and now - member.progressed_at >= timeout_s

@@ -61,8 +61,10 @@ class ClassifierActor:
             "uptime_s": time.time() - self.started_at,
             "padding_efficiency": (real / padded) if padded else None,
             "rss_bytes": psutil.Process().memory_info().rss,
-            #: Input partitions owned after the last poll (None until the source is built).
-            "assignment": list(getattr(loop.source, "assigned", ())) if loop is not None else None,
+            #: Input partitions owned after the last poll (None until the member has joined).
+            "assignment": _assignment(loop),
+            #: Batches in flight still being classified or delivered (the rest wait for a commit).
+            "unfinished_batches": loop.unfinished_batches() if loop is not None else 0,
             **snapshot,
         }
 
@@ -141,3 +143,8 @@ class ClassifierActor:
                 closer()
             except Exception as exc:  # noqa: BLE001 - closing is best effort; offsets are already committed
                 log.warning("close failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _assignment(loop: Any) -> list[int] | None:
+    assigned = getattr(getattr(loop, "source", None), "assigned", None)
+    return list(assigned) if assigned is not None else None

@@ -93,8 +93,10 @@ class KafkaSource:
         self._in_revocation = False
         self._revocation_commits: dict[Partition, int] = {}
         self._subscribed = False
-        #: Input partitions owned after the last poll (read by other threads for health reports).
-        self.assigned: tuple[int, ...] = ()
+        #: Input partitions owned after the last poll (read by other threads for health reports);
+        #: None until the member has first joined the group, so "still joining" never reads as
+        #: "owns nothing" (the stall watchdog gives no verdict on a group with a member joining).
+        self.assigned: tuple[int, ...] | None = None
         self._consumer = KafkaConsumer(
             **{**settings.kafka.client_config(), "client_id": client_id},
             group_id=settings.topics.group_id,
@@ -122,10 +124,17 @@ class KafkaSource:
             self._consumer.partitions_for_topic(self._topic)
             # Joined on the first poll, so a revocation callback set before it is always in place.
             self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
+            # One more metadata update, now that the subscription is in place: kafka-python records
+            # the subscribed topics' partitions (its "metadata snapshot") only from an update made
+            # after subscribe. Without it the first assignment is made against an empty snapshot
+            # and the next update makes the leader rejoin at once: a second rebalance at every
+            # start, and the one that was seen to hang (see ``diagnostics``).
+            self._consumer.topics()
             self._subscribed = True
         _unpark_resumed(self._consumer)
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
+        if self.assigned is not None or self._consumer.group_metadata().generation_id > 0:
+            self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
         return [
             RawRecord(
                 topic=r.topic,
@@ -211,6 +220,7 @@ class KafkaSource:
         positions, and what the fetcher holds back. Best effort from another thread; read-only."""
         consumer = self._consumer
         fetcher = consumer._fetcher
+        coordinator = consumer._coordinator
         try:
             states = {
                 tp.partition: {
@@ -228,7 +238,13 @@ class KafkaSource:
                 "fetches_in_flight": sum(1 for f in list(fetcher._fetch_futures) if not f.is_done),
                 "parked_records": sorted(tp.partition for tp in fetcher._paused_partition_records),
                 "parked_fetches": sorted(tp.partition for tp in fetcher._paused_completed_fetches),
-                "generation": str(getattr(consumer._coordinator, "_generation", None)),
+                "generation": str(getattr(coordinator, "_generation", None)),
+                # A member stuck half way through a rejoin says so here (MemberState.REBALANCING,
+                # a join task that never finishes): its commits are refused as "rebalancing".
+                "member_state": str(getattr(coordinator, "state", None)),
+                "rejoin_needed": getattr(coordinator, "rejoin_needed", None),
+                "join_task": _task_state(getattr(coordinator, "_join_task", None)),
+                "coordinator_id": getattr(coordinator, "coordinator_id", None),
             }
         except Exception as exc:  # noqa: BLE001 - the internals moved under us: say so, don't fail
             return {"error": f"{type(exc).__name__}: {exc}"}
@@ -242,6 +258,16 @@ class KafkaSource:
         self._revocation = None
         # autocommit=False: every commit is explicit, made only after delivery.
         self._consumer.close(autocommit=False)
+
+
+def _task_state(task: Any) -> str | None:
+    """A kafka-python IO-loop task, in words: None, pending, or how it ended."""
+    if task is None:
+        return None
+    if not getattr(task, "is_done", False):
+        return f"pending ({getattr(task, 'state', '?')})"
+    exception = getattr(task, "exception", None)
+    return f"failed: {type(exception).__name__}" if exception is not None else "succeeded"
 
 
 def _unpark_resumed(consumer: KafkaConsumer) -> None:

@@ -185,6 +185,10 @@ class ClassifierLoop:
             self.source.resume_all()
             self.stats.paused, self.stats.resumes = False, self.stats.resumes + 1
 
+    def unfinished_batches(self) -> int:
+        """Batches in flight not finished yet (being classified or delivered). Any thread."""
+        return sum(1 for batch in list(self._inflight) if not batch.done.is_set())
+
     def _settled(self) -> bool:
         """Every batch in flight is finished (delivered or given up): safe to hand partitions over."""
         return all(batch.done.is_set() for batch in list(self._inflight))

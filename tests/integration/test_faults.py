@@ -43,6 +43,7 @@ from pipelines.broker import LocalBroker
 from pipelines.driver import Driver
 from pipelines.kafka_admin import LagProbe, ensure_topics
 from pipelines.verify import VerifyReport, verify_topics
+from schemas.errors import CommitError
 from schemas.settings import Settings, WorkerSettings
 from tests.conftest import TEST_BROKER_PORT
 from tests.integration.support import pipeline_settings, wait_until
@@ -504,6 +505,40 @@ def test_a_member_that_stops_fetching_is_replaced_by_the_stall_watchdog(
     assert [stall.replace for stall in driver.stalls] == [(victim,)], driver.stalls
     assert set(driver.stalls[0].partitions) <= set(wedged)
     _check(report, "member stops fetching", settings, delivery, 1, started, BOUND[delivery], driver)
+
+
+def _refuse_commits(actor: object) -> list[int]:
+    """Run inside an actor (``__ray_call__``): every commit from now on is refused as "the group is
+    rebalancing", as kafka-python 3.0.12 does for ever once a rejoin hangs half way (seen in
+    ``clstream bench``: ten minutes, 1,149 refusals). Its batches finish; their credit keeps it paused."""
+    source = actor._loop.source  # type: ignore[attr-defined]
+
+    def refuse(next_offsets: object, wait: bool = True) -> None:
+        raise CommitError("the group is rebalancing; commit again after the next poll", retriable=True)
+
+    source.commit = refuse
+    return sorted(tp.partition for tp in source._consumer.assignment())
+
+
+def test_a_member_whose_commits_are_refused_for_ever_is_replaced_by_the_stall_watchdog(
+    broker, ray_cluster, topic_names, tiny_model, report
+):
+    settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8})
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 30).start()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    try:
+        victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
+        owned = ray.get(driver.members[victim].handle.__ray_call__.remote(_refuse_commits), timeout=30)
+        assert owned, f"{victim} owned no partitions"
+        producer.join()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    assert [stall.replace for stall in driver.stalls] == [(victim,)], driver.stalls
+    assert set(driver.stalls[0].partitions) <= set(owned)
+    _check(report, "commits refused", settings, "at-least-once", 1, started, BOUND["at-least-once"], driver)
 
 
 # -- the checks can fail --------------------------------------------------------------------------

@@ -107,3 +107,38 @@ def test_a_member_that_lost_its_partitions_claims_none_of_them_when_it_rejoins(b
     assert all(claimed == owned for claimed, owned in joins), joins
     assert joins[-1] == (set(), set())  # it rejoined owning, and claiming, nothing
     assert source.assigned == (0, 1, 2, 3)  # and got everything back
+
+
+def test_a_member_alone_in_a_new_group_joins_it_with_one_rebalance(broker, topic_names):
+    """kafka-python records the subscribed topics' partitions only from a metadata update made
+    after ``subscribe``; without ``KafkaSource``'s extra update, the first assignment is made
+    against an empty snapshot and the member rejoins as soon as the next update arrives: a
+    second rebalance at every start (in ``clstream bench`` that rejoin hung, see README)."""
+    names = topic_names()
+    settings = pipeline_settings(broker, names)
+    topic = names["input"]
+    ensure_topics(settings.kafka, {topic: 4})
+    producer = KafkaProducer(**settings.kafka.client_config(), acks="all")
+    for i in range(400):
+        producer.send(topic, value=f"{i}".encode(), partition=i % 4)
+    producer.flush()
+    producer.close()
+
+    source = KafkaSource(settings, client_id="one-rebalance")
+    assert source.assigned is None  # not "owns nothing": it has not joined yet
+    seen = 0
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and seen < 400:
+            seen += len(source.poll(timeout_ms=300, max_records=50))
+        # Long enough for the metadata refresh that used to trigger the rejoin.
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            source.poll(timeout_ms=300, max_records=50)
+        generation = source._consumer.group_metadata().generation_id
+        assigned = source.assigned
+    finally:
+        source.close()
+    assert seen == 400
+    assert assigned == (0, 1, 2, 3)
+    assert generation == 1, f"joined with {generation} rebalances, not one"

@@ -120,3 +120,37 @@ def test_no_verdict_while_the_group_is_unsettled_and_one_as_soon_as_it_is(unsett
 def test_a_non_positive_timeout_is_refused():
     with pytest.raises(ValueError, match="timeout_s must be positive"):
         StallWatch(0)
+
+
+def test_an_owner_paused_by_batches_that_are_all_finished_but_never_committed_is_replaced():
+    # Seen in `clstream bench`: a member stuck half way through a rejoin had its commits refused as
+    # "rebalancing" for ten minutes; its four finished batches held the credit, so it stayed paused.
+    watch = StallWatch(TIMEOUT)
+    stuck = MemberActivity(
+        name="a",
+        running=True,
+        progressed_at=0.0,
+        paused=True,
+        inflight_batches=4,
+        assignment=frozenset({0, 1}),
+        unfinished_batches=0,
+    )
+    assert _tick(watch, 0.0, {0: 0, 1: 0}, {0: 256, 1: 266}, [stuck]) is None
+    stall = _tick(watch, 60.0, {0: 0, 1: 0}, {0: 256, 1: 266}, [stuck])
+    assert stall.partitions == (0, 1) and stall.replace == ("a",)
+
+
+def test_an_owner_with_one_batch_still_being_delivered_is_busy_however_long_it_takes():
+    # The broker is down: delivery retries, the batch stays unfinished; a replacement would not help.
+    watch = StallWatch(TIMEOUT)
+    retrying = MemberActivity(
+        name="a",
+        running=True,
+        progressed_at=0.0,
+        paused=True,
+        inflight_batches=4,
+        assignment=frozenset({0}),
+        unfinished_batches=1,
+    )
+    for now in range(0, 300, 2):
+        assert _tick(watch, float(now), {0: 0}, {0: 100}, [retrying]) is None
