@@ -485,28 +485,6 @@ def _stop_fetching(actor: object) -> list[int]:
     return sorted(tp.partition for tp in owned)
 
 
-@pytest.mark.parametrize("delivery", DELIVERY)
-def test_a_member_that_stops_fetching_is_replaced_by_the_stall_watchdog(
-    broker, ray_cluster, topic_names, tiny_model, report, delivery
-):
-    settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8})
-    started = time.monotonic()
-    producer = NumberedProducer(settings, rate=RECORDS / 30).start()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    try:
-        victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
-        wedged = ray.get(driver.members[victim].handle.__ray_call__.remote(_stop_fetching), timeout=30)
-        assert wedged, f"{victim} owned no partitions to stop"
-        producer.join()
-        _drive_until_done(driver)
-    finally:
-        driver.drain()
-    assert [stall.replace for stall in driver.stalls] == [(victim,)], driver.stalls
-    assert set(driver.stalls[0].partitions) <= set(wedged)
-    _check(report, "member stops fetching", settings, delivery, 1, started, BOUND[delivery], driver)
-
-
 def _refuse_commits(actor: object) -> list[int]:
     """Run inside an actor (``__ray_call__``): every commit from now on is refused as "the group is
     rebalancing", as kafka-python 3.0.12 does for ever once a rejoin hangs half way (seen in
@@ -520,9 +498,18 @@ def _refuse_commits(actor: object) -> list[int]:
     return sorted(tp.partition for tp in source._consumer.assignment())
 
 
-def test_a_member_whose_commits_are_refused_for_ever_is_replaced_by_the_stall_watchdog(
-    broker, ray_cluster, topic_names, tiny_model, report
+#: How a live member is wedged, and the fault's name in the counts. Both are kafka-python
+#: failures seen here (README, "kafka-python 3.0.12 bugs"); only the watchdog gets them moving.
+WEDGES = {"member stops fetching": _stop_fetching, "commits refused": _refuse_commits}
+
+
+@pytest.mark.parametrize("delivery", DELIVERY)
+@pytest.mark.parametrize("fault", list(WEDGES))
+def test_a_wedged_member_is_replaced_by_the_stall_watchdog(
+    broker, ray_cluster, topic_names, tiny_model, report, delivery, fault
 ):
+    if fault == "commits refused" and delivery == "exactly-once":
+        pytest.skip("exactly-once commits offsets inside each transaction, not through the source")
     settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8})
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 30).start()
@@ -530,15 +517,15 @@ def test_a_member_whose_commits_are_refused_for_ever_is_replaced_by_the_stall_wa
     driver.start(input_partitions=PARTITIONS)
     try:
         victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
-        owned = ray.get(driver.members[victim].handle.__ray_call__.remote(_refuse_commits), timeout=30)
-        assert owned, f"{victim} owned no partitions"
+        wedged = ray.get(driver.members[victim].handle.__ray_call__.remote(WEDGES[fault]), timeout=30)
+        assert wedged, f"{victim} owned no partitions to wedge"
         producer.join()
         _drive_until_done(driver)
     finally:
         driver.drain()
     assert [stall.replace for stall in driver.stalls] == [(victim,)], driver.stalls
-    assert set(driver.stalls[0].partitions) <= set(owned)
-    _check(report, "commits refused", settings, "at-least-once", 1, started, BOUND["at-least-once"], driver)
+    assert set(driver.stalls[0].partitions) <= set(wedged)
+    _check(report, fault, settings, delivery, 1, started, BOUND[delivery], driver)
 
 
 # -- the checks can fail --------------------------------------------------------------------------

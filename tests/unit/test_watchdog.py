@@ -17,6 +17,7 @@ def _member(
     inflight: int = 0,
     running: bool = True,
     spawned_at: float = 0.0,
+    unfinished: int | None = None,
 ) -> MemberActivity:
     return MemberActivity(
         name=name,
@@ -26,6 +27,7 @@ def _member(
         inflight_batches=inflight,
         assignment=frozenset(partitions) if partitions is not None else None,
         spawned_at=spawned_at,
+        unfinished_batches=unfinished,
     )
 
 
@@ -126,15 +128,7 @@ def test_an_owner_paused_by_batches_that_are_all_finished_but_never_committed_is
     # Seen in `clstream bench`: a member stuck half way through a rejoin had its commits refused as
     # "rebalancing" for ten minutes; its four finished batches held the credit, so it stayed paused.
     watch = StallWatch(TIMEOUT)
-    stuck = MemberActivity(
-        name="a",
-        running=True,
-        progressed_at=0.0,
-        paused=True,
-        inflight_batches=4,
-        assignment=frozenset({0, 1}),
-        unfinished_batches=0,
-    )
+    stuck = _member("a", {0, 1}, paused=True, inflight=4, unfinished=0)
     assert _tick(watch, 0.0, {0: 0, 1: 0}, {0: 256, 1: 266}, [stuck]) is None
     stall = _tick(watch, 60.0, {0: 0, 1: 0}, {0: 256, 1: 266}, [stuck])
     assert stall.partitions == (0, 1) and stall.replace == ("a",)
@@ -143,14 +137,6 @@ def test_an_owner_paused_by_batches_that_are_all_finished_but_never_committed_is
 def test_an_owner_with_one_batch_still_being_delivered_is_busy_however_long_it_takes():
     # The broker is down: delivery retries, the batch stays unfinished; a replacement would not help.
     watch = StallWatch(TIMEOUT)
-    retrying = MemberActivity(
-        name="a",
-        running=True,
-        progressed_at=0.0,
-        paused=True,
-        inflight_batches=4,
-        assignment=frozenset({0}),
-        unfinished_batches=1,
-    )
+    retrying = _member("a", {0}, paused=True, inflight=4, unfinished=1)
     for now in range(0, 300, 2):
         assert _tick(watch, float(now), {0: 0}, {0: 100}, [retrying]) is None
