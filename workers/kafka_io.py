@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.structs import MemberState
 
 from schemas.dlq import DlqHeader
 from schemas.errors import CommitError, DeliveryError, FencedError
@@ -132,6 +133,7 @@ class KafkaSource:
             self._consumer.topics()
             self._subscribed = True
         _unpark_resumed(self._consumer)
+        _finish_interrupted_join(self._consumer)
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         if self.assigned is not None or self._consumer.group_metadata().generation_id > 0:
             self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
@@ -258,6 +260,23 @@ class KafkaSource:
         self._revocation = None
         # autocommit=False: every commit is explicit, made only after delivery.
         self._consumer.close(autocommit=False)
+
+
+def _finish_interrupted_join(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0.12 coordinator bug that leaves a member half joined for good.
+
+    A rejoin asked for by a metadata change (new partitions; the first assignment made against
+    an empty snapshot) is not recorded in ``rejoin_needed``: ``need_rejoin()`` sees it only as
+    "the assignment's snapshot differs from the metadata". The join task itself, as leader,
+    makes the two equal. If the poll that started the join times out before the join finishes
+    (a busy CPU, a short poll), no later poll ever awaits it again: ``need_rejoin()`` is False,
+    the member stays ``REBALANCING`` with heartbeats off, the broker expires it, and every
+    commit is refused as "rebalancing" from then on. Marking the rejoin as needed while a join
+    is under way lets the next poll finish it (or start one afresh if it has already ended).
+    """
+    coordinator = consumer._coordinator
+    if coordinator.state == MemberState.REBALANCING and not coordinator.rejoin_needed:
+        coordinator.request_rejoin()
 
 
 def _task_state(task: Any) -> str | None:

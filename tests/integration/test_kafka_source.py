@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import NewPartitions
 
 from pipelines.kafka_admin import ensure_topics
 from tests.integration.support import pipeline_settings
@@ -142,3 +143,34 @@ def test_a_member_alone_in_a_new_group_joins_it_with_one_rebalance(broker, topic
     assert seen == 400
     assert assigned == (0, 1, 2, 3)
     assert generation == 1, f"joined with {generation} rebalances, not one"
+
+
+def test_a_rejoin_for_new_partitions_finishes_even_when_every_poll_times_out_mid_join(broker, topic_names):
+    """kafka-python 3.0.12 does not record a rejoin asked for by a metadata change in
+    ``rejoin_needed``, and the join task, as leader, clears the other sign of it; a poll that
+    times out mid-join (1 ms here; a busy CPU in ``clstream bench``) then never finishes the
+    join: the member stays REBALANCING with heartbeats off and every commit is refused. Without
+    ``workers.kafka_io._finish_interrupted_join`` this hangs and fails."""
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"session_timeout_ms": 6_000})
+    topic = names["input"]
+    ensure_topics(settings.kafka, {topic: 2})
+    source = KafkaSource(settings, client_id="interrupted-join")
+    admin = KafkaAdminClient(**settings.kafka.client_config())
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and source.assigned != (0, 1):
+            source.poll(timeout_ms=200, max_records=10)
+        assert source.assigned == (0, 1)
+        admin.create_partitions({topic: NewPartitions(total_count=4)})
+        source._consumer.topics()  # a metadata update now: the leader sees two new partitions
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and source.assigned != (0, 1, 2, 3):
+            source.poll(timeout_ms=1, max_records=10)
+        state = source.diagnostics()["member_state"]
+        assigned = source.assigned
+    finally:
+        admin.close()
+        source.close()
+    assert assigned == (0, 1, 2, 3), f"stuck with {assigned}, member state {state}"
+    assert state == "<stable>"
