@@ -10,11 +10,13 @@ measured. Each of those resets nothing: the clock of a stalled partition only st
 its offset moves or the stall has been acted on.
 
 What it catches is a member that has stopped asking for records it owns, one whose finished
-batches can never be committed, or partitions nobody owns, whatever the cause. Both have been seen with kafka-python 3.0.12 (a resumed partition
-never fetched again; after a broker pause, two partitions never consumed again with both
-members idle; a member stuck half way through a rejoin, its finished batches refused as
-"rebalancing" for ten minutes while their credit kept it paused). The driver's answer is the one that always works: replace the owner (or, with
-no owner, the oldest member); its clean leave and the replacement's join rebalance the group.
+batches can never be committed, or partitions nobody owns, whatever the cause. All three have
+been seen with kafka-python 3.0.12 (a resumed partition never fetched again; after a broker
+pause, two partitions never consumed again with both members idle; a member stuck half way
+through a rejoin, its finished batches refused as "rebalancing" for ten minutes while their
+credit kept it paused). The driver's answer is the one that always works: replace the owner
+(or, with no owner, the oldest member); its clean leave and the replacement's join rebalance
+the group.
 
 ``observe`` never reads a clock (``now`` is a parameter) and never touches the network.
 """

@@ -191,7 +191,7 @@ class ClassifierLoop:
 
     def _settled(self) -> bool:
         """Every batch in flight is finished (delivered or given up): safe to hand partitions over."""
-        return all(batch.done.is_set() for batch in list(self._inflight))
+        return self.unfinished_batches() == 0
 
     def _on_revoke(self, partitions: list[Partition], lost: bool) -> None:
         """Called inside ``poll`` before partitions move, once ``_settled`` (or its deadline): commit

@@ -501,15 +501,20 @@ def _refuse_commits(actor: object) -> list[int]:
 #: How a live member is wedged, and the fault's name in the counts. Both are kafka-python
 #: failures seen here (README, "kafka-python 3.0.12 bugs"); only the watchdog gets them moving.
 WEDGES = {"member stops fetching": _stop_fetching, "commits refused": _refuse_commits}
+#: Exactly-once commits offsets inside each batch's transaction, never through the source, so
+#: refusing the source's commits wedges nothing there: that pair is not a case at all.
+WEDGE_CASES = [
+    (fault, delivery)
+    for fault in WEDGES
+    for delivery in DELIVERY
+    if not (fault == "commits refused" and delivery == "exactly-once")
+]
 
 
-@pytest.mark.parametrize("delivery", DELIVERY)
-@pytest.mark.parametrize("fault", list(WEDGES))
+@pytest.mark.parametrize(("fault", "delivery"), WEDGE_CASES)
 def test_a_wedged_member_is_replaced_by_the_stall_watchdog(
-    broker, ray_cluster, topic_names, tiny_model, report, delivery, fault
+    broker, ray_cluster, topic_names, tiny_model, report, fault, delivery
 ):
-    if fault == "commits refused" and delivery == "exactly-once":
-        pytest.skip("exactly-once commits offsets inside each transaction, not through the source")
     settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8})
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 30).start()
