@@ -369,6 +369,68 @@ def evaluate_heldout_topics(args: argparse.Namespace, data: EvalData) -> dict[st
     }
 
 
+def seen_topics_reference(
+    args: argparse.Namespace,
+    data: EvalData,
+    vectors: dict[str, torch.Tensor],
+    unseen: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """With ``--unseen-topics``: how much of the drop on those topics comes from not having seen them.
+
+    The reference tweets are the held-out topics' share of the ordinary seed-``seed`` test split
+    (``split_stratified`` over all topics). On exactly those tweets this scores each classifier
+    trained *without* the topics (``unseen``: predictions on ``data.splits.test``) next to the
+    same kind of classifier trained *with* them on the ordinary train split: a head per pooling
+    in ``vectors``, TF-IDF, and the shipped default when it was scored and its metadata says it
+    was trained on this data and seed (else it is left out, and ``notes`` says why).
+    """
+    topics = set(args.unseen_topics)
+    ordinary = datasets.split_stratified(data.items, seed=args.seed)
+    tweets = tuple(item for item in ordinary.test if item.topic in topics)
+    truth = label_indices(tweets)
+    position = {item.text: index for index, item in enumerate(data.splits.test)}
+    subset = np.array([position[item.text] for item in tweets], dtype=np.int64)
+    with_topics: dict[str, np.ndarray] = {}
+    for pooling, pooled in vectors.items():
+        with_topics[f"{pooling} head"] = head_predictions(
+            pooled, data, ordinary.train, ordinary.validation, tweets, args.seed, False
+        )
+    with_topics[TFIDF] = tfidf_predictions(ordinary.train, ordinary.validation, tweets)[0]
+    notes: list[str] = []
+    default_names = [name for name in unseen if name.startswith("default")]
+    if default_names:
+        trained_on = load_head(DEFAULT_HEAD_DIR)[1].trained_on
+        if (
+            trained_on.get("fingerprint") == data.description["fingerprint"]
+            and trained_on.get("seed") == args.seed
+        ):
+            shipped = argparse.Namespace(**{**vars(args), "encoder": None, "head": None})
+            with_topics[default_names[0]] = default_classifier_predictions(
+                shipped, [item.text for item in tweets]
+            )[1]
+        else:
+            notes.append(
+                "the shipped default was trained on other data or another split seed than this run's, "
+                "so it is not scored here"
+            )
+    return {
+        "method": (
+            f"the tweets of {sorted(topics)} in the ordinary test split (split_stratified 80/10/10 over "
+            f"all topics, seed {args.seed}); 'without' = trained on the other topics only (the scores "
+            "above, restricted to these tweets), 'with' = the same kind of classifier trained on the "
+            "ordinary train split, which holds these topics (for the default: the shipped classifier)"
+        ),
+        "n": len(tweets),
+        "without_these_topics": {
+            name: classification_metrics(truth, predicted[subset]) for name, predicted in unseen.items()
+        },
+        "with_these_topics": {
+            name: classification_metrics(truth, predicted) for name, predicted in with_topics.items()
+        },
+        "notes": notes,
+    }
+
+
 # -- reporting --------------------------------------------------------------------------------
 
 
@@ -406,6 +468,21 @@ def heldout_table(heldout: dict[str, Any]) -> str:
         lines.append(
             f"{name:<{first}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(scores, widths, strict=True))
         )
+    return "\n".join(lines)
+
+
+def reference_table(reference: dict[str, Any]) -> str:
+    without, with_ = reference["without_these_topics"], reference["with_these_topics"]
+    names = list(without) + [name for name in with_ if name not in without]
+    width = max(12, *(len(name) for name in names))
+    lines = [
+        f"the same {reference['n']} held-out-topic tweets, macro-F1 when trained without / with their topics:",
+        f"{'classifier':<{width}}  {'without':>9}  {'with':>9}",
+    ]
+    for name in names:
+        cells = (f"{entry[name]['macro_f1']:.4f}" if name in entry else "-" for entry in (without, with_))
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{cell:>9}" for cell in cells))
+    lines += [f"note: {note}" for note in reference["notes"]]
     return "\n".join(lines)
 
 
@@ -555,6 +632,7 @@ def run(args: argparse.Namespace) -> int:
     truth = label_indices(test)
     test_texts = [item.text for item in test]
     predictions: dict[str, np.ndarray] = {}
+    vectors_by_pooling: dict[str, torch.Tensor] = {}
 
     if args.pooling:
         encoder_dir = args.encoder or default_encoder_path()
@@ -566,6 +644,7 @@ def run(args: argparse.Namespace) -> int:
             encoder = BertEncoder(encoder_dir, pooling, args.max_length, args.device)
             # Every text in file order: the key train-head caches under, so its vectors are reused.
             vectors = embed_texts(encoder, data.texts, args.batch_size, args.progress, _cache(args))
+            vectors_by_pooling[pooling] = vectors
             predictions[f"{pooling} head"] = head_predictions(
                 vectors, data, train, validation, test, args.seed, args.progress
             )
@@ -587,13 +666,24 @@ def run(args: argparse.Namespace) -> int:
     classifiers = {name: classification_metrics(truth, predicted) for name, predicted in predictions.items()}
     classifiers[TFIDF]["chosen_c"] = baseline.c
     heldout = evaluate_heldout_topics(args, data) if args.heldout_topics else None
+    reference = (
+        seen_topics_reference(args, data, vectors_by_pooling, predictions) if args.unseen_topics else None
+    )
     print(results_table(classifiers))
+    if reference is not None:
+        print()
+        print(reference_table(reference))
     if heldout is not None:
         print()
         print(heldout_table(heldout))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"classifiers": classifiers, "data": data.description, "heldout_topics": heldout}
+        result = {
+            "classifiers": classifiers,
+            "data": data.description,
+            "heldout_topics": heldout,
+            "seen_topics_reference": reference,
+        }
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"results written to {args.json}")
     if args.plot is not None:

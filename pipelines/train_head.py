@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,34 @@ def class_weights(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
         missing = [c for c in range(n_classes) if counts[c] == 0]
         raise ValueError(f"the training set has no example of class(es) {missing}")
     return len(targets) / (n_classes * counts)
+
+
+#: How ``finetune`` weighs its examples: ``label`` gives every label the same total weight;
+#: ``topic`` gives every (topic, label) cell the same total weight, so no topic's label mix can
+#: stand in for sentiment (texts without a topic form one group, so it equals ``label`` there).
+BALANCES = ("label", "topic")
+
+
+def example_weights(
+    targets: torch.Tensor, n_classes: int, groups: Sequence[object] | None = None
+) -> torch.Tensor:
+    """One weight per example, mean 1, equal in total for every (group, class) cell present.
+
+    Without ``groups`` this is ``class_weights(targets, n_classes)[targets]``: the weighted mean
+    of per-example losses is then exactly cross-entropy with class weights. With ``groups`` (one
+    per example, e.g. its topic) each non-empty (group, class) cell weighs ``n / cells``; a class
+    with no example at all still raises ValueError.
+    """
+    by_class = class_weights(targets, n_classes)[targets]
+    if groups is None:
+        return by_class
+    if len(groups) != len(targets):
+        raise ValueError(f"{len(groups)} groups for {len(targets)} examples")
+    cells = Counter(zip(groups, targets.tolist(), strict=True))
+    counts = torch.tensor(
+        [cells[cell] for cell in zip(groups, targets.tolist(), strict=True)], dtype=torch.float
+    )
+    return len(targets) / (len(cells) * counts)
 
 
 def fold_standardisation(

