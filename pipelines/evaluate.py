@@ -486,9 +486,15 @@ def reference_table(reference: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_results(classifiers: dict[str, dict[str, Any]], heldout: dict[str, Any] | None, path: Path) -> None:
+def plot_results(
+    classifiers: dict[str, dict[str, Any]],
+    heldout: dict[str, Any] | None,
+    path: Path,
+    reference: dict[str, Any] | None = None,
+) -> None:
     """A PNG: one row-normalised confusion matrix per classifier (cells show counts), a bar chart
-    of accuracy and macro-F1, and per-topic macro-F1 bars when held-out topics were evaluated."""
+    of accuracy and macro-F1, per-topic macro-F1 bars when held-out topics were evaluated, and
+    without/with-the-topics macro-F1 bars for ``seen_topics_reference``'s tweets."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
@@ -497,7 +503,7 @@ def plot_results(classifiers: dict[str, dict[str, Any]], heldout: dict[str, Any]
     names = list(classifiers)
     columns = min(4, len(names))
     matrix_rows = -(-len(names) // columns)
-    chart_rows = 1 + (heldout is not None)
+    chart_rows = 1 + (heldout is not None) + (reference is not None)
     figure = plt.figure(figsize=(4.2 * columns, 3.8 * matrix_rows + 3.4 * chart_rows), layout="constrained")
     grid = figure.add_gridspec(
         matrix_rows + chart_rows, columns, height_ratios=[1] * matrix_rows + [0.9] * chart_rows
@@ -551,9 +557,31 @@ def plot_results(classifiers: dict[str, dict[str, Any]], heldout: dict[str, Any]
         topics_axes.set_title("unseen topics (leave-one-topic-out): macro-F1 on the held-out topic")
         topics_axes.legend(loc="upper center", ncols=len(entries), frameon=False)
 
+    if reference is not None:
+        _plot_reference(figure.add_subplot(grid[matrix_rows + chart_rows - 1, :]), reference)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _plot_reference(axes: Any, reference: dict[str, Any]) -> None:
+    without, with_ = reference["without_these_topics"], reference["with_these_topics"]
+    names = list(without) + [name for name in with_ if name not in without]
+    x = np.arange(len(names))
+    for offset, entry, label in (
+        (-0.2, without, "trained without these topics"),
+        (0.2, with_, "trained with them"),
+    ):
+        values = [entry[name]["macro_f1"] if name in entry else np.nan for name in names]
+        drawn = axes.bar(x + offset, values, width=0.4, label=label)
+        axes.bar_label(drawn, labels=[f"{v:.3f}" if v == v else "" for v in values], fontsize=8)
+    axes.set_xticks(x, names, rotation=15, ha="right")
+    axes.set_ylim(0, 1.15)
+    axes.set_title(
+        f"the same {reference['n']} held-out-topic tweets: macro-F1 without / with their topics in training"
+    )
+    axes.legend(loc="upper center", ncols=2, frameon=False)
 
 
 # -- command ----------------------------------------------------------------------------------
@@ -687,7 +715,7 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"results written to {args.json}")
     if args.plot is not None:
-        plot_results(classifiers, heldout, args.plot)
+        plot_results(classifiers, heldout, args.plot, reference)
         print(f"plot written to {args.plot}")
     return 0
 

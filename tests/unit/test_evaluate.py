@@ -26,6 +26,7 @@ from pipelines.evaluate import (
     classification_metrics,
     heldout_topic_folds,
     label_indices,
+    plot_results,
     reference_table,
     require_trained_without,
     seen_topics_reference,
@@ -161,7 +162,7 @@ def test_unseen_topics_refuse_a_classifier_not_trained_without_them(tiny_model, 
         require_trained_without(["apple", "claritin"], tmp_path, encoder_dir)
 
 
-def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tweets():
+def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tweets(tmp_path: Path):
     items = _topic_items()
     data = EvalData(items, unseen_topic_split(items, ["apple"], seed=0), {"fingerprint": fingerprint(items)})
     # Vectors that give the label away: a head trained with the topic scores every tweet right.
@@ -189,6 +190,9 @@ def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tw
     ]
     table = reference_table(reference)
     assert f"the same {len(tweets)} held-out-topic tweets" in table
+    png = tmp_path / "reference.png"
+    plot_results({"cls head": reference["without_these_topics"]["cls head"]}, None, png, reference)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {line.rsplit(maxsplit=2)[0]: line.split()[-2:] for line in table.splitlines()[2:-1]}
     # 3 tweets, one per label: all NEUTRAL scores F1 0.5 on neutral and 0 on the others.
     assert rows == {
