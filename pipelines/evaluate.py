@@ -579,9 +579,9 @@ def _plot_reference(axes: Any, reference: dict[str, Any]) -> None:
     axes.set_xticks(x, names, rotation=15, ha="right")
     axes.set_ylim(0, 1.15)
     axes.set_title(
-        f"the same {reference['n']} held-out-topic tweets: macro-F1 without / with their topics in training"
+        f"the same {reference['n']} held-out-topic tweets:\nmacro-F1 trained without / with their topics"
     )
-    axes.legend(loc="upper center", ncols=2, frameon=False)
+    axes.legend(loc="upper center", ncols=2, frameon=False, fontsize=8)
 
 
 # -- command ----------------------------------------------------------------------------------
