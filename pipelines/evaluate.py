@@ -491,6 +491,7 @@ def plot_results(
     heldout: dict[str, Any] | None,
     path: Path,
     reference: dict[str, Any] | None = None,
+    scored_on: str = "test split",
 ) -> None:
     """A PNG: one row-normalised confusion matrix per classifier (cells show counts), a bar chart
     of accuracy and macro-F1, per-topic macro-F1 bars when held-out topics were evaluated, and
@@ -539,7 +540,7 @@ def plot_results(
         bars.bar_label(drawn, fmt="%.3f", fontsize=8)
     bars.set_xticks(x, names, rotation=15, ha="right")
     bars.set_ylim(0, 1.15)  # headroom above the bars for the legend
-    bars.set_title("test split: accuracy and macro-F1")
+    bars.set_title(f"{scored_on}: accuracy and macro-F1")
     bars.legend(loc="upper center", ncols=2, frameon=False)
 
     if heldout is not None:
@@ -715,7 +716,8 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"results written to {args.json}")
     if args.plot is not None:
-        plot_results(classifiers, heldout, args.plot, reference)
+        scored_on = f"every tweet of {list(args.unseen_topics)}" if args.unseen_topics else "test split"
+        plot_results(classifiers, heldout, args.plot, reference, scored_on)
         print(f"plot written to {args.plot}")
     return 0
 
