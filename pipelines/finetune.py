@@ -530,8 +530,11 @@ def run(args: argparse.Namespace) -> int:
         "data_fingerprint": datasets.fingerprint(deduplicated.items),
         "train_fingerprint": datasets.fingerprint(train),
         "validation_fingerprint": datasets.fingerprint(validation),
-        # save_every only changes how often state is written, so a resume may change it.
-        "config": {k: v for k, v in asdict(config).items() if k != "save_every"},
+        # save_every only changes how often state is written, so a resume may change it; the
+        # default balance is left out so that checkpoints from before --balance still resume.
+        "config": {
+            k: v for k, v in asdict(config).items() if k != "save_every" and (k, v) != ("balance", "label")
+        },
     }
     trained_on = {
         "source": source,

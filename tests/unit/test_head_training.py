@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipelines import train_head
 from pipelines.train_head import (
@@ -92,6 +93,21 @@ def test_topic_balanced_example_weights_give_every_topic_and_label_pair_the_same
     # Four non-empty (topic, label) cells, 8 examples: each cell weighs 8 / 4 = 2 in all.
     torch.testing.assert_close(weights, torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0, 2.0, 2 / 3, 2 / 3, 2 / 3]))
     assert float(weights.mean()) == pytest.approx(1.0)
+
+
+def test_a_weighted_mean_over_label_balanced_example_weights_is_class_weighted_cross_entropy() -> None:
+    # finetune's loss: the per-example weighted mean must equal PyTorch's class-weighted mean.
+    generator = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(10, 3, generator=generator), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 0])
+    weights = example_weights(targets, 3)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    expected = F.cross_entropy(logits, targets, weight=class_weights(targets, 3))
+    torch.testing.assert_close((losses * weights).sum() / weights.sum(), expected)
+    batch = torch.tensor([1, 6, 8, 9])  # and on any batch of it, as finetune takes them
+    torch.testing.assert_close(
+        (losses[batch] * weights[batch]).sum() / weights[batch].sum(),
+        F.cross_entropy(logits[batch], targets[batch], weight=class_weights(targets, 3)),
+    )
 
 
 def test_topic_balanced_weights_with_a_single_topic_are_the_label_balanced_ones() -> None:
