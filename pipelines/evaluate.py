@@ -374,6 +374,7 @@ def seen_topics_reference(
     data: EvalData,
     vectors: dict[str, torch.Tensor],
     unseen: dict[str, np.ndarray],
+    default_name: str | None = None,
 ) -> dict[str, Any]:
     """With ``--unseen-topics``: how much of the drop on those topics comes from not having seen them.
 
@@ -381,8 +382,9 @@ def seen_topics_reference(
     (``split_stratified`` over all topics). On exactly those tweets this scores each classifier
     trained *without* the topics (``unseen``: predictions on ``data.splits.test``) next to the
     same kind of classifier trained *with* them on the ordinary train split: a head per pooling
-    in ``vectors``, TF-IDF, and the shipped default when it was scored and its metadata says it
-    was trained on this data and seed (else it is left out, and ``notes`` says why).
+    in ``vectors``, TF-IDF, and the shipped default when ``default_name`` (its key in ``unseen``)
+    is given and its metadata says it was trained on this data and seed with every topic (else it
+    is left out, and ``notes`` says why).
     """
     topics = set(args.unseen_topics)
     ordinary = datasets.split_stratified(data.items, seed=args.seed)
@@ -397,8 +399,7 @@ def seen_topics_reference(
         )
     with_topics[TFIDF] = tfidf_predictions(ordinary.train, ordinary.validation, tweets)[0]
     notes: list[str] = []
-    default_names = [name for name in unseen if name.startswith("default")]
-    if default_names:
+    if default_name is not None:
         trained_on = load_head(DEFAULT_HEAD_DIR)[1].trained_on
         if (
             trained_on.get("fingerprint") == data.description["fingerprint"]
@@ -406,7 +407,7 @@ def seen_topics_reference(
             and not trained_on.get("unseen_topics")
         ):
             shipped = argparse.Namespace(**{**vars(args), "encoder": None, "head": None})
-            with_topics[default_names[0]] = default_classifier_predictions(
+            with_topics[default_name] = default_classifier_predictions(
                 shipped, [item.text for item in tweets]
             )[1]
         else:
@@ -472,9 +473,14 @@ def heldout_table(heldout: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def reference_table(reference: dict[str, Any]) -> str:
+def _reference_rows(reference: dict[str, Any]) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """The classifier names of ``seen_topics_reference`` (trained without first), and both columns."""
     without, with_ = reference["without_these_topics"], reference["with_these_topics"]
-    names = list(without) + [name for name in with_ if name not in without]
+    return list(without) + [name for name in with_ if name not in without], without, with_
+
+
+def reference_table(reference: dict[str, Any]) -> str:
+    names, without, with_ = _reference_rows(reference)
     width = max(12, *(len(name) for name in names))
     lines = [
         f"the same {reference['n']} held-out-topic tweets, macro-F1 when trained without / with their topics:",
@@ -568,8 +574,7 @@ def plot_results(
 
 
 def _plot_reference(axes: Any, reference: dict[str, Any]) -> None:
-    without, with_ = reference["without_these_topics"], reference["with_these_topics"]
-    names = list(without) + [name for name in with_ if name not in without]
+    names, without, with_ = _reference_rows(reference)
     x = np.arange(len(names))
     for offset, entry, label in (
         (-0.2, without, "trained without these topics"),
@@ -577,7 +582,7 @@ def _plot_reference(axes: Any, reference: dict[str, Any]) -> None:
     ):
         values = [entry[name]["macro_f1"] if name in entry else np.nan for name in names]
         drawn = axes.bar(x + offset, values, width=0.4, label=label)
-        axes.bar_label(drawn, labels=[f"{v:.3f}" if v == v else "" for v in values], fontsize=8)
+        axes.bar_label(drawn, labels=["" if np.isnan(v) else f"{v:.3f}" for v in values], fontsize=8)
     axes.set_xticks(x, names, rotation=15, ha="right")
     axes.set_ylim(0, 1.15)
     axes.set_title(
@@ -663,6 +668,7 @@ def run(args: argparse.Namespace) -> int:
     test_texts = [item.text for item in test]
     predictions: dict[str, np.ndarray] = {}
     vectors_by_pooling: dict[str, torch.Tensor] = {}
+    default_name: str | None = None
 
     if args.pooling:
         encoder_dir = args.encoder or default_encoder_path()
@@ -681,8 +687,8 @@ def run(args: argparse.Namespace) -> int:
     if args.default or not args.pooling:
         if args.unseen_topics:
             require_trained_without(args.unseen_topics, args.head or DEFAULT_HEAD_DIR, args.encoder)
-        name, predicted = default_classifier_predictions(args, test_texts)
-        predictions[name] = predicted
+        default_name, predicted = default_classifier_predictions(args, test_texts)
+        predictions[default_name] = predicted
     for directory in args.checkpoint:
         if args.unseen_topics:
             require_trained_without(args.unseen_topics, directory, directory)
@@ -697,7 +703,9 @@ def run(args: argparse.Namespace) -> int:
     classifiers[TFIDF]["chosen_c"] = baseline.c
     heldout = evaluate_heldout_topics(args, data) if args.heldout_topics else None
     reference = (
-        seen_topics_reference(args, data, vectors_by_pooling, predictions) if args.unseen_topics else None
+        seen_topics_reference(args, data, vectors_by_pooling, predictions, default_name)
+        if args.unseen_topics
+        else None
     )
     print(results_table(classifiers))
     if reference is not None:

@@ -113,23 +113,18 @@ BALANCES = ("label", "topic")
 def example_weights(
     targets: torch.Tensor, n_classes: int, groups: Sequence[object] | None = None
 ) -> torch.Tensor:
-    """One weight per example, mean 1, equal in total for every (group, class) cell present.
+    """One weight per example, mean 1: every non-empty (group, class) cell weighs ``n / cells``.
 
-    Without ``groups`` this is ``class_weights(targets, n_classes)[targets]``: the weighted mean
-    of per-example losses is then exactly cross-entropy with class weights. With ``groups`` (one
-    per example, e.g. its topic) each non-empty (group, class) cell weighs ``n / cells``; a class
-    with no example at all still raises ValueError.
+    ``groups`` holds one group per example (e.g. its topic); without it there is one group, the
+    cells are the classes, and the weights are ``class_weights(targets, n_classes)[targets]``: the
+    weighted mean of per-example losses is then exactly cross-entropy with class weights. A class
+    with no example raises ValueError, as in ``class_weights``.
     """
-    by_class = class_weights(targets, n_classes)[targets]
-    if groups is None:
-        return by_class
-    if len(groups) != len(targets):
-        raise ValueError(f"{len(groups)} groups for {len(targets)} examples")
-    cells = Counter(zip(groups, targets.tolist(), strict=True))
-    counts = torch.tensor(
-        [cells[cell] for cell in zip(groups, targets.tolist(), strict=True)], dtype=torch.float
-    )
-    return len(targets) / (len(cells) * counts)
+    class_weights(targets, n_classes)  # only for its refusal of a class with no example
+    cells = list(zip([None] * len(targets) if groups is None else groups, targets.tolist(), strict=True))
+    size = Counter(cells)
+    counts = torch.tensor([size[cell] for cell in cells], dtype=torch.float)
+    return len(targets) / (len(size) * counts)
 
 
 def fold_standardisation(

@@ -175,7 +175,7 @@ def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tw
     }
     args = argparse.Namespace(unseen_topics=("apple",), seed=0)
 
-    reference = seen_topics_reference(args, data, vectors, unseen)
+    reference = seen_topics_reference(args, data, vectors, unseen, default_name="default (cls head)")
 
     tweets = [item for item in split_stratified(items, seed=0).test if item.topic == "apple"]
     assert reference["n"] == len(tweets) > 0
