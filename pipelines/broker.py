@@ -12,6 +12,7 @@ broker's own inter-broker identity. ``kill``, ``pause`` and ``resume`` inject fa
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -298,10 +299,15 @@ class LocalBroker:
 
 
 def _cluster_id() -> str:
-    # KRaft cluster ids are 16 random bytes, URL-safe base64 without padding (22 characters).
-    import base64
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 characters).
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    Never one that starts with '-' (1 in 64 would): kafka-storage's argument parser reads
+    ``-t -Xyz...`` as an option and refuses to format. Kafka's ``Uuid.randomUuid()`` redraws the
+    same way."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _accepts(port: int) -> bool:

@@ -10,11 +10,6 @@ import pytest
 from pipelines import broker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 12: _cluster_id() returns ids starting with '-' (1 in 64), which "
-    "kafka-storage's argument parser reads as an option, so the broker fails to start",
-)
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     # 0xf8 = 0b111110_00: the first base64 digit is 62, '-' in the URL-safe alphabet.
     dashed = uuid.UUID(bytes=bytes([0xF8]) + bytes(15), version=4)
