@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka broker (KRaft) on 127.0.0.1, for the demo and the tests.
+"""Real Apache Kafka brokers (KRaft) on 127.0.0.1: one node for the demo and the tests
+(``LocalBroker``), three replicating nodes for the fault tests (``LocalCluster``).
 
 The broker's jars come from Maven Central through ``deploy/local/pom.xml`` (resolved once into
 ``$CLSTREAM_CACHE/kafka-<version>/``); its state (data, log, pid) lives in
@@ -8,6 +9,11 @@ With ``scram_users`` the client listener is SASL_PLAINTEXT with SCRAM-SHA-512 on
 credentials are written into the metadata log when the storage is formatted (so a broker's
 users are fixed at its first start; ``wipe`` to change them). The first user is also the
 broker's own inter-broker identity. ``kill``, ``pause`` and ``resume`` inject faults in tests.
+
+A ``LocalCluster`` is three ``LocalBroker`` nodes, each a broker and a KRaft controller, whose
+configuration is the same template with cluster keys replaced (``properties``): replication
+factor 3 and ``min.insync.replicas`` 2 for every topic, internal ones included. Two nodes are
+a controller quorum, so any one may be killed and restarted while the cluster serves.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from schemas.errors import BrokerError
 
@@ -31,6 +39,8 @@ DEFAULT_PORT = 9092
 #: KRaft startup on a 2-core machine takes ~5 s; allow for a slow, busy CI machine.
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
+#: The single broker's heap: room for the demo's and the benchmarks' topics.
+DEFAULT_HEAP_MB = 768
 
 
 def cache_root() -> Path:
@@ -49,6 +59,11 @@ class LocalBroker:
     port: int = DEFAULT_PORT
     #: (username, password) pairs; empty: a PLAINTEXT listener without authentication.
     scram_users: tuple[tuple[str, str], ...] = ()
+    #: server.properties entries that replace the template's (or are added): a cluster node's id,
+    #: quorum and replication settings. Empty: the template's single node.
+    properties: tuple[tuple[str, str], ...] = ()
+    #: The JVM's maximum heap (-Xmx), in MiB.
+    heap_mb: int = DEFAULT_HEAP_MB
 
     @property
     def protocol(self) -> str:
@@ -129,8 +144,13 @@ class LocalBroker:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         """Start the broker unless it already runs; block until it serves requests. Returns bootstrap."""
-        if self.is_running():
-            return self.bootstrap
+        if not self.is_running():
+            self._await_serving(self._launch(), time.monotonic() + timeout_s)
+        return self.bootstrap
+
+    def _launch(self, cluster_id: str | None = None) -> subprocess.Popen:
+        """Format the storage if it is new (with ``cluster_id``, or a fresh one), then start the
+        broker's JVM without waiting for it. The caller awaits it (``_await_serving``)."""
         if self.pid() is None and _accepts(self.port):
             raise BrokerError(
                 f"port {self.port} is taken by another process; pass --port or point clstream at that "
@@ -147,41 +167,33 @@ class LocalBroker:
             ]
             self._java(
                 jars,
-                ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config), *scram],
+                ["kafka.tools.StorageTool", "format", "-t", cluster_id or _cluster_id(), "-c", str(config)]
+                + scram,
                 check=True,
             )
         log_dir = self.log_file.parent
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "stdout.log", "ab") as out:
             process = self._java(jars, ["kafka.Kafka", str(config)], stdout=out, log_dir=log_dir)
-        (self.state_dir / "broker.pid").write_text(str(process.pid))
-        deadline = time.monotonic() + timeout_s
+        self._pid_file.write_text(str(process.pid))
+        return process
+
+    def _await_serving(self, process: subprocess.Popen, deadline: float) -> None:
+        """Block until the launched broker answers metadata requests; stop it if it never does."""
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise BrokerError(f"the broker exited with status {process.returncode}; see {self.log_file}")
             if _accepts(self.port) and self._serves_metadata():
-                return self.bootstrap
+                return
             time.sleep(0.25)
         self.stop()
         raise BrokerError(
-            f"the broker did not accept connections on {self.bootstrap} within {timeout_s:.0f}s"
+            f"the broker did not serve requests on {self.bootstrap} in time; see {self.log_file}"
         )
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``). Returns whether one was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
-        (self.state_dir / "broker.pid").unlink(missing_ok=True)
-        return True
+        return _stop_all([self], timeout_s) == 1
 
     def set_client_quota(self, client_id: str, producer_byte_rate: int | None) -> None:
         """Throttle (or, with None, stop throttling) what one client id may produce, in bytes/s:
@@ -206,7 +218,7 @@ class LocalBroker:
         os.kill(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.05)
-        (self.state_dir / "broker.pid").unlink(missing_ok=True)
+        self._pid_file.unlink(missing_ok=True)
 
     def pause(self) -> None:
         """SIGSTOP the broker: connections stay open but nothing answers (a hung machine)."""
@@ -229,6 +241,10 @@ class LocalBroker:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    @property
+    def _pid_file(self) -> Path:
+        return self.state_dir / "broker.pid"
+
     def _render_config(self) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         template = (DEPLOY_DIR / "server.properties.template").read_text()
@@ -240,7 +256,7 @@ class LocalBroker:
             sasl_settings=self._sasl_settings(),
         )
         path = self.state_dir / "server.properties"
-        path.write_text(rendered)
+        path.write_text(_with_properties(rendered, self.properties))
         return path
 
     def _sasl_settings(self) -> str:
@@ -264,7 +280,7 @@ class LocalBroker:
     ):
         log_dir = log_dir or self.state_dir
         cmd = [
-            "java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java", "-Xms256m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={log_dir}",
             f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}",
             "-cp", f"{jars}/*", *args,
@@ -282,20 +298,7 @@ class LocalBroker:
         )
 
     def _serves_metadata(self) -> bool:
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
-        try:
-            admin = KafkaAdminClient(**self.client_config(), request_timeout_ms=5000)  # type: ignore[arg-type]
-        except (KafkaError, OSError):
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except (KafkaError, OSError):
-            return False
-        finally:
-            admin.close()
+        return _ask(self.client_config(), lambda admin: admin.list_topics() is not None) is True
 
 
 def _cluster_id() -> str:
@@ -328,3 +331,183 @@ def _alive(pid: int) -> bool:
     except ChildProcessError:
         stat = Path(f"/proc/{pid}/stat")
         return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+#: Three nodes: the fewest that keep a controller quorum and two in-sync replicas with one down.
+CLUSTER_SIZE = 3
+#: Three JVMs share a small CI machine with Ray; a test cluster's topics are small.
+CLUSTER_HEAP_MB = 512
+#: Every topic, the internal ones included, is replicated to all three nodes and accepts a write
+#: (acks=all) while two of them have it: one node may fail without losing a record or stalling.
+CLUSTER_PROPERTIES = (
+    ("default.replication.factor", "3"),
+    ("min.insync.replicas", "2"),
+    ("offsets.topic.replication.factor", "3"),
+    ("transaction.state.log.replication.factor", "3"),
+    ("transaction.state.log.min.isr", "2"),
+)
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Three KRaft nodes (broker and controller each) on 127.0.0.1, replicating every topic 3 times.
+
+    Node ``n`` (1, 2, 3: its ``node.id``, as leaders and coordinators are named in metadata) is a
+    ``LocalBroker`` on port ``port + 2 * (n - 1)``, its controller on the port after. The cluster id
+    the nodes are formatted with lives in ``$CLSTREAM_CACHE/cluster-<port>/``. ``start`` and ``stop``
+    are idempotent; ``kill`` and ``restart`` inject faults one node at a time.
+    """
+
+    port: int = 39300
+
+    @property
+    def nodes(self) -> dict[int, LocalBroker]:
+        ports = {n: self.port + 2 * (n - 1) for n in range(1, CLUSTER_SIZE + 1)}
+        # Every node votes: a quorum is two of three, so the cluster outlives any one node.
+        voters = ",".join(f"{n}@127.0.0.1:{LocalBroker(p).controller_port}" for n, p in ports.items())
+        return {
+            n: LocalBroker(
+                p,
+                properties=(("node.id", str(n)), ("controller.quorum.voters", voters), *CLUSTER_PROPERTIES),
+                heap_mb=CLUSTER_HEAP_MB,
+            )
+            for n, p in ports.items()
+        }
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes.values())
+
+    def client_config(self) -> dict[str, object]:
+        """kafka-python keyword arguments to reach the cluster through any live node."""
+        return {"bootstrap_servers": self.bootstrap, "security_protocol": "PLAINTEXT"}
+
+    @property
+    def state_dir(self) -> Path:
+        return cache_root() / f"cluster-{self.port}"
+
+    def is_running(self) -> bool:
+        return all(node.is_running() for node in self.nodes.values())
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Start the nodes that do not run; block until all serve and are registered. Returns bootstrap."""
+        deadline = time.monotonic() + timeout_s
+        # All at once: a node serves only once a quorum of controllers has elected a leader.
+        launched = [
+            (node, node._launch(self._cluster_id())) for node in self.nodes.values() if not node.is_running()
+        ]
+        for node, process in launched:
+            node._await_serving(process, deadline)
+        self._await(lambda: self._live_brokers() == set(self.nodes), deadline, "every node registered")
+        return self.bootstrap
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout_s``). Returns whether any was running."""
+        return _stop_all(list(self.nodes.values()), timeout_s) > 0
+
+    def kill(self, node: int) -> None:
+        """SIGKILL node ``node`` (a crash) and wait until it is gone; the other two keep serving."""
+        self.nodes[node].kill()
+
+    def restart(self, node: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start node ``node`` again (if it does not run) and return once every partition has all its
+        replicas in sync, so that the next fault is one node down, not two."""
+        deadline = time.monotonic() + timeout_s
+        broker = self.nodes[node]
+        if not broker.is_running():
+            broker._await_serving(broker._launch(self._cluster_id()), deadline)
+        self._await(lambda: self.under_replicated() == [], deadline, f"node {node}'s replicas in sync")
+
+    def under_replicated(self) -> list[tuple[str, int]] | None:
+        """(topic, partition) of every partition with a replica out of sync; None: no answer now."""
+
+        def ask(admin: Any) -> list[tuple[str, int]]:
+            return [
+                (topic["name"], partition["partition_index"])
+                for topic in admin.describe_topics()
+                for partition in topic["partitions"]
+                if len(partition["isr_nodes"]) < len(partition["replica_nodes"])
+            ]
+
+        return _ask(self.client_config(), ask)
+
+    def wipe(self) -> None:
+        """Stop every node and delete the cluster's data."""
+        self.stop()
+        for node in self.nodes.values():
+            shutil.rmtree(node.state_dir, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _cluster_id(self) -> str:
+        path = self.state_dir / "cluster.id"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(_cluster_id())
+        return path.read_text().strip()
+
+    def _live_brokers(self) -> set[int] | None:
+        return _ask(
+            self.client_config(),
+            lambda admin: {b["broker_id"] for b in admin.describe_cluster()["brokers"] if not b["is_fenced"]},
+        )
+
+    def _await(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.25)
+        raise BrokerError(f"the cluster at {self.bootstrap} did not get {what} in time; see its broker logs")
+
+
+def _with_properties(rendered: str, properties: tuple[tuple[str, str], ...]) -> str:
+    """``rendered`` server.properties with each key of ``properties`` set: its line replaced in
+    place, or appended when the template has no such key."""
+    pending = dict(properties)
+    lines = []
+    for line in rendered.splitlines():
+        key = line.partition("=")[0].strip()
+        if key in pending:
+            lines += ["# Replaced for this node (LocalBroker.properties):", f"{key}={pending.pop(key)}"]
+        else:
+            lines.append(line)
+    lines += [f"{key}={value}" for key, value in pending.items()]
+    return "\n".join(lines) + "\n"
+
+
+_T = TypeVar("_T")
+
+
+def _ask(config: dict[str, object], question: Callable[[Any], _T]) -> _T | None:
+    """``question(admin)`` on a fresh admin client, or None when the brokers cannot answer now."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(**config, request_timeout_ms=5000)  # type: ignore[arg-type]
+    except (KafkaError, OSError):
+        return None
+    try:
+        return question(admin)
+    except (KafkaError, OSError):
+        return None
+    finally:
+        admin.close()
+
+
+def _stop_all(brokers: list[LocalBroker], timeout_s: float) -> int:
+    """SIGTERM every running broker at once, SIGKILL any still alive after ``timeout_s``. Returns how
+    many were running. At once: a cluster's nodes stopped one by one would leave the last waiting
+    for a controller quorum that has gone."""
+    running = [(broker, pid) for broker in brokers if (pid := broker.pid()) is not None]
+    for _, pid in running:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for broker, pid in running:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        broker._pid_file.unlink(missing_ok=True)
+    return len(running)

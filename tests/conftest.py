@@ -7,14 +7,20 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pipelines.broker import LocalCluster
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: Not 9092: the test broker must never touch a developer's own broker or its data.
 TEST_BROKER_PORT = int(os.environ.get("CLSTREAM_TEST_BROKER_PORT", "39092"))
+#: The three-node cluster's first port (it takes six from there), apart from the single broker's.
+TEST_CLUSTER_PORT = int(os.environ.get("CLSTREAM_TEST_CLUSTER_PORT", "39300"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,6 +40,20 @@ def broker() -> Iterator[str]:
     yield bootstrap
     if not was_running:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[LocalCluster]:
+    """Three real Kafka nodes replicating every topic 3 times (``min.insync.replicas`` 2), which
+    tests may kill and restart one at a time; stopped at the end if this session started it."""
+    from pipelines.broker import LocalCluster
+
+    cluster = LocalCluster(TEST_CLUSTER_PORT)
+    was_running = cluster.is_running()
+    cluster.start()
+    yield cluster
+    if not was_running:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -21,3 +21,36 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     assert not cluster_id.startswith("-"), cluster_id
     assert len(cluster_id) == 22
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_a_cluster_node_config_replaces_the_templates_keys_and_adds_the_rest() -> None:
+    rendered = "# one node\nnode.id=1\nmin.insync.replicas=1\nlog.dirs=/data\n"
+
+    config = broker._with_properties(rendered, (("node.id", "2"), ("default.replication.factor", "3")))
+
+    settings = [line for line in config.splitlines() if line and not line.startswith("#")]
+    assert settings == [
+        "node.id=2",
+        "min.insync.replicas=1",
+        "log.dirs=/data",
+        "default.replication.factor=3",
+    ]
+
+
+def test_cluster_nodes_vote_together_and_replicate_everything_three_times() -> None:
+    nodes = broker.LocalCluster(40000).nodes
+
+    assert [(n, node.port, node.controller_port) for n, node in nodes.items()] == [
+        (1, 40000, 40001),
+        (2, 40002, 40003),
+        (3, 40004, 40005),
+    ]
+    for n, node in nodes.items():
+        properties = dict(node.properties)
+        assert properties["node.id"] == str(n)
+        assert (
+            properties["controller.quorum.voters"] == "1@127.0.0.1:40001,2@127.0.0.1:40003,3@127.0.0.1:40005"
+        )
+        assert properties["default.replication.factor"] == "3"
+        assert properties["min.insync.replicas"] == "2"
+        assert node.heap_mb <= 512
