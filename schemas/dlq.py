@@ -23,3 +23,9 @@ class DlqHeader(str, Enum):
     #: Only when the original had nulls kafka-python cannot produce: ``key`` (key and value both
     #: null) and/or ``header:<index>`` (a null header value); the copy has ``b""`` in their place.
     SOURCE_NULLS = "clstream.source.nulls"
+
+
+#: Not a dead-letter header: ``clstream dlq replay`` adds it to a re-sent record, after its original
+#: headers, as ``<dlq topic>/<partition>/<offset>`` of the dead letter it came from. A record that
+#: fails again keeps it among its original headers, so their count is how often it was replayed.
+REPLAYED_FROM = "clstream.replayed-from"
