@@ -23,6 +23,11 @@ class DlqHeader(str, Enum):
     #: Only when the original had nulls kafka-python cannot produce: ``key`` (key and value both
     #: null) and/or ``header:<index>`` (a null header value); the copy has ``b""`` in their place.
     SOURCE_NULLS = "clstream.source.nulls"
+    #: Only on a copy cut to fit ``topics.dlq_max_record_bytes``: what was cut and its original
+    #: size in bytes, e.g. ``value=1046000`` or ``value=1046000,headers=2048`` (``value`` and
+    #: ``key`` keep their first bytes; ``headers``: the original headers were left out). The
+    #: whole record is still at the source coordinates until the input topic's retention.
+    TRUNCATED = "clstream.source.truncated"
 
 
 #: Not a dead-letter header: ``clstream dlq replay`` adds it to a re-sent record, after its original

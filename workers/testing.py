@@ -119,13 +119,15 @@ class InMemorySink:
 
 class InMemoryTransactionalSink:
     """A transactional sink: ``committed`` holds the (records, offsets) of each committed
-    transaction; ``abort_next`` aborts that many (retriable), ``fence_next`` fences that many."""
+    transaction; ``abort_next`` aborts that many (retriable), ``fence_next`` fences that many,
+    ``crash_next`` raises that many ``RuntimeError`` (a bug, not a Kafka error)."""
 
     def __init__(self) -> None:
         self.committed: list[tuple[list[OutboundRecord], dict[Partition, int], str]] = []
         self.aborted = 0
         self.abort_next = 0
         self.fence_next = 0
+        self.crash_next = 0
         self.closed = False
 
     def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
@@ -146,6 +148,10 @@ class InMemoryTransactionalSink:
             self.abort_next -= 1
             self.aborted += 1
             raise DeliveryError("injected: transaction aborted")
+        if self.crash_next > 0:
+            self.crash_next -= 1
+            self.aborted += 1
+            raise RuntimeError("injected: an unexpected failure inside the transaction")
         self.committed.append((list(records), dict(next_offsets), str(group_metadata)))
 
     def on(self, topic: str) -> list[OutboundRecord]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions
 
@@ -174,3 +175,35 @@ def test_a_rejoin_for_new_partitions_finishes_even_when_every_poll_times_out_mid
         source.close()
     assert assigned == (0, 1, 2, 3), f"stuck with {assigned}, member state {state}"
     assert state == "<stable>"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: the input consumer reads uncommitted data")
+def test_records_of_aborted_upstream_transactions_are_never_read(broker, topic_names):
+    """An upstream transactional producer's aborted records must not be classified, and only
+    ``read_committed`` makes a new owner's offset fetch wait for pending transactional offsets."""
+    names = topic_names()
+    settings = pipeline_settings(broker, names)
+    topic = names["input"]
+    ensure_topics(settings.kafka, {topic: 1})
+    producer = KafkaProducer(
+        **settings.kafka.client_config(), transactional_id=f"upstream-{names['group_id']}"
+    )
+    producer.init_transactions()
+    for outcome in ("aborted", "committed"):
+        producer.begin_transaction()
+        for i in range(5):
+            producer.send(topic, value=f"{outcome}-{i}".encode())
+        producer.flush()
+        producer.abort_transaction() if outcome == "aborted" else producer.commit_transaction()
+    producer.close()
+
+    source = KafkaSource(settings, client_id="isolation-test")
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(values) < 5 and time.monotonic() < deadline:
+            values += [r.value for r in source.poll(timeout_ms=300, max_records=100)]
+        values += [r.value for r in source.poll(timeout_ms=1_000, max_records=100)]
+    finally:
+        source.close()
+    assert values == [f"committed-{i}".encode() for i in range(5)]

@@ -3,7 +3,9 @@
 Each bad record lands in the DLQ exactly once, with its original key, value and headers byte for
 byte followed by clstream's error headers; every valid record around it (the catalogue's valid
 cases and plain filler tweets) is labeled exactly once; and the whole catalogue, sent at once
-after the actors are up, is through within ``LATENCY_BOUND_S``.
+after the actors are up, is through within ``LATENCY_BOUND_S``. Both delivery modes; the input
+topic mixes every compression codec producers use (the fillers in gzip, snappy, lz4 and zstd
+batches written by kcat/librdkafka, the catalogue gzip-compressed by kafka-python).
 """
 
 from __future__ import annotations
@@ -26,19 +28,40 @@ from tests.integration.support import pipeline_settings, wait_until
 from tests.poison import BAD, CATALOGUE, VALID, PoisonCase
 
 FILLERS = 200
+#: Every codec Kafka defines; the fillers are spread over them in equal batches.
+CODECS = ("gzip", "snappy", "lz4", "zstd")
 #: From the last record acknowledged by the broker to the group's lag reaching 0, with a tiny model
 #: on a 2-core machine shared with other work. The slowest valid record (the 100k-character word)
 #: tokenizes in ~0.05 s and the 1 MB text is rejected before the tokenizer sees it; measured ~2-5 s.
 LATENCY_BOUND_S = 60.0
 
 
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        pytest.param(
+            "at-least-once",
+            marks=pytest.mark.xfail(
+                strict=True, reason="issue 13: lz4/snappy/zstd input crash-loops the actor (codec missing)"
+            ),
+        ),
+        pytest.param(
+            "exactly-once",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 13: a null-key tombstone's DLQ copy is refused inside the transaction; "
+                "later transactions commit past it",
+            ),
+        ),
+    ],
+)
 def test_poison_catalogue_goes_to_the_dlq_once_byte_for_byte_and_valid_records_flow(
-    broker, ray_cluster, topic_names, tiny_model, report
+    broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
     encoder, head = tiny_model
     names = topic_names()
     settings = pipeline_settings(
-        broker, names, workers={"count": 1}, model={"encoder": encoder, "head": head}
+        broker, names, workers={"count": 1, "delivery": delivery}, model={"encoder": encoder, "head": head}
     )
     ensure_topics(settings.kafka, {names["input"]: 2, names["output"]: 2, names["dlq"]: 1})
 
@@ -82,7 +105,8 @@ def test_poison_catalogue_goes_to_the_dlq_once_byte_for_byte_and_valid_records_f
         assert original_headers == case.headers, case.name
         assert ours[DlqHeader.ERROR_CLASS.value] == case.verdict.encode(), case.name
         assert ours[DlqHeader.SOURCE_TOPIC.value] == names["input"].encode()
-        assert set(ours) == {h.value for h in DlqHeader} - {DlqHeader.SOURCE_NULLS.value}, case.name
+        optional = {DlqHeader.SOURCE_NULLS.value, DlqHeader.TRUNCATED.value}
+        assert set(ours) == {h.value for h in DlqHeader} - optional, case.name
         seen.add(case.name)
     assert seen == {case.name for case in BAD}
 
@@ -101,7 +125,7 @@ def test_poison_catalogue_goes_to_the_dlq_once_byte_for_byte_and_valid_records_f
     assert verdict.ok, verdict.table()
     assert (verdict.lost, verdict.duplicates, verdict.in_both, verdict.delivered) == (0, 0, 0, len(sent))
     report(
-        "poison catalogue",
+        f"poison catalogue, mixed codecs, {delivery}",
         records=len(sent),
         bad=len(BAD),
         valid_cases=len(VALID),
@@ -122,40 +146,73 @@ def _filler(n: int) -> PoisonCase:
 def _send_catalogue_between_fillers(
     bootstrap: str, client_config: dict, topic: str
 ) -> dict[tuple[int, int], PoisonCase]:
-    """Produce fillers with the catalogue spread among them; returns each record's position -> case.
+    """Produce fillers with the catalogue among them; returns each record's position -> case.
 
     Cases kafka-python cannot produce go first, with kcat, to partition 0 (offsets 0, 1, ...).
+    The fillers go in compressed batches, one codec each, with kcat; the rest of the catalogue
+    goes gzip-compressed with kafka-python between them.
     """
     sent = {(0, offset): case for offset, case in enumerate(c for c in CATALOGUE if c.needs_kcat)}
     for case in sent.values():
         _kcat_produce(bootstrap, topic, case)
     fillers = [_filler(n) for n in range(FILLERS)]
     catalogue = [case for case in CATALOGUE if not case.needs_kcat]
-    step = FILLERS // len(catalogue)
-    records: list[PoisonCase] = []
-    for index, case in enumerate(catalogue):
-        records += [*fillers[index * step : (index + 1) * step], case]
-    records += fillers[len(catalogue) * step :]
-    producer = KafkaProducer(**client_config, acks="all")
+    share = len(fillers) // len(CODECS)
+    producer = KafkaProducer(**client_config, acks="all", compression_type="gzip")
     try:
-        futures = [
-            (case, producer.send(topic, key=case.key, value=case.value, headers=list(case.headers) or None))
-            for case in records
-        ]
-        producer.flush()
-        for case, future in futures:
-            meta = future.get(timeout=30)
-            sent[(meta.partition, meta.offset)] = case
-        return sent
+        for index, codec in enumerate(CODECS):
+            _kcat_produce_batch(bootstrap, topic, fillers[index * share : (index + 1) * share], codec)
+            cases = catalogue[index :: len(CODECS)]
+            futures = [
+                (
+                    case,
+                    producer.send(topic, key=case.key, value=case.value, headers=list(case.headers) or None),
+                )
+                for case in cases
+            ]
+            producer.flush()
+            for case, future in futures:
+                meta = future.get(timeout=30)
+                sent[(meta.partition, meta.offset)] = case
     finally:
         producer.close()
+    _kcat_produce_batch(bootstrap, topic, fillers[len(CODECS) * share :], "none")
+    # kcat's producer reports no offsets: place each filler by its key, read back by kcat too
+    # (the reader of a test must not depend on the codecs under test being in kafka-python).
+    by_key = {case.key: case for case in fillers}
+    for partition, offset, key in _kcat_positions(bootstrap, topic):
+        if key in by_key:
+            sent[(partition, offset)] = by_key.pop(key)
+    assert not by_key and len(sent) == len(CATALOGUE) + FILLERS, "every record was written"
+    return sent
+
+
+def _kcat_positions(bootstrap: str, topic: str) -> list[tuple[int, int, bytes]]:
+    cmd = [_kcat(), "-C", "-b", bootstrap, "-t", topic, "-e", "-q", "-f", "%p %o %k\\n"]
+    lines = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout.split(b"\n")
+    return [
+        (int(p), int(o), k) for p, o, k in (line.split(b" ", 2) for line in lines if line.count(b" ") >= 2)
+    ]
+
+
+def _kcat_produce_batch(bootstrap: str, topic: str, cases: list[PoisonCase], codec: str) -> None:
+    """Keyed records in one kcat run, compressed with ``codec`` (librdkafka batches them)."""
+    kcat = _kcat()
+    lines = b"".join((case.key or b"") + b"\t" + (case.value or b"") + b"\n" for case in cases)
+    cmd = [kcat, "-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-z", codec, "-X", "linger.ms=50"]
+    subprocess.run(cmd, input=lines, check=True, timeout=60)
+
+
+def _kcat() -> str:
+    kcat = shutil.which("kcat")
+    if kcat is None:  # `make test` installs it
+        pytest.fail("kcat is not installed (Debian package kcat); `make test` installs it")
+    return kcat
 
 
 def _kcat_produce(bootstrap: str, topic: str, case: PoisonCase) -> None:
     """One record with kcat: -Z makes an empty key/value NULL; `-H name` alone is a NULL header value."""
-    kcat = shutil.which("kcat")
-    if kcat is None:  # `make test` installs it
-        pytest.fail("kcat is not installed (Debian package kcat); `make test` installs it")
+    kcat = _kcat()
     assert case.value is None or b"\t" not in case.value and b"\n" not in case.value
     headers = [
         arg for name, raw in case.headers for arg in ("-H", name if raw is None else f"{name}={raw.decode()}")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import orjson
 import pytest
+from kafka.errors import KafkaTimeoutError
 
 from pipelines.kafka_admin import LagProbe, ensure_topics
 from pipelines.records_io import read_topic
@@ -155,3 +157,44 @@ def test_a_fenced_transaction_commits_none_of_its_offsets_with_the_next_one(brok
     assert committed[0] == 0, "the fenced transaction's offset was committed by the next one"
     values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
     assert values == [b"committed output"]
+
+
+class _CommitAcknowledgedLate(KafkaTransactionalSink):
+    """The real sink, except that the first commit lands but is acknowledged after the deadline
+    (a slow broker, a network blip): the caller sees a timeout for a commit that succeeded."""
+
+    late = 1
+
+    def _await(self, result, deadline, what):
+        if what == "commit" and self.late:
+            self.late -= 1
+            super()._await(result, time.monotonic() + 30, what)  # the commit lands...
+            raise KafkaTimeoutError("injected: commit acknowledged after the deadline")  # ...too late
+        super()._await(result, deadline, what)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: a commit that timed out is redone, not awaited")
+def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names):
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"delivery": "exactly-once"})
+    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
+    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
+    source = KafkaSource(settings, "late-commit-test")
+    sink = _CommitAcknowledgedLate(settings, "late-commit-test", f"{names['group_id']}-late")
+    topic = names["input"]
+    probe = LagProbe(settings.kafka, topic, names["group_id"])
+    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        metadata = source.group_metadata()
+        with pytest.raises(DeliveryError):
+            sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)
+        sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)  # the loop's retry
+        committed = probe.measure().committed
+    finally:
+        probe.close()
+        source.close()
+        sink.close()
+    assert committed[0] == 5
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"the batch's output"], "the batch was committed twice"

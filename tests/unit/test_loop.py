@@ -285,7 +285,26 @@ def test_a_fenced_batch_and_those_after_it_are_read_again_from_their_first_offse
     assert source.commits == []
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 13: later batches' transactions commit offsets past an undelivered batch"
+)
+def test_a_batch_that_fails_unexpectedly_stops_every_later_transaction_from_committing_past_it():
+    records = [_tweet(0, i, "good") for i in range(30)]
+    loop, source, sink = _exactly_once(records, max_inflight_batches=4)
+    loop.classifier = KeywordClassifier(delay_s=0.05)  # the next batches are polled before it fails
+    sink.crash_next = 1
+    stop, thread = _run_in_thread(loop)
+    _await(lambda: sink.committed_offsets() == {("in", 0): 30})
+    stop.set()
+    thread.join(10)
+    # Committed in order, batch by batch: never the offsets of a batch after the one that failed.
+    assert [offsets[("in", 0)] for _, offsets, _ in sink.committed] == [10, 20, 30]
+    ids = [orjson.loads(r.value)["id"] for r in sink.on("out")]
+    assert sorted(ids) == sorted(f"0-{i}" for i in range(30)), "each id exactly once"
+
+
 def test_exactly_once_refuses_a_sink_without_transactions():
     settings = Settings.load(overrides={"workers": {"delivery": "exactly-once"}})
     with pytest.raises(TypeError, match="transactional sink"):
         ClassifierLoop(InMemorySource([]), InMemorySink(), KeywordClassifier(), settings)
+
