@@ -96,6 +96,11 @@ class TopicSettings(BaseModel):
     output: str = "tweets.labeled"
     dlq: str = "tweets.dlq"
     group_id: str = "clstream"
+    #: Largest dead-letter record written, in bytes (key, value, headers and Kafka's framing).
+    #: A copy of a bigger input record is cut to fit and says so (``clstream.source.truncated``),
+    #: so a DLQ copy can always be written. Keep it at or below the DLQ topic's
+    #: ``max.message.bytes`` (the broker's default, 1,048,588, less a little for the batch).
+    dlq_max_record_bytes: int = Field(default=1_048_000, ge=16_384, le=64 * 1024**2)
 
     @model_validator(mode="after")
     def _distinct(self) -> TopicSettings:
@@ -157,6 +162,10 @@ class WorkerSettings(BaseModel):
     #: Backpressure credit: estimated tokens polled but not yet committed. When spent, the actor
     #: pauses its partitions (still polling, so it stays in the group) until batches complete.
     max_inflight_tokens: int = Field(default=32_768, ge=64)
+    #: Backpressure credit in bytes (keys, values, headers) polled but not yet committed: with the
+    #: token credit it bounds an actor's memory whatever the record sizes (a token estimate of
+    #: a 1 MB record that the loop rejects unread says little about the bytes it holds).
+    max_inflight_bytes: int = Field(default=64 * 1024**2, ge=1024**2)
     #: At most this many polled batches waiting for or in the model; with one batch of producer
     #: sends outstanding at a time, this bounds an actor's memory.
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
@@ -164,6 +173,11 @@ class WorkerSettings(BaseModel):
     #: the batches in flight). exactly-once: output, DLQ records and offsets in one transaction
     #: per batch; readers use isolation_level=read_committed.
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    #: What the input consumer reads. read_committed: never records of aborted (or still open)
+    #: upstream transactions, and a new partition owner's offset fetch waits until the previous
+    #: owner's pending transactional offsets have settled (KIP-447), so it cannot start from a
+    #: stale offset. read_uncommitted only for producers known not to use transactions.
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     #: How long the broker keeps a transaction of a vanished producer open (exactly-once only).
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
     session_timeout_ms: int = Field(default=30_000, ge=6_000)

@@ -3,7 +3,8 @@
 Error classes (the ``clstream.error.class`` DLQ header): ``Tombstone``, ``EmptyValue``, ``NonUtf8``
 (including UTF-8-encoded lone surrogates), ``InvalidJson`` (including ``\\ud800`` escapes of lone
 surrogates and nesting past the parser's recursion limit), ``SchemaMismatch``, ``EmptyText``
-(nothing visible), ``TextTooLong`` (over ``schemas.records.MAX_TEXT_CHARS``).
+(nothing visible), ``TextTooLong`` (over ``schemas.records.MAX_TEXT_CHARS``), ``Unreadable`` (the
+consumer could not read the record at all; see ``RawRecord.unreadable``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class Rejection:
 
 
 def decode_tweet(record: RawRecord) -> Tweet | Rejection:
+    if record.unreadable is not None:
+        return Rejection(
+            "Unreadable",
+            f"the consumer could not read the record at this offset ({record.unreadable}); "
+            "it was skipped: read it with another client, or from a replica, by the source coordinates",
+            stage="read",
+        )
     value = record.value
     if value is None:
         return Rejection("Tombstone", "record value is null (a tombstone); there is no tweet to classify")

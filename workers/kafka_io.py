@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
@@ -27,6 +28,8 @@ Partition = tuple[str, int]
 
 log = structlog.get_logger("clstream.kafka")
 
+#: kafka-python's default request limit, kept unless the DLQ's record limit needs more.
+_MAX_REQUEST_BYTES = 1_048_576
 #: A little lingering lets one poll's worth of results share a few produce requests.
 _LINGER_MS = 5
 
@@ -94,6 +97,7 @@ class KafkaSource:
         self._in_revocation = False
         self._revocation_commits: dict[Partition, int] = {}
         self._subscribed = False
+        self._paused = False
         #: Input partitions owned after the last poll (read by other threads for health reports);
         #: None until the member has first joined the group, so "still joining" never reads as
         #: "owns nothing" (the stall watchdog gives no verdict on a group with a member joining).
@@ -103,6 +107,7 @@ class KafkaSource:
             group_id=settings.topics.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=settings.workers.isolation_level,
             max_poll_records=settings.workers.max_batch_records,
             session_timeout_ms=settings.workers.session_timeout_ms,
             # Kafka's advice: heartbeat at most a third of the session timeout.
@@ -134,7 +139,19 @@ class KafkaSource:
             self._subscribed = True
         _unpark_resumed(self._consumer)
         _finish_interrupted_join(self._consumer)
-        fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except Exception as exc:
+            unreadable = _skip_unreadable(self._consumer, exc)
+            if unreadable is None:
+                raise
+            log.warning(
+                "skipped a record the consumer cannot read",
+                partition=unreadable.partition,
+                offset=unreadable.offset,
+                error=unreadable.unreadable,
+            )
+            return [unreadable]
         if self.assigned is not None or self._consumer.group_metadata().generation_id > 0:
             self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
         return [
@@ -180,10 +197,19 @@ class KafkaSource:
         return self._consumer.group_metadata()
 
     def pause_all(self) -> None:
+        # Kept until resume_all: partitions a rebalance assigns meanwhile join the pause.
+        self._paused = True
         self._consumer.pause(*self._consumer.assignment())
 
     def resume_all(self) -> None:
+        self._paused = False
         self._consumer.resume(*self._consumer.paused())
+
+    def _assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Inside ``poll``, when a rebalance hands this member partitions, before any is fetched:
+        kafka-python starts them unpaused, which would let a paused member read past its credit."""
+        if self._paused:
+            self._consumer.pause(*partitions)
 
     def on_revoke(
         self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
@@ -279,6 +305,45 @@ def _finish_interrupted_join(consumer: KafkaConsumer) -> None:
         coordinator.request_rejoin()
 
 
+def _skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> RawRecord | None:
+    """After ``poll`` raised ``exc``: if it was raised reading a partition's records (a corrupt
+    batch, a codec kafka-python lacks, a header key that is not UTF-8), move that partition one
+    offset past the record and return a stand-in naming the record's coordinates and the error.
+    None when the error was not about a record (the caller re-raises it).
+
+    kafka-python 3.0.12 raises such errors from ``poll`` and leaves the partition's position on
+    the record, so every later poll raises again: the member spins and the partition stalls.
+    The records being read when it raised are the fetcher's in-line partition records; every
+    record before the bad one was returned, so the partition's position is the bad record's
+    offset. A corrupt batch is skipped one offset at a time (its offsets cannot be trusted),
+    each offset dead-lettered on its own.
+    """
+    fetcher = consumer._fetcher
+    in_line = fetcher._next_partition_records
+    if in_line is None:
+        return None
+    tp = in_line.topic_partition
+    subscription = consumer._subscription
+    if not subscription.is_assigned(tp):
+        return None
+    position = subscription.position(tp)
+    if position is None:
+        return None
+    offset = position.offset
+    in_line.drain()
+    fetcher._next_partition_records = None
+    fetcher._next_in_line_exception_metadata = None
+    consumer.seek(tp, offset + 1)
+    return RawRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        key=None,
+        value=None,
+        unreadable=f"{type(exc).__name__}: {str(exc)[:300]}",
+    )
+
+
 def _task_state(task: Any) -> str | None:
     """A kafka-python IO-loop task, in words: None, pending, or how it ended."""
     if task is None:
@@ -352,7 +417,7 @@ class _RevokeListener(AsyncConsumerRebalanceListener):
         await self._source._revoked(lost, lost=True)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        pass
+        self._source._assigned(assigned)
 
 
 class TransactionalSink(Sink, Protocol):
@@ -379,6 +444,8 @@ def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer
         enable_idempotence=True,
         linger_ms=_LINGER_MS,
         retries=2**31 - 1,
+        # Room for the largest dead-letter copy (the loop cuts bigger ones to fit) and its batch.
+        max_request_size=max(_MAX_REQUEST_BYTES, settings.topics.dlq_max_record_bytes + 16_384),
         # kafka-python insists on delivery_timeout > linger + request_timeout.
         delivery_timeout_ms=max(
             int(settings.workers.produce_timeout_s * 1000),
@@ -451,14 +518,14 @@ def _failures(futures: Iterable[Any]) -> list[BaseException]:
 
 #: Errors that mean this member's view of the group is stale: its transaction may not commit
 #: offsets for partitions that could now belong to someone else (KIP-447).
-_FENCING_ERRORS = (
-    "ProducerFencedError",
-    "InvalidProducerEpochError",
-    "CommitFailedError",
-    "IllegalGenerationError",
-    "UnknownMemberIdError",
-    "FencedInstanceIdError",
-    "RebalanceInProgressError",
+_FENCING_ERRORS: tuple[type[Exception], ...] = (
+    kafka_errors.ProducerFencedError,
+    kafka_errors.InvalidProducerEpochError,
+    kafka_errors.CommitFailedError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.UnknownMemberIdError,
+    kafka_errors.FencedInstanceIdError,
+    kafka_errors.RebalanceInProgressError,
 )
 
 
@@ -470,11 +537,18 @@ class KafkaTransactionalSink:
     ``read_committed`` readers stuck behind it until the transaction timeout. kafka-python's
     ``commit_transaction``, ``abort_transaction`` and ``send_offsets_to_transaction`` wait without
     a deadline; here every wait has one, and a producer that misses it is closed and replaced.
+
+    A commit whose acknowledgement misses the deadline is not aborted (it may have landed): as
+    with the Java client's ``commitTransaction``, the caller's retry of the same batch awaits that
+    commit's outcome instead of producing the batch again.
     """
 
     def __init__(self, settings: Settings, client_id: str, transactional_id: str) -> None:
         self._settings, self._client_id, self._transactional_id = settings, client_id, transactional_id
         self._producer = self._new_producer()
+        #: The commit request of a batch whose acknowledgement missed its deadline, and the
+        #: batch's offsets (a retry of the same batch awaits it).
+        self._pending_commit: tuple[Any, dict[Partition, int]] | None = None
 
     def _new_producer(self) -> KafkaProducer:
         producer = _producer(
@@ -497,6 +571,8 @@ class KafkaTransactionalSink:
         timeout_s: float,
     ) -> None:
         deadline = time.monotonic() + timeout_s
+        if self._pending_commit is not None and self._settle_pending_commit(dict(next_offsets), deadline):
+            return
         producer = self._producer
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
@@ -510,25 +586,64 @@ class KafkaTransactionalSink:
             manager._pending_txn_offset_commits.clear()
         try:
             producer.begin_transaction()
-            for r in records:
+            for r in map(producible, records):
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
             self._await(manager.send_offsets_to_transaction(offsets, group_metadata), deadline, "offsets")
-            self._await(manager.begin_commit(), deadline, "commit")
-        except KafkaError as exc:
-            self._abort(deadline + timeout_s)
-            message = f"transaction of {len(records)} records not committed: {type(exc).__name__}: {exc}"
-            if type(exc).__name__ in _FENCING_ERRORS:
-                raise FencedError(message) from exc
-            raise DeliveryError(message) from exc
+            commit = manager.begin_commit()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of it may ever commit
+            self._fail(exc, len(records), deadline + timeout_s)
+        try:
+            self._await(commit, deadline, "commit")
+        except kafka_errors.KafkaTimeoutError as exc:
+            self._pending_commit = (commit, dict(next_offsets))
+            raise DeliveryError(
+                f"commit of {len(records)} records not acknowledged within {timeout_s:.0f}s; "
+                "the retry awaits it (it may have landed)"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - the commit failed: the transaction did not land
+            self._fail(exc, len(records), deadline + timeout_s)
+
+    def _settle_pending_commit(self, next_offsets: dict[Partition, int], deadline: float) -> bool:
+        """Await the commit left pending by a timeout. True: it was this batch's and it landed.
+
+        A different batch (the loop rewound after a fence) only proceeds once the old commit is
+        settled either way; a producer whose commit never settles is replaced, which makes the
+        coordinator complete or abort it before the new producer may begin."""
+        assert self._pending_commit is not None
+        commit, offsets = self._pending_commit
+        try:
+            self._await(commit, deadline, "pending commit")
+        except kafka_errors.KafkaTimeoutError as exc:
+            if offsets == next_offsets:
+                raise DeliveryError("an earlier commit of this batch is still not acknowledged") from exc
+            self._pending_commit = None
+            self._replace_producer()
+            return False
+        except Exception:  # noqa: BLE001 - it failed: the batch did not land; send it afresh
+            self._pending_commit = None
+            self._replace_producer()
+            return False
+        self._pending_commit = None
+        return offsets == next_offsets
+
+    def _fail(self, exc: Exception, count: int, deadline: float) -> NoReturn:
+        """Abort the open transaction and raise ``FencedError`` or ``DeliveryError`` for ``exc``."""
+        message = f"transaction of {count} records not committed: {type(exc).__name__}: {exc}"
+        try:
+            self._abort(deadline)
+        except DeliveryError as abort_failed:
+            message += f"; {abort_failed}"
+        if isinstance(exc, _FENCING_ERRORS):
+            raise FencedError(message) from exc
+        raise DeliveryError(message) from exc
 
     def _await(self, result: Any, deadline: float, what: str) -> None:
-        """Wait for a transactional request with a deadline (kafka-python's own calls have none)."""
+        """Wait for a transactional request with a deadline (kafka-python's own calls have none);
+        raises the request's error if it failed."""
         self._producer._sender.wakeup()
         remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
         if not result.wait(timeout_ms=remaining_ms):
-            from kafka.errors import KafkaTimeoutError
-
-            raise KafkaTimeoutError(f"transaction {what} not acknowledged in time")
+            raise kafka_errors.KafkaTimeoutError(f"transaction {what} not acknowledged in time")
 
     def _abort(self, deadline: float) -> None:
         try:
@@ -536,13 +651,16 @@ class KafkaTransactionalSink:
             return
         except Exception as exc:  # noqa: BLE001 - any failure to abort: start over with a new producer
             error = f"{type(exc).__name__}: {exc}"
-        # A producer that cannot abort is replaced; init_transactions on the same transactional id
-        # fences it and aborts whatever it left open.
+        self._replace_producer()
+        raise DeliveryError(f"could not abort a transaction ({error}); the producer was replaced")
+
+    def _replace_producer(self) -> None:
+        """init_transactions on the same transactional id fences the old producer and aborts
+        (or completes) whatever it left open."""
         try:
             self._producer.close(timeout=0)
         finally:
             self._producer = self._new_producer()
-        raise DeliveryError(f"could not abort a transaction ({error}); the producer was replaced")
 
     def close(self) -> None:
         self._producer.close(timeout=5)

@@ -13,7 +13,7 @@ whose delivery fails (broker down, DLQ unwritable) is retried with a backoff unt
 the credit stays spent, the partitions stay paused, consumption stops and ``stats.last_error``
 says why; nothing is skipped.
 
-Credit is counted in tokens, estimated from each record's size before tokenization.
+Credit is counted in tokens, estimated from each record's size before tokenization, and in bytes.
 
 With ``workers.delivery = "exactly-once"`` the model thread commits each batch's output, DLQ
 records and offsets in one Kafka transaction, and the consumer thread commits nothing itself. A
@@ -43,7 +43,7 @@ from schemas.settings import Settings
 from workers.decode import Rejection, decode_tweet
 from workers.kafka_io import Partition, Sink, Source
 from workers.model import Classifier
-from workers.records import OutboundRecord, RawRecord
+from workers.records import Headers, OutboundRecord, RawRecord
 
 log = structlog.get_logger("clstream.loop")
 
@@ -71,6 +71,7 @@ class LoopStats:
     last_error: str | None = None
     inflight_batches: int = 0
     inflight_tokens: int = 0
+    inflight_bytes: int = 0
     paused: bool = False
     pauses: int = 0
     resumes: int = 0
@@ -82,9 +83,17 @@ class LoopStats:
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
     committed: dict[str, int] = field(default_factory=dict)
+    #: Dead letters committed, by error class (the ``clstream.error.class`` header).
+    dead_letters_by_class: dict[str, int] = field(default_factory=dict)
+    #: Records the consumer could not read at all, skipped and dead-lettered by coordinates.
+    unreadable: int = 0
 
     def snapshot(self) -> dict:
-        return asdict(self) | {"committed": dict(self.committed), "latency_counts": list(self.latency_counts)}
+        return asdict(self) | {
+            "committed": dict(self.committed),
+            "latency_counts": list(self.latency_counts),
+            "dead_letters_by_class": dict(self.dead_letters_by_class),
+        }
 
     def observe_latencies(self, latencies_s: np.ndarray) -> None:
         if latencies_s.size:
@@ -99,6 +108,7 @@ class _Batch:
     records: list[RawRecord]
     tokens: int
     next_offsets: dict[Partition, int]
+    size_bytes: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     delivered: bool = False
     delivered_at: float = 0.0
@@ -108,6 +118,8 @@ class _Batch:
     epoch: int = 0
     classified: int = 0
     rejected: int = 0
+    #: Dead letters of this batch by error class.
+    rejections: dict[str, int] = field(default_factory=dict)
     busy_s: float = 0.0
 
 
@@ -175,6 +187,7 @@ class ClassifierLoop:
         workers = self.settings.workers
         spent = (
             self.stats.inflight_tokens >= workers.max_inflight_tokens
+            or self.stats.inflight_bytes >= workers.max_inflight_bytes
             or len(self._inflight) >= workers.max_inflight_batches
         )
         if spent and not self.stats.paused:
@@ -245,6 +258,11 @@ class ClassifierLoop:
             stats.consumed += len(batch.records)
             stats.classified += batch.classified
             stats.dead_lettered += batch.rejected
+            for error_class, count in batch.rejections.items():
+                stats.dead_letters_by_class[error_class] = (
+                    stats.dead_letters_by_class.get(error_class, 0) + count
+                )
+            stats.unreadable += batch.rejections.get("Unreadable", 0)
             stats.busy_s += batch.busy_s
             stamps = np.fromiter(
                 (r.timestamp_ms for r in batch.records), dtype=np.float64, count=len(batch.records)
@@ -274,25 +292,38 @@ class ClassifierLoop:
     def _count_inflight(self) -> None:
         self.stats.inflight_batches = len(self._inflight)
         self.stats.inflight_tokens = sum(b.tokens for b in self._inflight)
+        self.stats.inflight_bytes = sum(b.size_bytes for b in self._inflight)
 
     def _new_batch(self, records: list[RawRecord]) -> _Batch:
         cap = self.settings.model.max_length
         tokens = sum(
             min(cap, len(r.value) // _BYTES_PER_TOKEN + 2) if r.value is not None else 1 for r in records
         )
+        size = sum(
+            len(r.key or b"") + len(r.value or b"") + sum(len(v or b"") for _, v in r.headers)
+            for r in records
+        )
         metadata = self.source.group_metadata() if self.exactly_once else None
-        return _Batch(records, tokens, _next_offsets(records), group_metadata=metadata, epoch=self._epoch)
+        return _Batch(
+            records, tokens, _next_offsets(records), size, group_metadata=metadata, epoch=self._epoch
+        )
 
     # -- the model thread ---------------------------------------------------------------------
 
     def _model_loop(self) -> None:
+        failures = 0
         while (batch := self._work.get()) is not None:
             try:
                 self._run_batch(batch)
+                failures = 0
             except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("batch failed unexpectedly; it stays uncommitted", error=self.stats.last_error)
+                log.error("batch failed unexpectedly; it will be read again", error=self.stats.last_error)
+                self._halted = True
                 batch.done.set()
+                # The same records will come back after the rewind: do not spin on them.
+                failures += 1
+                self._abandon.wait(min(_MAX_BACKOFF_S, 0.1 * 2**failures))
 
     def _run_batch(self, batch: _Batch) -> None:
         """Classify and deliver one batch, retrying delivery until it succeeds or is abandoned."""
@@ -300,7 +331,8 @@ class ClassifierLoop:
             batch.done.set()
             return
         started = time.perf_counter()
-        outbound, batch.classified, batch.rejected = self._process(batch.records)
+        outbound, batch.classified, batch.rejections = self._process(batch.records)
+        batch.rejected = sum(batch.rejections.values())
         backoff = 0.0
         timeout_s = self.settings.workers.produce_timeout_s
         while True:
@@ -313,7 +345,6 @@ class ClassifierLoop:
                 batch.delivered, batch.delivered_at = True, time.time()
                 break
             except FencedError as exc:
-                self._halted = True
                 self.stats.delivery_failures += 1
                 self.stats.last_error = str(exc)
                 log.warning("transaction fenced; the batch will be read again", error=str(exc))
@@ -331,6 +362,10 @@ class ClassifierLoop:
                 if self._abandon.wait(backoff):
                     break
         batch.busy_s = time.perf_counter() - started
+        if not batch.delivered:
+            # Fenced or given up: no later batch may be delivered (its transaction would commit
+            # offsets past this one) until the consumer thread has rewound to it.
+            self._halted = True
         batch.done.set()
 
     # -- one batch synchronously ----------------------------------------------------------------
@@ -349,7 +384,8 @@ class ClassifierLoop:
         self._run_batch(batch)
         return self._commit_finished()
 
-    def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], int, int]:
+    def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], int, dict[str, int]]:
+        """The batch's output and dead-letter records, the count classified, dead letters by class."""
         decoded = [decode_tweet(record) for record in records]
         valid = [i for i, d in enumerate(decoded) if isinstance(d, Tweet)]
         texts = [decoded[i].text for i in valid]  # type: ignore[union-attr]
@@ -362,9 +398,11 @@ class ClassifierLoop:
         now = datetime.now(timezone.utc).isoformat()
         out: list[OutboundRecord] = []
         classified = 0
+        rejections: dict[str, int] = {}
         for record, tweet, outcome in zip(records, decoded, outcomes, strict=True):
             if isinstance(outcome, Rejection):
-                out.append(_dead_letter(record, outcome, topics.dlq, now))
+                rejections[outcome.error_class] = rejections.get(outcome.error_class, 0) + 1
+                out.append(_dead_letter(record, outcome, topics.dlq, now, topics.dlq_max_record_bytes))
                 continue
             assert isinstance(tweet, Tweet)
             probs = outcome.tolist()  # type: ignore[union-attr]
@@ -385,7 +423,7 @@ class ClassifierLoop:
             )
             out.append(OutboundRecord(topics.output, record.key or tweet.id.encode(), value))
             classified += 1
-        return out, classified, len(records) - classified
+        return out, classified, rejections
 
     def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
         """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone."""
@@ -401,8 +439,10 @@ class ClassifierLoop:
             return self._classify_isolating(texts[:half]) + self._classify_isolating(texts[half:])
 
 
-def _dead_letter(record: RawRecord, rejection: Rejection, topic: str, now: str) -> OutboundRecord:
-    error_headers = [
+def _dead_letter(
+    record: RawRecord, rejection: Rejection, topic: str, now: str, max_bytes: int
+) -> OutboundRecord:
+    error_headers: Headers = [
         (DlqHeader.SOURCE_TOPIC.value, record.topic.encode()),
         (DlqHeader.SOURCE_PARTITION.value, str(record.partition).encode()),
         (DlqHeader.SOURCE_OFFSET.value, str(record.offset).encode()),
@@ -412,7 +452,47 @@ def _dead_letter(record: RawRecord, rejection: Rejection, topic: str, now: str) 
         (DlqHeader.FAILED_AT.value, now.encode()),
     ]
     # Original key, value and headers byte for byte; ours are appended after the originals.
-    return OutboundRecord(topic, record.key, record.value, [*record.headers, *error_headers])
+    copy = OutboundRecord(topic, record.key, record.value, [*record.headers, *error_headers])
+    return copy if record_bytes(copy) <= max_bytes else _cut_to_fit(record, error_headers, topic, max_bytes)
+
+
+#: Framing a record may take besides its bytes: the batch header (61 bytes) and the record's
+#: varints (at most 5 bytes each for length, attributes, timestamp and offset deltas, key and
+#: value lengths, header count); per header, two more length varints.
+_RECORD_FRAMING_BYTES = 100
+_HEADER_FRAMING_BYTES = 10
+
+
+def record_bytes(record: OutboundRecord) -> int:
+    """An upper bound on the bytes ``record`` takes in a produce request."""
+    headers = sum(
+        len(name.encode()) + len(value or b"") + _HEADER_FRAMING_BYTES for name, value in record.headers
+    )
+    return len(record.key or b"") + len(record.value or b"") + headers + _RECORD_FRAMING_BYTES
+
+
+def _cut_to_fit(record: RawRecord, error_headers: Headers, topic: str, max_bytes: int) -> OutboundRecord:
+    """The largest copy of ``record`` within ``max_bytes``: the value's first bytes, then without
+    the original headers, then the key's first bytes, with a header naming what was cut."""
+    key, value, headers = record.key, record.value, list(record.headers)
+    cut: list[str] = []
+    # Room for the TRUNCATED header itself (name, and up to three "part=size" entries).
+    budget = max_bytes - 120
+
+    def size() -> int:
+        return record_bytes(OutboundRecord(topic, key, value, [*headers, *error_headers]))
+
+    if value is not None and size() > budget:
+        cut.append(f"value={len(value)}")
+        value = value[: max(0, len(value) - (size() - budget))]
+    if headers and size() > budget:
+        cut.append(f"headers={sum(len(n.encode()) + len(v or b'') for n, v in headers)}")
+        headers = []
+    if key is not None and size() > budget:
+        cut.append(f"key={len(key)}")
+        key = key[: max(0, len(key) - (size() - budget))]
+    truncated = (DlqHeader.TRUNCATED.value, ",".join(cut).encode())
+    return OutboundRecord(topic, key, value, [*headers, *error_headers, truncated])
 
 
 def _next_offsets(records: Sequence[RawRecord]) -> dict[Partition, int]:

@@ -19,6 +19,10 @@ class RawRecord:
     value: bytes | None
     headers: Headers = field(default_factory=list)
     timestamp_ms: int = -1
+    #: Set when the consumer could not read the record at this offset at all (a corrupt batch, a
+    #: codec it lacks, a header key that is not UTF-8): what went wrong. Key, value and headers
+    #: are then unknown (None, None, []); the record is dead-lettered by its coordinates.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,13 +27,7 @@ BIG = 1_046_400
 BIG_HEADER = 2_000
 
 
-@pytest.mark.parametrize(
-    "delivery",
-    [
-        pytest.param(mode, marks=pytest.mark.xfail(strict=True, reason="issue 13: oversized DLQ copy"))
-        for mode in ("at-least-once", "exactly-once")
-    ],
-)
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_a_dead_letter_too_large_to_produce_is_truncated_and_says_so(broker, topic_names, delivery):
     names = topic_names()
     settings = pipeline_settings(broker, names, workers={"delivery": delivery, "poll_timeout_ms": 100})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions
 
@@ -177,7 +176,6 @@ def test_a_rejoin_for_new_partitions_finishes_even_when_every_poll_times_out_mid
     assert state == "<stable>"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the input consumer reads uncommitted data")
 def test_records_of_aborted_upstream_transactions_are_never_read(broker, topic_names):
     """An upstream transactional producer's aborted records must not be classified, and only
     ``read_committed`` makes a new owner's offset fetch wait for pending transactional offsets."""
@@ -209,7 +207,6 @@ def test_records_of_aborted_upstream_transactions_are_never_read(broker, topic_n
     assert values == [f"committed-{i}".encode() for i in range(5)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: partitions assigned while paused start unpaused")
 def test_partitions_assigned_while_paused_stay_paused_until_resumed(broker, topic_names):
     """The loop pauses every partition while its in-flight credit is spent; a partition that a
     rebalance hands over meanwhile must join the pause, or the credit is bypassed."""

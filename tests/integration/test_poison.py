@@ -36,25 +36,7 @@ CODECS = ("gzip", "snappy", "lz4", "zstd")
 LATENCY_BOUND_S = 60.0
 
 
-@pytest.mark.parametrize(
-    "delivery",
-    [
-        pytest.param(
-            "at-least-once",
-            marks=pytest.mark.xfail(
-                strict=True, reason="issue 13: lz4/snappy/zstd input crash-loops the actor (codec missing)"
-            ),
-        ),
-        pytest.param(
-            "exactly-once",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 13: a null-key tombstone's DLQ copy is refused inside the transaction; "
-                "later transactions commit past it",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_poison_catalogue_goes_to_the_dlq_once_byte_for_byte_and_valid_records_flow(
     broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):

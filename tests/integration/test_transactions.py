@@ -173,7 +173,6 @@ class _CommitAcknowledgedLate(KafkaTransactionalSink):
         super()._await(result, deadline, what)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: a commit that timed out is redone, not awaited")
 def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names):
     names = topic_names()
     settings = pipeline_settings(broker, names, workers={"delivery": "exactly-once"})

@@ -31,10 +31,7 @@ from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
 from workers.loop import ClassifierLoop
 from workers.testing import KeywordClassifier
 
-MODES = [
-    pytest.param(mode, marks=pytest.mark.xfail(strict=True, reason="issue 13: unreadable records crash-loop"))
-    for mode in ("at-least-once", "exactly-once")
-]
+MODES = ["at-least-once", "exactly-once"]
 GOOD = [b'{"id": "before", "text": "good"}', b'{"id": "after", "text": "bad"}']
 
 

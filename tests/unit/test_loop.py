@@ -8,7 +8,7 @@ import pytest
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
 from schemas.settings import Settings
-from workers.loop import ClassifierLoop
+from workers.loop import ClassifierLoop, record_bytes
 from workers.records import RawRecord
 from workers.testing import InMemorySink, InMemorySource, InMemoryTransactionalSink, KeywordClassifier
 
@@ -202,6 +202,38 @@ def test_token_credit_bounds_what_is_in_flight():
     assert loop.stats.pauses >= 1
 
 
+def test_byte_credit_bounds_what_is_in_flight_whatever_the_token_estimate():
+    # Values the loop rejects unread (not JSON) are cheap in tokens but not in memory.
+    records = [RawRecord("in", 0, i, b"k", b"\xff" * 300_000, []) for i in range(20)]
+    settings = _threaded_settings(
+        max_inflight_bytes=1024**2, max_batch_records=2, max_inflight_batches=64, max_inflight_tokens=10**6
+    )
+    loop, _, _ = _loop(records, KeywordClassifier(), settings)
+    loop.sink = _SlowSink(delay_s=0.02)
+    peak = 0
+    stop, thread = _run_in_thread(loop)
+    deadline = time.monotonic() + 10
+    while loop.stats.consumed < 20 and time.monotonic() < deadline:
+        peak = max(peak, loop.stats.inflight_bytes)
+        time.sleep(0.001)
+    stop.set()
+    thread.join(10)
+    assert loop.stats.consumed == 20
+    # Pauses once the credit is spent: at most one batch (2 x 300 kB) beyond it is ever polled.
+    assert 0 < peak <= 1024**2 + 2 * 300_002
+    assert loop.stats.pauses >= 1
+
+
+class _SlowSink(InMemorySink):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def deliver(self, records, timeout_s):
+        time.sleep(self.delay_s)
+        super().deliver(records, timeout_s)
+
+
 def test_revocation_waits_for_batches_in_flight_and_commits_them_before_partitions_move():
     gate = threading.Event()
     records = [_tweet(0, i, "x") for i in range(30)]
@@ -285,9 +317,6 @@ def test_a_fenced_batch_and_those_after_it_are_read_again_from_their_first_offse
     assert source.commits == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 13: later batches' transactions commit offsets past an undelivered batch"
-)
 def test_a_batch_that_fails_unexpectedly_stops_every_later_transaction_from_committing_past_it():
     records = [_tweet(0, i, "good") for i in range(30)]
     loop, source, sink = _exactly_once(records, max_inflight_batches=4)
@@ -308,3 +337,40 @@ def test_exactly_once_refuses_a_sink_without_transactions():
     with pytest.raises(TypeError, match="transactional sink"):
         ClassifierLoop(InMemorySource([]), InMemorySink(), KeywordClassifier(), settings)
 
+
+def test_a_dead_letter_over_the_size_limit_keeps_the_first_bytes_and_says_what_was_cut():
+    settings = Settings.load(
+        overrides={"topics": {"input": "in", "dlq": "dlq", "dlq_max_record_bytes": 20_000}}
+    )
+    big = RawRecord("in", 0, 0, b"key", b"{" + b"x" * 50_000, [("h", b"small")])
+    loop, _, sink = _loop([big], settings=settings)
+    loop.step()
+    (dead,) = sink.on("dlq")
+    assert record_bytes(dead) <= 20_000
+    assert big.value.startswith(dead.value) and len(dead.value) > 19_000
+    headers = dict(dead.headers)
+    assert headers[DlqHeader.TRUNCATED.value] == b"value=50001"
+    assert headers["h"] == b"small" and dead.key == b"key"
+
+
+def test_a_dead_letter_whose_headers_alone_are_too_large_leaves_them_out_and_says_so():
+    settings = Settings.load(
+        overrides={"topics": {"input": "in", "dlq": "dlq", "dlq_max_record_bytes": 20_000}}
+    )
+    big = RawRecord("in", 0, 0, b"key", b"not json", [("h", b"y" * 30_000)])
+    loop, _, sink = _loop([big], settings=settings)
+    loop.step()
+    (dead,) = sink.on("dlq")
+    assert record_bytes(dead) <= 20_000
+    headers = dict(dead.headers)
+    assert "h" not in headers and headers[DlqHeader.ERROR_CLASS.value] == b"InvalidJson"
+    assert headers[DlqHeader.TRUNCATED.value] == b"value=8,headers=30001"
+
+
+def test_a_dead_letter_within_the_limit_is_copied_byte_for_byte_without_a_truncation_header():
+    record = RawRecord("in", 0, 0, b"key", b"{" + b"x" * 5_000, [("h", b"small")])
+    loop, _, sink = _loop([record])
+    loop.step()
+    (dead,) = sink.on("dlq")
+    assert (dead.key, dead.value) == (record.key, record.value)
+    assert DlqHeader.TRUNCATED.value not in dict(dead.headers)
