@@ -3,6 +3,7 @@
 Each tick it observes (actor stats, group lag), acts (replace failed or dead actors) and reports
 a frozen ``DriverView``. It never blocks on an actor: health checks are outstanding Ray calls
 that are collected when they are ready, so one hung actor cannot stall the watch of the others.
+A dead actor's replacement takes its slot, after the slot's back-off (``pipelines/restarts.py``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from pipelines.autoscaling import (
     decide_actor_count,
 )
 from pipelines.kafka_admin import GroupLag, LagProbe, ensure_topics
+from pipelines.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
 from pipelines.watchdog import MemberActivity, Stall, StallWatch
 from schemas.settings import Settings
 
 log = structlog.get_logger("clstream.driver")
-
-#: Cap on the back-off between restarts of actors that keep failing at start.
-_MAX_RESTART_DELAY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,8 @@ class _Member:
     state: str = "pending"
     #: Last time its consumed count moved, or it began running (for the stall watchdog).
     progressed_at: float | None = None
+    #: When it was first seen running (its model loaded): how long it lived decides its slot's back-off.
+    running_since: float | None = None
 
 
 class Driver:
@@ -115,8 +116,14 @@ class Driver:
         self._own_ray = False
         self._probe: LagProbe | None = None
         self._last_consumed_by_member: dict[str, tuple[float, int]] = {}
-        self._due_spawns: list[float] = []
-        self._crash_streak = 0
+        #: Slots whose replacement waits out a back-off, and when it is due; reserved meanwhile.
+        self._due_spawns: dict[int, float] = {}
+        self._slot_history: dict[int, SlotHistory] = {}
+        # An actor that held its partitions for two session timeouts got past whatever killed its
+        # predecessor on joining (a dead member keeps its partitions until its session times out).
+        self._restart_config = RestartConfig(stable_after_s=2 * settings.workers.session_timeout_ms / 1000)
+        #: Actors replaced after they failed, died or stopped answering, by slot.
+        self.restarts_by_slot: dict[int, int] = {}
         self._retiring: dict[str, tuple[_Member, Any]] = {}
         self._busy_by_member: dict[str, tuple[float, int]] = {}
         self._scaling = ScalingState()
@@ -211,13 +218,14 @@ class Driver:
         for member in list(self.members.values()):
             self._observe(member, now)
         for member in list(self.members.values()):
-            if member.state == "running":
-                self._crash_streak = 0
+            if member.state == "running" and member.running_since is None:
+                member.running_since = now
             elif member.state in ("failed", "dead", "unresponsive", "stopped"):
                 self._replace(member, now)
-        for due in [t for t in self._due_spawns if t <= now]:
-            self._due_spawns.remove(due)
-            self._spawn()
+        for slot, due in sorted(self._due_spawns.items()):
+            if due <= now:
+                del self._due_spawns[slot]
+                self._spawn(slot)
         lag = self._measure_lag()
         self._collect_retired()
         self._watch_for_stalls(now, lag)
@@ -356,51 +364,63 @@ class Driver:
         member.last_answer_at = now
         member.state = stats["state"]
 
-    def _spawn(self) -> _Member:
+    def _spawn(self, slot: int | None = None) -> _Member:
+        """Start an actor in ``slot`` (a replacement's: its predecessor's), or in the lowest free one."""
+        if slot is None:
+            taken = {m.slot for m in self.members.values()} | {m.slot for m, _ in self._retiring.values()}
+            slot = next(i for i in itertools.count() if i not in taken and i not in self._due_spawns)
+        name = f"classifier-{next(self._names)}"
+        member = _Member(name=name, handle=self._launch(name, slot), spawned_at=self.clock(), slot=slot)
+        self.members[name] = member
+        return member
+
+    def _launch(self, name: str, slot: int) -> Any:
+        """Create the Ray actor and start it; returns its handle (the one place actors are created)."""
         import ray
 
         from workers.actor import ClassifierActor
 
-        name = f"classifier-{next(self._names)}"
-        taken = {m.slot for m in self.members.values()} | {m.slot for m, _ in self._retiring.values()}
-        slot = next(i for i in itertools.count() if i not in taken)
         workers = self.settings.workers
         options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
         if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
             options["num_gpus"] = workers.gpu_fraction
         handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name, slot)
         handle.start.remote()
-        member = _Member(name=name, handle=handle, spawned_at=self.clock(), slot=slot)
-        self.members[name] = member
         log.info(
-            "actor spawned", actor=name, resources={k: v for k, v in options.items() if k.startswith("num_")}
+            "actor spawned",
+            actor=name,
+            slot=slot,
+            resources={k: v for k, v in options.items() if k.startswith("num_")},
         )
-        return member
+        return handle
 
     def _replace(self, member: _Member, now: float) -> None:
-        import ray
-
-        # An actor that dies before it ever ran (bad settings, model won't load, broker unreachable)
-        # would die again at once: back off exponentially instead of crash-looping.
-        if member.last_answer_at is None or member.last.get("consumed", 0) == 0:
-            self._crash_streak += 1
-        delay = 0.0 if self._crash_streak <= 1 else min(_MAX_RESTART_DELAY_S, 2.0 ** (self._crash_streak - 1))
-        log.warning(
-            "replacing actor",
-            actor=member.name,
+        ended = ActorExit(
+            slot=member.slot,
+            at=now,
+            running_since=member.running_since,
             state=member.state,
             error=member.last.get("error"),
-            restart_in_s=delay,
         )
+        decision, self._slot_history[member.slot] = decide_restart(
+            ended, self._slot_history.get(member.slot, SlotHistory()), self._restart_config
+        )
+        log.warning("replacing actor", actor=member.name, **decision.to_log_fields())
         self._fold_retired(member.last)
+        del self.members[member.name]
+        self.restarts_by_slot[member.slot] = self.restarts_by_slot.get(member.slot, 0) + 1
+        self._kill(member)
+        self.dead_members.append(member.name)
+        self.replaced_total += 1
+        self._due_spawns[member.slot] = decision.restart_at
+
+    def _kill(self, member: _Member) -> None:
+        import ray
+
         try:
             ray.kill(member.handle, no_restart=True)
         except Exception as exc:  # noqa: BLE001 - it may already be gone
             log.debug("kill failed", actor=member.name, error=type(exc).__name__)
-        del self.members[member.name]
-        self.dead_members.append(member.name)
-        self.replaced_total += 1
-        self._due_spawns.append(now + delay)
 
     # -- scaling -----------------------------------------------------------------------------
 

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from pipelines.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
 
 RUNNING_FOR_S = 5.0  # how long a crash-looping actor runs before a poison record kills it
 STABLE_AFTER_S = 60.0
 
-pytestmark = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 10: one crash streak for the whole driver, reset whenever any actor runs",
-)
-
-
-def _config():
-    from pipelines.restarts import RestartConfig
-
-    return RestartConfig(stable_after_s=STABLE_AFTER_S, max_delay_s=60.0)
+CONFIG = RestartConfig(stable_after_s=STABLE_AFTER_S, max_delay_s=60.0)
 
 
 def _replay(exits):
     """Feed (slot, failed_at, running_since) exits, keeping each slot's history as the driver does.
     Returns [(slot, streak, delay_s)]."""
-    from pipelines.restarts import ActorExit, SlotHistory, decide_restart
-
     histories: dict[int, SlotHistory] = {}
     decisions = []
     for slot, at, running_since in exits:
-        exit = ActorExit(slot=slot, at=at, running_since=running_since, state="failed", error="ValueError")
-        decision, histories[slot] = decide_restart(exit, histories.get(slot, SlotHistory()), _config())
+        ended = ActorExit(slot=slot, at=at, running_since=running_since, state="failed", error="ValueError")
+        decision, histories[slot] = decide_restart(ended, histories.get(slot, SlotHistory()), CONFIG)
         decisions.append((decision.slot, decision.streak, decision.delay_s))
     return decisions
 
@@ -96,10 +85,8 @@ def test_an_actor_that_never_ran_counts_as_a_failure_of_its_slot():
 
 
 def test_the_decision_logs_slot_streak_delay_and_when_the_restart_is_due():
-    from pipelines.restarts import ActorExit, SlotHistory, decide_restart
-
-    exit = ActorExit(slot=3, at=100.0, running_since=95.0, state="failed", error="ValueError: poison")
-    decision, history = decide_restart(exit, SlotHistory(streak=2), _config())
+    ended = ActorExit(slot=3, at=100.0, running_since=95.0, state="failed", error="ValueError: poison")
+    decision, history = decide_restart(ended, SlotHistory(streak=2), CONFIG)
     assert history == SlotHistory(streak=3)
     assert decision.restart_at == 104.0
     assert decision.to_log_fields() == {
