@@ -32,6 +32,16 @@ from schemas.settings import Settings
 
 log = structlog.get_logger("clstream.driver")
 
+#: Counters the driver keeps for actors that are gone (``LoopStats`` fields; ints).
+_FOLDED_COUNTS = (
+    "consumed",
+    "classified",
+    "dead_lettered",
+    "delivery_failures",
+    "commit_failures",
+    "unreadable",
+)
+
 
 @dataclass(frozen=True)
 class ActorView:
@@ -84,6 +94,19 @@ class DriverView:
         }
 
 
+@dataclass(frozen=True)
+class CountedStats:
+    """The actors' counters at one instant: every actor is in exactly one of ``live`` (running or
+    retiring: its last stats) and the retired sums, so totals summed from both never go backwards."""
+
+    live: tuple[dict[str, Any], ...]
+    retired: dict[str, int]
+    retired_dead_letters_by_class: dict[str, int]
+    #: Latency histograms (``latency_counts``, ``latency_sum_s``) of actors that are gone.
+    retired_latency: tuple[dict[str, Any], ...]
+    restarts_by_slot: dict[int, int]
+
+
 @dataclass
 class _Member:
     name: str
@@ -131,7 +154,11 @@ class Driver:
         self.decisions: list[ScalingDecision] = []
         self.last_view: DriverView | None = None
         #: Counters of actors that are gone, so pipeline totals never go backwards.
-        self.retired_totals: dict[str, int] = {"consumed": 0, "classified": 0, "dead_lettered": 0}
+        self.retired_totals: dict[str, int] = dict.fromkeys(_FOLDED_COUNTS, 0)
+        self.retired_dead_letters_by_class: dict[str, int] = {}
+        # Held while an actor's counts move from the live ones into the retired totals, so a
+        # scrape (another thread) never sees them twice or not at all (``counted_stats``).
+        self._counts_lock = threading.Lock()
         #: Last stats of actors that are gone (their latency histograms stay in the totals).
         self.retired_latency: list[dict[str, Any]] = []
         self.metrics_port: int | None = None
@@ -406,9 +433,10 @@ class Driver:
             ended, self._slot_history.get(member.slot, SlotHistory()), self._restart_config
         )
         log.warning("replacing actor", actor=member.name, **decision.to_log_fields())
-        self._fold_retired(member.last)
-        del self.members[member.name]
-        self.restarts_by_slot[member.slot] = self.restarts_by_slot.get(member.slot, 0) + 1
+        with self._counts_lock:
+            self._fold_retired(member.last)
+            del self.members[member.name]
+            self.restarts_by_slot[member.slot] = self.restarts_by_slot.get(member.slot, 0) + 1
         self._kill(member)
         self.dead_members.append(member.name)
         self.replaced_total += 1
@@ -460,8 +488,9 @@ class Driver:
     def _retire(self, member: _Member) -> None:
         """Drain then stop one actor: it finishes and commits its batch and leaves the group."""
         ref = member.handle.drain.remote(self.settings.driver.drain_timeout_s)
-        del self.members[member.name]
-        self._retiring[member.name] = (member, ref)
+        with self._counts_lock:
+            del self.members[member.name]
+            self._retiring[member.name] = (member, ref)
         log.info("actor retiring", actor=member.name)
 
     def _collect_retired(self) -> None:
@@ -473,17 +502,36 @@ class Driver:
                 continue
             try:
                 final = ray.get(ref)
-                self._fold_retired(final)
                 log.info("actor retired", actor=name, consumed=final.get("consumed", 0), state=final["state"])
             except Exception as exc:  # noqa: BLE001 - it died while draining: its batch is uncommitted, re-read
-                self._fold_retired(member.last)
+                final = member.last
                 log.warning("actor died while retiring", actor=name, error=type(exc).__name__)
+            with self._counts_lock:
+                self._fold_retired(final)
+                del self._retiring[name]
             ray.kill(member.handle, no_restart=True)
-            del self._retiring[name]
+
+    def counted_stats(self) -> CountedStats:
+        """What the pipeline's counters are summed from, read at one instant. Safe from any thread."""
+        with self._counts_lock:
+            return CountedStats(
+                live=(
+                    *(m.last for m in self.members.values()),
+                    *(m.last for m, _ in self._retiring.values()),
+                ),
+                retired=dict(self.retired_totals),
+                retired_dead_letters_by_class=dict(self.retired_dead_letters_by_class),
+                retired_latency=tuple(self.retired_latency),
+                restarts_by_slot=dict(self.restarts_by_slot),
+            )
 
     def _fold_retired(self, stats: dict[str, Any]) -> None:
+        """Add a departed actor's counts to the retired totals (hold ``_counts_lock``)."""
         for key in self.retired_totals:
             self.retired_totals[key] += stats.get(key, 0)
+        for error_class, count in (stats.get("dead_letters_by_class") or {}).items():
+            by_class = self.retired_dead_letters_by_class
+            by_class[error_class] = by_class.get(error_class, 0) + count
         if stats.get("latency_counts"):
             self.retired_latency.append(
                 {"latency_counts": stats["latency_counts"], "latency_sum_s": stats.get("latency_sum_s", 0.0)}

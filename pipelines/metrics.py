@@ -3,8 +3,9 @@
 Nothing is pushed into metric objects as the pipeline runs: ``PipelineCollector.collect`` reads
 the driver's last ``DriverView`` and the actors' last stats (already fetched by the driver's
 tick) when Prometheus scrapes, so a scrape never calls an actor and never blocks the driver.
-Actor counters are cumulative per actor; retired actors' counts are folded into the totals so
-the ``*_total`` series never go backwards while the pipeline scales.
+Actor counters are cumulative per actor; the counts of actors that retired or died are folded
+into the driver's retired totals, and a scrape reads the live and the folded counts at one instant
+(``Driver.counted_stats``), so the ``*_total`` series never go backwards while actors come and go.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from prometheus_client.registry import Collector
 from workers.loop import LATENCY_BUCKETS_S
 
 if TYPE_CHECKING:
-    from pipelines.driver import Driver
+    from pipelines.driver import CountedStats, Driver
 
 _PREFIX = "clstream"
 
@@ -71,15 +72,39 @@ class PipelineCollector(Collector):
         stalls.add_metric([], len(driver.stalls))
         yield stalls
 
-        retired = driver.retired_totals
+        counted = driver.counted_stats()
         for key, name, doc in (
             ("consumed", "records_consumed", "Records consumed and committed"),
             ("classified", "records_produced", "Labeled records produced to the output topic"),
             ("dead_lettered", "records_dead_lettered", "Records produced to the dead-letter topic"),
+            (
+                "delivery_failures",
+                "delivery_failures",
+                "Batch delivery attempts that failed (retried, or the batch is read again)",
+            ),
+            (
+                "commit_failures",
+                "commit_failures",
+                "Offset commits that failed (the batches are committed later or read again)",
+            ),
+            (
+                "unreadable",
+                "unreadable_records",
+                "Records the consumer could not read (codec, checksum, header or size), moved past",
+            ),
         ):
             total = CounterMetricFamily(f"{_PREFIX}_{name}", doc)
-            total.add_metric([], retired.get(key, 0) + sum(stats.get(key, 0) for stats in actors.values()))
+            total.add_metric([], counted.retired.get(key, 0) + sum(s.get(key, 0) for s in counted.live))
             yield total
+        yield _dead_letters_by_class(counted)
+        restarts = CounterMetricFamily(
+            f"{_PREFIX}_actor_restarts",
+            "Actors replaced after they failed, died or stopped answering, by slot",
+            labels=["slot"],
+        )
+        for slot, count in sorted(counted.restarts_by_slot.items()):
+            restarts.add_metric([str(slot)], count)
+        yield restarts
 
         per_actor = (
             ("inflight_tokens", "inflight_tokens", "Estimated tokens polled but not yet committed", None),
@@ -119,12 +144,27 @@ class PipelineCollector(Collector):
                 batch_size.add_metric([actor], stats["consumed"] / stats["batches"])
         yield batch_size
 
-        yield _latency_histogram([*actors.values(), *driver.retired_latency])
+        yield _latency_histogram([*counted.live, *counted.retired_latency])
         yield GaugeMetricFamily(
             f"{_PREFIX}_driver_resident_bytes",
             "Resident memory of the driver process",
             value=psutil.Process().memory_info().rss,
         )
+
+
+def _dead_letters_by_class(counted: CountedStats) -> CounterMetricFamily:
+    by_class = dict(counted.retired_dead_letters_by_class)
+    for stats in counted.live:
+        for error_class, count in (stats.get("dead_letters_by_class") or {}).items():
+            by_class[error_class] = by_class.get(error_class, 0) + count
+    family = CounterMetricFamily(
+        f"{_PREFIX}_dead_letters",
+        "Records produced to the dead-letter topic, by error class",
+        labels=["error_class"],
+    )
+    for error_class, count in sorted(by_class.items()):
+        family.add_metric([error_class], count)
+    return family
 
 
 def _latency_histogram(stats: list[dict[str, Any]]) -> HistogramMetricFamily:

@@ -56,6 +56,7 @@ def test_a_crash_looping_slot_backs_off_while_another_slot_runs():
         (55.0, 0),
     ]
     assert driver.restarts_by_slot == {0: 5}
+    assert driver.counted_stats().restarts_by_slot == {0: 5}
     assert sorted(m.slot for m in driver.members.values()) == [0, 1]
 
 

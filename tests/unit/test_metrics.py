@@ -4,13 +4,15 @@ whose view is set by hand (no Ray, no broker)."""
 from __future__ import annotations
 
 import urllib.request
+from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from pipelines.autoscaling import ScalingDecision
 from pipelines.driver import ActorView, Driver, DriverView, _Member
 from pipelines.kafka_admin import GroupLag
-from pipelines.metrics import serve_metrics
+from pipelines.metrics import PipelineCollector, serve_metrics
 from pipelines.status import parse_metrics, render
 from pipelines.watchdog import Stall
 from schemas.settings import Settings
@@ -88,3 +90,85 @@ def test_status_renders_every_actor_and_partition():
     text = console.export_text()
     assert "classifier-0" in text and "1 running (desired 2)" in text
     assert "12.5/s" in text and "p50 <= 0.025s, p99 <= 10s" in text
+
+
+_FAILURE_SAMPLES = (
+    "clstream_delivery_failures_total",
+    "clstream_commit_failures_total",
+    "clstream_unreadable_records_total",
+    "clstream_dead_letters_total",
+    "clstream_records_dead_lettered_total",
+    "clstream_actor_restarts_total",
+)
+
+
+def _failure_samples(driver: Driver) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(driver))
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name in _FAILURE_SAMPLES
+    }
+
+
+class _DriverWithoutRay(Driver):
+    def _kill(self, member: _Member) -> None:
+        pass  # no actor behind the member
+
+
+def _actor(name: str, slot: int, **stats: Any) -> _Member:
+    member = _Member(name=name, handle=None, spawned_at=0.0, slot=slot, state="running")
+    member.last = {"state": "running", **stats}
+    return member
+
+
+def test_failure_counters_and_dead_letters_by_class_never_go_back_when_actors_are_replaced():
+    driver = _DriverWithoutRay(Settings.load(overrides={"metrics": {"port": 0}}))
+    first = _actor(
+        "classifier-0",
+        0,
+        dead_lettered=6,
+        delivery_failures=3,
+        commit_failures=1,
+        unreadable=2,
+        dead_letters_by_class={"InvalidJson": 4, "Unreadable": 2},
+    )
+    retiring = _actor("classifier-1", 1, dead_lettered=1, dead_letters_by_class={"SchemaError": 1})
+    driver.members[first.name] = first
+    driver._retiring[retiring.name] = (retiring, None)  # draining: its counts still count
+    before = _failure_samples(driver)
+    assert before == {
+        ("clstream_delivery_failures_total", ()): 3.0,
+        ("clstream_commit_failures_total", ()): 1.0,
+        ("clstream_unreadable_records_total", ()): 2.0,
+        ("clstream_records_dead_lettered_total", ()): 7.0,
+        ("clstream_dead_letters_total", (("error_class", "InvalidJson"),)): 4.0,
+        ("clstream_dead_letters_total", (("error_class", "SchemaError"),)): 1.0,
+        ("clstream_dead_letters_total", (("error_class", "Unreadable"),)): 2.0,
+    }
+
+    first.state = "failed"
+    driver._replace(first, now=10.0)
+    assert _failure_samples(driver) == {**before, ("clstream_actor_restarts_total", (("slot", "0"),)): 1.0}
+
+    # Its replacement counts from 0 again; the totals carry on from where they were.
+    second = _actor("classifier-2", 0, delivery_failures=1, dead_letters_by_class={"InvalidJson": 1})
+    driver.members[second.name] = second
+    after = _failure_samples(driver)
+    assert after[("clstream_delivery_failures_total", ())] == 4.0
+    assert after[("clstream_dead_letters_total", (("error_class", "InvalidJson"),))] == 5.0
+    assert after[("clstream_unreadable_records_total", ())] == 2.0
+
+
+def test_actors_without_per_class_or_unreadable_counts_export_zero_and_no_classes():
+    driver = Driver(Settings.load(overrides={"metrics": {"port": 0}}))
+    member = _actor("classifier-0", 0, dead_lettered=5, delivery_failures=2, commit_failures=0)
+    driver.members[member.name] = member
+    assert _failure_samples(driver) == {
+        ("clstream_delivery_failures_total", ()): 2.0,
+        ("clstream_commit_failures_total", ()): 0.0,
+        ("clstream_unreadable_records_total", ()): 0.0,
+        ("clstream_records_dead_lettered_total", ()): 5.0,
+    }
