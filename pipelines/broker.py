@@ -27,7 +27,8 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -431,6 +432,27 @@ class LocalCluster:
 
         return _ask(self.client_config(), ask)
 
+    # -- fault targets: the node that holds a role now, asked of a fresh client each time --------
+
+    def leader(self, topic: str, partition: int) -> int:
+        """The node that leads ``topic``'s ``partition``."""
+        with _admin(self.client_config()) as admin:
+            (described,) = admin.describe_topics([topic])
+        return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
+
+    def group_coordinator(self, group_id: str) -> int:
+        """The node that coordinates the consumer group: the one whose ListGroups lists it."""
+        with _admin(self.client_config()) as admin:
+            (node,) = [n for n in self.nodes if group_id in {g["group_id"] for g in admin.list_groups([n])}]
+        return node
+
+    def transaction_coordinator(self, transactional_id: str) -> int:
+        """The node that coordinates a transactional id a producer has initialised (FindCoordinator,
+        key type transaction)."""
+        with _admin(self.client_config()) as admin:
+            described = admin.describe_transactions([transactional_id])
+        return int(described[transactional_id].coordinator_id)
+
     def wipe(self) -> None:
         """Stop every node and delete the cluster's data."""
         self.stop()
@@ -477,21 +499,27 @@ def _with_properties(rendered: str, properties: tuple[tuple[str, str], ...]) -> 
 _T = TypeVar("_T")
 
 
+@contextmanager
+def _admin(config: dict[str, object]) -> Iterator[Any]:
+    """A fresh kafka-python admin client (so no cached coordinator or leader), closed after."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**config, request_timeout_ms=5000)  # type: ignore[arg-type]
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
 def _ask(config: dict[str, object], question: Callable[[Any], _T]) -> _T | None:
     """``question(admin)`` on a fresh admin client, or None when the brokers cannot answer now."""
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(**config, request_timeout_ms=5000)  # type: ignore[arg-type]
+        with _admin(config) as admin:
+            return question(admin)
     except (KafkaError, OSError):
         return None
-    try:
-        return question(admin)
-    except (KafkaError, OSError):
-        return None
-    finally:
-        admin.close()
 
 
 def _stop_all(brokers: list[LocalBroker], timeout_s: float) -> int:
