@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.errors import BrokerError
@@ -77,18 +76,26 @@ class _BootstrapSpy(logging.Handler):
 
 
 def ensure_topics(kafka: KafkaSettings, topics: dict[str, int], timeout_s: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet (name -> partitions). Returns the ones created."""
+    """Create the topics that do not exist yet (name -> partitions). Returns the ones created.
+
+    Their replication factor is the cluster's ``default.replication.factor`` (CreateTopics v4+,
+    KIP-464, brokers >= 2.4): on a replicated cluster ``acks=all`` then waits for every in-sync
+    copy, as its operator intends, where a factor of 1 would keep one copy whatever ``acks`` says.
+    """
     admin = admin_client(kafka)
     try:
         existing = set(admin.list_topics())
-        missing = [
-            NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing
-        ]
+        # No replication_factor: kafka-python sends -1, which asks for the broker's default.
+        missing = {
+            name: {"num_partitions": partitions}
+            for name, partitions in topics.items()
+            if name not in existing
+        }
         if missing:
             # Created concurrently by another driver is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
-        return [t.name for t in missing]
+        return list(missing)
     finally:
         admin.close()
 
