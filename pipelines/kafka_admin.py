@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
 
 from schemas.errors import BrokerError
 from schemas.settings import KafkaSettings
@@ -130,17 +131,19 @@ class LagProbe:
     def __init__(self, kafka: KafkaSettings, topic: str, group_id: str) -> None:
         self.topic = topic
         self.group_id = group_id
-        self._admin = admin_client(kafka)
+        self._kafka = kafka
+        self._admin: KafkaAdminClient | None = admin_client(kafka)
         self._offsets = KafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False)
 
     def measure(self) -> GroupLag:
+        """The lag now, or a ``KafkaError`` saying why not (the next call asks afresh)."""
         partitions = self._offsets.partitions_for_topic(self.topic) or set()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         if not tps:
             return GroupLag()
         end = self._offsets.end_offsets(tps)
         begin = self._offsets.beginning_offsets(tps)
-        committed = self._admin.list_group_offsets({self.group_id: tps}).get(self.group_id, {})
+        committed = self._committed(tps)
         return GroupLag(
             end={tp.partition: off for tp, off in end.items()},
             # No commit yet means the group starts at the log start (auto_offset_reset=earliest).
@@ -152,6 +155,20 @@ class LagProbe:
             },
         )
 
+    def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self._kafka.client_config())
+        try:
+            return self._admin.list_group_offsets({self.group_id: tps}).get(self.group_id, {})
+        except KafkaError:
+            # kafka-python 3.0.12's admin client looks a group's coordinator up once and never
+            # forgets it: after that broker dies, every call goes to it (NodeNotReadyError) or to
+            # a broker that no longer coordinates the group. A new client looks it up again.
+            self._admin.close()
+            self._admin = None
+            raise
+
     def close(self) -> None:
-        self._admin.close()
+        if self._admin is not None:
+            self._admin.close()
         self._offsets.close()
