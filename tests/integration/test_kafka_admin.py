@@ -1,15 +1,23 @@
-"""Topic creation against the real three-node cluster: what the driver creates is replicated as
-the cluster's operator configured it."""
+"""The driver's broker-side views against the real three-node cluster: the topics it creates are
+replicated as the cluster's operator configured them, and the group's lag is measured through
+the death of any one broker."""
 
 from __future__ import annotations
 
 import uuid
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from pipelines.broker import LocalCluster
-from pipelines.kafka_admin import ensure_topics
+from pipelines.kafka_admin import LagProbe, ensure_topics
 from schemas.settings import KafkaSettings
+from tests.integration.support import wait_until
+
+
+def _settings(cluster: LocalCluster) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=tuple(cluster.bootstrap.split(",")))
 
 
 def _replicas(cluster: LocalCluster, topic: str) -> list[int]:
@@ -22,10 +30,41 @@ def _replicas(cluster: LocalCluster, topic: str) -> list[int]:
 
 
 def test_created_topics_get_the_clusters_default_replication_factor(kafka_cluster: LocalCluster) -> None:
-    kafka = KafkaSettings(bootstrap_servers=tuple(kafka_cluster.bootstrap.split(",")))
+    kafka = _settings(kafka_cluster)
     topic = f"test-rf-{uuid.uuid4().hex[:10]}"
 
     assert ensure_topics(kafka, {topic: 2}) == [topic]
 
     # default.replication.factor=3 on every node of the test cluster.
     assert _replicas(kafka_cluster, topic) == [3, 3]
+
+
+def _committed_total(probe: LagProbe) -> int | None:
+    try:
+        return probe.measure().total_committed
+    except KafkaError:
+        return None
+
+
+def test_lag_is_measured_again_after_the_group_coordinator_dies(kafka_cluster: LocalCluster) -> None:
+    kafka = _settings(kafka_cluster)
+    suffix = uuid.uuid4().hex[:10]
+    topic, group = f"test-lag-{suffix}", f"test-lag-group-{suffix}"
+    ensure_topics(kafka, {topic: 2})
+    producer = KafkaProducer(**kafka.client_config())
+    for i in range(10):
+        producer.send(topic, value=b"x", partition=i % 2)
+    producer.close()
+    consumer = KafkaConsumer(**kafka.client_config(), group_id=group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(3, "", -1)})
+    consumer.close()
+    probe = LagProbe(kafka, topic, group)
+    coordinator = kafka_cluster.group_coordinator(group)
+    try:
+        assert probe.measure().by_partition == {0: 2, 1: 5}
+        kafka_cluster.kill(coordinator)
+        # The group moves once the controller fences the dead node (broker.session.timeout.ms, 9 s).
+        wait_until(lambda: _committed_total(probe) == 3, 60, f"a measure with node {coordinator} dead")
+    finally:
+        probe.close()
+        kafka_cluster.restart(coordinator)
