@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.errors import CommitError, DeliveryError, FencedError
+from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFencedError
 from schemas.records import Label
 from workers.kafka_io import Partition
 from workers.records import OutboundRecord, RawRecord
@@ -120,7 +120,9 @@ class InMemorySink:
 class InMemoryTransactionalSink:
     """A transactional sink: ``committed`` holds the (records, offsets) of each committed
     transaction; ``abort_next`` aborts that many (retriable), ``fence_next`` fences that many,
-    ``crash_next`` raises that many ``RuntimeError`` (a bug, not a Kafka error)."""
+    ``crash_next`` raises that many ``RuntimeError`` (a bug, not a Kafka error); after
+    ``zombie_after`` commits, a newer producer owns the transactional id (``ProducerFencedError``
+    on every later transaction)."""
 
     def __init__(self) -> None:
         self.committed: list[tuple[list[OutboundRecord], dict[Partition, int], str]] = []
@@ -128,6 +130,7 @@ class InMemoryTransactionalSink:
         self.abort_next = 0
         self.fence_next = 0
         self.crash_next = 0
+        self.zombie_after: int | None = None
         self.closed = False
 
     def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
@@ -140,6 +143,9 @@ class InMemoryTransactionalSink:
         group_metadata: object,
         timeout_s: float,
     ) -> None:
+        if self.zombie_after is not None and len(self.committed) >= self.zombie_after:
+            self.aborted += 1
+            raise ProducerFencedError("injected: a newer producer took this transactional id")
         if self.fence_next > 0:
             self.fence_next -= 1
             self.aborted += 1

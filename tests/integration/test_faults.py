@@ -625,3 +625,90 @@ def test_verifier_catches_a_loop_that_commits_before_producing(broker, topic_nam
         assert verdict.failures == [f"lost={verdict.lost}"]
     else:
         assert verdict.ok and verdict.lost == 0 and verdict.duplicates == 0
+
+
+# -- failures that are not a record's ----------------------------------------------------------
+
+
+def _device_runs_out_of_memory(actor: object) -> int:
+    """Run inside an actor (``__ray_call__``): its model now raises CUDA's out-of-memory error for
+    any batch of more than 8 texts, and after 30 calls for every batch, as a GPU whose memory
+    another process took would. Returns the actor's pid."""
+    import torch
+
+    loop = actor._loop  # type: ignore[attr-defined]
+    healthy = loop.classifier
+    calls = [0]
+
+    class OutOfMemory:
+        labels, model_id, pooling = healthy.labels, healthy.model_id, healthy.pooling
+
+        def classify(self, texts):
+            calls[0] += 1
+            if len(texts) > 8 or calls[0] > 30:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: {len(texts)} texts)")
+            return healthy.classify(texts)
+
+    loop.classifier = OutOfMemory()
+    return os.getpid()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 11: device errors dead-letter good records")
+@pytest.mark.parametrize("delivery", BOTH_MODES)
+def test_a_device_out_of_memory_dead_letters_no_good_record_and_its_actor_is_replaced(
+    broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    settings = _settings(broker, topic_names(), tiny_model, delivery=delivery)
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 30).start()
+    driver = Driver(settings)
+    driver.start(input_partitions=PARTITIONS)
+    try:
+        victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
+        ray.get(driver.members[victim].handle.__ray_call__.remote(_device_runs_out_of_memory), timeout=30)
+        wait_until(lambda: _noticed_dead(driver, victim), 120, "the failing actor to be replaced")
+        producer.join()
+        _drive_until_done(driver)
+    finally:
+        driver.drain()
+    verdict = _check(report, "device out of memory", settings, delivery, 1, started, BOUND[delivery], driver)
+    assert verdict.dlq_records == 0, "a device error dead-lettered good records"
+    assert sum(driver.restarts_by_slot.values()) == 1, driver.restarts_by_slot
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        "at-least-once",
+        pytest.param(
+            "exactly-once",
+            marks=pytest.mark.xfail(
+                strict=True, reason="issue 13 item 8: two drivers share transactional ids"
+            ),
+        ),
+    ],
+)
+def test_two_drivers_on_one_group_never_fence_each_others_producers(
+    broker, ray_cluster, topic_names, tiny_model, report, delivery
+):
+    # Half a CPU each: two drivers of two actors on the two CPUs of the test Ray.
+    settings = _settings(broker, topic_names(), tiny_model, delivery=delivery, cpus=0.5)
+    started = time.monotonic()
+    producer = NumberedProducer(settings, rate=RECORDS / 30).start()
+    drivers = [Driver(settings), Driver(settings)]
+    for driver in drivers:
+        driver.start(input_partitions=PARTITIONS)
+    stop = threading.Event()
+    second = threading.Thread(target=drivers[1].run, args=(stop,), daemon=True)
+    second.start()
+    try:
+        producer.join()
+        _drive_until_done(drivers[0])
+    finally:
+        stop.set()
+        second.join(30)
+        for driver in drivers:
+            driver.drain()
+    _check(report, "two drivers on one group", settings, delivery, 0, started, 0)
+    restarts = [dict(driver.restarts_by_slot) for driver in drivers]
+    assert restarts == [{}, {}], f"actors failed (fenced by the other driver's?): {restarts}"

@@ -16,7 +16,7 @@ from kafka.errors import KafkaTimeoutError
 
 from pipelines.kafka_admin import LagProbe, ensure_topics
 from pipelines.records_io import read_topic
-from schemas.errors import DeliveryError, FencedError
+from schemas.errors import DeliveryError, FencedError, ProducerFencedError
 from tests.integration.support import pipeline_settings, produce_tweets, wait_until
 from workers.checkpoints import load_classifier
 from workers.kafka_io import KafkaSource, KafkaTransactionalSink
@@ -197,3 +197,46 @@ def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names
     assert committed[0] == 5
     values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
     assert values == [b"the batch's output"], "the batch was committed twice"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 13 item 8: a fenced producer re-initializes and fences its replacement"
+)
+def test_a_producer_fenced_by_its_replacement_stops_and_never_fences_it_back(broker, topic_names):
+    """Two producers with one transactional id: the older (a zombie: an actor the driver already
+    replaced, or another driver's) must stop with ``ProducerFencedError`` and never re-initialize,
+    which would fence the live one in turn; nothing the zombie sends is ever committed."""
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"delivery": "exactly-once"})
+    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(10)], [], partitions=1)
+    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
+    source = KafkaSource(settings, "zombie-test")
+    transactional_id = f"{names['group_id']}-zombie"
+    zombie = KafkaTransactionalSink(settings, "zombie-old", transactional_id)
+    live: KafkaTransactionalSink | None = None
+    topic = names["input"]
+    probe = LagProbe(settings.kafka, topic, names["group_id"])
+
+    def out(text: str) -> list[OutboundRecord]:
+        return [OutboundRecord(names["output"], b"k", text.encode())]
+
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        metadata = source.group_metadata()
+        zombie.deliver_atomically(out("zombie before"), {(topic, 0): 2}, metadata, 30)
+        live = KafkaTransactionalSink(settings, "zombie-new", transactional_id)  # fences the zombie
+        with pytest.raises(ProducerFencedError):
+            zombie.deliver_atomically(out("zombie after"), {(topic, 0): 9}, metadata, 30)
+        with pytest.raises(ProducerFencedError):  # and it stays a zombie: no re-initialization
+            zombie.deliver_atomically(out("zombie again"), {(topic, 0): 9}, metadata, 30)
+        live.deliver_atomically(out("live"), {(topic, 0): 4}, metadata, 30)
+        committed = probe.measure().committed
+    finally:
+        probe.close()
+        source.close()
+        zombie.close()
+        if live is not None:
+            live.close()
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"zombie before", b"live"], "the zombie fenced the live producer, or committed"
+    assert committed == {0: 4}
