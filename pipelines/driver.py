@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -132,6 +133,8 @@ class Driver:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
+        #: In the actors' transactional ids: see ``DriverSettings.instance_id``.
+        self.instance_id = settings.driver.instance_id or secrets.token_hex(4)
         self.members: dict[str, _Member] = {}
         self.replaced_total = 0
         self.dead_members: list[str] = []
@@ -185,7 +188,12 @@ class Driver:
         if created:
             log.info("created topics", topics=created)
         self._probe = LagProbe(self.settings.kafka, topics.input, topics.group_id)
-        log.info("driver starting", settings=self.settings.to_log_fields(), cluster=_cluster_resources())
+        log.info(
+            "driver starting",
+            instance=self.instance_id,
+            settings=self.settings.to_log_fields(),
+            cluster=_cluster_resources(),
+        )
         metrics = self.settings.metrics
         if metrics.enabled:
             from pipelines.metrics import serve_metrics
@@ -411,7 +419,9 @@ class Driver:
         options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
         if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
             options["num_gpus"] = workers.gpu_fraction
-        handle: Any = ray.remote(ClassifierActor).options(**options).remote(self.settings, name, slot)
+        handle: Any = (
+            ray.remote(ClassifierActor).options(**options).remote(self.settings, name, slot, self.instance_id)
+        )
         handle.start.remote()
         log.info(
             "actor spawned",

@@ -152,6 +152,10 @@ class WorkerSettings(BaseModel):
     #: longer than the budget is encoded alone. Default chosen with `clstream bench` (README).
     #: On a GPU raise it (e.g. 16384) so each pass is large enough to amortise kernel launches.
     max_batch_tokens: int = Field(default=1024, ge=16, le=1_048_576)
+    #: Retries of a single record whose forward pass failed with a device error (out of memory,
+    #: a CUDA error) after the batch was split down to it; then the actor stops and is replaced,
+    #: its batch uncommitted. A device error never dead-letters a record.
+    device_retries: int = Field(default=2, ge=0, le=10)
     poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
     #: How long to wait for the output and DLQ records of a batch to be acknowledged.
     produce_timeout_s: float = Field(default=30.0, gt=0)
@@ -196,6 +200,13 @@ class DriverSettings(BaseModel):
     #: A partition with lag whose offset has not moved for this long while its owner sits idle
     #: (or nobody owns it) is stalled: the owner is replaced (``pipelines/watchdog.py``). None: off.
     stall_timeout_s: float | None = Field(default=60.0, gt=0)
+    #: This driver's name within the consumer group, in its actors' transactional ids (exactly-once).
+    #: Give a name that is stable across restarts of this driver and unique among the drivers of
+    #: one group (a StatefulSet pod's name): a restarted driver's actors then fence their killed
+    #: predecessors' open transactions at once. None: a random name per driver process, so drivers
+    #: never fence each other, and a killed driver's open transactions hold read_committed
+    #: readers back until ``workers.transaction_timeout_ms``.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     #: Ray cluster address; None starts a local Ray bound to 127.0.0.1.
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(default=None, ge=1)

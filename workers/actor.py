@@ -24,13 +24,22 @@ from workers.logs import configure_logging
 log = structlog.get_logger("clstream.actor")
 
 
+def transactional_id(group_id: str, instance: str, slot: int) -> str:
+    """One id per driver instance and actor slot: a dead actor's replacement (same slot) fences it
+    and settles its open transaction at once; two drivers on one group (different instances)
+    never share an id, so never fence each other's live producers."""
+    return f"{group_id}-{instance}-classifier-{slot}"
+
+
 class ClassifierActor:
-    def __init__(self, settings: Settings, name: str, slot: int = 0) -> None:
+    def __init__(self, settings: Settings, name: str, slot: int = 0, instance: str = "solo") -> None:
         configure_logging(settings.log.level, settings.log.format)
         self.settings = settings
         self.name = name
         #: Stable across replacements: a replacement reuses its predecessor's transactional id.
         self.slot = slot
+        #: The driver's instance name (``driver.instance_id``, or its random one).
+        self.instance = instance
         self.state = "starting"
         self.error: str | None = None
         self.device = "unknown"
@@ -126,9 +135,8 @@ class ClassifierActor:
         client_id = f"{self.settings.kafka.client_id}-{self.name}"
         sink: Any
         if self.settings.workers.delivery == "exactly-once":
-            # One id per slot and group: the replacement of a dead actor fences it at once.
-            transactional_id = f"{self.settings.topics.group_id}-classifier-{self.slot}"
-            sink = KafkaTransactionalSink(self.settings, client_id, transactional_id)
+            txn_id = transactional_id(self.settings.topics.group_id, self.instance, self.slot)
+            sink = KafkaTransactionalSink(self.settings, client_id, txn_id)
         else:
             sink = KafkaSink(self.settings, client_id=client_id)
         source = KafkaSource(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")

@@ -20,7 +20,7 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import MemberState
 
 from schemas.dlq import DlqHeader
-from schemas.errors import CommitError, DeliveryError, FencedError
+from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFencedError
 from schemas.settings import Settings
 from workers.records import OutboundRecord, RawRecord
 
@@ -549,6 +549,8 @@ class KafkaTransactionalSink:
         #: The commit request of a batch whose acknowledgement missed its deadline, and the
         #: batch's offsets (a retry of the same batch awaits it).
         self._pending_commit: tuple[Any, dict[Partition, int]] | None = None
+        #: A newer producer fenced this one (``ProducerFencedError``): it sends nothing more.
+        self._superseded = False
 
     def _new_producer(self) -> KafkaProducer:
         producer = _producer(
@@ -570,6 +572,10 @@ class KafkaTransactionalSink:
         group_metadata: Any,
         timeout_s: float,
     ) -> None:
+        if self._superseded:
+            raise ProducerFencedError(
+                f"transactional id {self._transactional_id!r} belongs to a newer producer: this one stopped"
+            )
         deadline = time.monotonic() + timeout_s
         if self._pending_commit is not None and self._settle_pending_commit(dict(next_offsets), deadline):
             return
@@ -627,8 +633,10 @@ class KafkaTransactionalSink:
         return offsets == next_offsets
 
     def _fail(self, exc: Exception, count: int, deadline: float) -> NoReturn:
-        """Abort the open transaction and raise ``FencedError`` or ``DeliveryError`` for ``exc``."""
+        """Abort the open transaction and raise ``FencedError`` or ``DeliveryError`` for ``exc``,
+        or ``ProducerFencedError`` if a newer producer has taken the transactional id."""
         message = f"transaction of {count} records not committed: {type(exc).__name__}: {exc}"
+        self._stop_if_superseded(message, exc)
         try:
             self._abort(deadline)
         except DeliveryError as abort_failed:
@@ -654,9 +662,27 @@ class KafkaTransactionalSink:
         self._replace_producer()
         raise DeliveryError(f"could not abort a transaction ({error}); the producer was replaced")
 
+    def _stop_if_superseded(self, message: str, exc: BaseException | None = None) -> None:
+        """Raise ``ProducerFencedError`` if a newer producer with this transactional id fenced
+        this one (kafka-python then holds ``ProducerFencedError`` as its fatal error, whatever
+        the call that ran into it raised). Such a producer is never re-initialized: that would
+        fence the live one in turn; the actor stops instead."""
+        manager = self._producer._transaction_manager
+        fenced = isinstance(exc, kafka_errors.ProducerFencedError) or (
+            manager.has_fatal_error() and isinstance(manager.last_error, kafka_errors.ProducerFencedError)
+        )
+        if fenced:
+            self._producer.close(timeout=0)
+            self._superseded = True
+            raise ProducerFencedError(
+                f"{message}; a newer producer took transactional id {self._transactional_id!r} "
+                "(this actor was replaced, or another driver uses the id): this actor stops"
+            ) from exc
+
     def _replace_producer(self) -> None:
         """init_transactions on the same transactional id fences the old producer and aborts
-        (or completes) whatever it left open."""
+        (or completes) whatever it left open. Never for a producer a newer one has fenced."""
+        self._stop_if_superseded("the producer was not replaced")
         try:
             self._producer.close(timeout=0)
         finally:

@@ -37,12 +37,12 @@ import orjson
 import structlog
 
 from schemas.dlq import DlqHeader
-from schemas.errors import CommitError, DeliveryError, FencedError
+from schemas.errors import CommitError, DeliveryError, DeviceError, FatalWorkerError, FencedError
 from schemas.records import SCHEMA_VERSION, Tweet
 from schemas.settings import Settings
 from workers.decode import Rejection, decode_tweet
 from workers.kafka_io import Partition, Sink, Source
-from workers.model import Classifier
+from workers.model import DEVICE_ERRORS, Classifier, release_device_memory
 from workers.records import Headers, OutboundRecord, RawRecord
 
 log = structlog.get_logger("clstream.loop")
@@ -147,6 +147,9 @@ class ClassifierLoop:
         # Set by the model thread when a batch is fenced: it skips every later batch until the
         # consumer thread has rewound, so no transaction commits offsets past an undelivered batch.
         self._halted = False
+        #: Set by the model thread when the actor cannot go on (``FatalWorkerError``): ``run``
+        #: stops polling, commits nothing past the failed batch and raises it.
+        self._fatal: FatalWorkerError | None = None
 
     # -- the threaded loop (consumer thread) ---------------------------------------------------
 
@@ -161,17 +164,20 @@ class ClassifierLoop:
         model_thread = threading.Thread(target=self._model_loop, name="clstream-model", daemon=True)
         model_thread.start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self._fatal is None:
                 self._poll_and_dispatch()
                 self._commit_finished()
                 self._apply_credit()
-            self._finish_inflight(timeout_s=drain_timeout_s)
+            if self._fatal is None:
+                self._finish_inflight(timeout_s=drain_timeout_s)
         finally:
             self._abandon.set()
             self._work.put(None)
             model_thread.join(timeout=drain_timeout_s)
             # Batches given up at the deadline: rewind to them, so the loop can be run again.
             self._commit_finished()
+        if self._fatal is not None:
+            raise self._fatal
 
     def _poll_and_dispatch(self) -> None:
         workers = self.settings.workers
@@ -316,6 +322,13 @@ class ClassifierLoop:
             try:
                 self._run_batch(batch)
                 failures = 0
+            except FatalWorkerError as exc:
+                # Every later batch is skipped; the consumer thread stops and ``run`` raises it.
+                self._fatal = exc
+                self._halted = True
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("the actor must stop", error=self.stats.last_error)
+                batch.done.set()
             except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("batch failed unexpectedly; it will be read again", error=self.stats.last_error)
@@ -327,7 +340,8 @@ class ClassifierLoop:
 
     def _run_batch(self, batch: _Batch) -> None:
         """Classify and deliver one batch, retrying delivery until it succeeds or is abandoned."""
-        if self._halted or batch.epoch != self._epoch:  # dropped by a rewind: it will be polled again
+        if self._halted or self._fatal is not None or batch.epoch != self._epoch:
+            # Dropped by a rewind (it will be polled again), or the actor is stopping.
             batch.done.set()
             return
         started = time.perf_counter()
@@ -426,17 +440,46 @@ class ClassifierLoop:
         return out, classified, rejections
 
     def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
-        """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone."""
+        """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone.
+
+        A device error (``DEVICE_ERRORS``) is not the records' fault: a smaller batch may fit, so
+        it splits too, but a single record that still fails is retried, and then ``DeviceError``
+        stops the actor; no record is dead-lettered for it."""
         if not texts:
             return []
         try:
             return list(self.classifier.classify(texts))
         except Exception as exc:  # noqa: BLE001 - any model failure is isolated, never fatal
             if len(texts) == 1:
-                reason = f"the model failed on this record: {type(exc).__name__}: {str(exc)[:200]}"
-                return [Rejection("ClassificationFailed", reason, stage="classify")]
+                if isinstance(exc, DEVICE_ERRORS):
+                    return self._retry_on_device(texts, exc)
+                return [_model_rejection(exc)]
             half = len(texts) // 2
             return self._classify_isolating(texts[:half]) + self._classify_isolating(texts[half:])
+
+    def _retry_on_device(self, texts: list[str], error: Exception) -> list[np.ndarray | Rejection | Tweet]:
+        """Retry one record after a device error, with a backoff; ``DeviceError`` if it persists."""
+        retries = self.settings.workers.device_retries
+        for attempt in range(retries):
+            release_device_memory()
+            if self._abandon.wait(min(_MAX_BACKOFF_S, 0.5 * 2**attempt)):
+                break
+            try:
+                return list(self.classifier.classify(texts))
+            except Exception as exc:  # noqa: BLE001 - sorted below: device or record
+                if not isinstance(exc, DEVICE_ERRORS):
+                    return [_model_rejection(exc)]
+                error = exc
+        raise DeviceError(
+            f"the model's device failed on a single record after {retries} retries "
+            f"({type(error).__name__}: {str(error)[:200]}); the actor stops and its batch stays "
+            "uncommitted"
+        ) from error
+
+
+def _model_rejection(exc: Exception) -> Rejection:
+    reason = f"the model failed on this record: {type(exc).__name__}: {str(exc)[:200]}"
+    return Rejection("ClassificationFailed", reason, stage="classify")
 
 
 def _dead_letter(

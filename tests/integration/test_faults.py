@@ -251,6 +251,8 @@ _RUN_ENV = {
     "CLSTREAM_WORKERS__MAX_BATCH_RECORDS": str(BATCH),
     "CLSTREAM_DRIVER__WATCH_INTERVAL_S": "0.5",
     "CLSTREAM_WORKERS__TRANSACTION_TIMEOUT_MS": "20000",
+    # One name across restarts: a restarted driver's actors fence the killed ones' transactions.
+    "CLSTREAM_DRIVER__INSTANCE_ID": "fault-driver",
     "CLSTREAM_LOG__FORMAT": "json",
 }
 
@@ -653,7 +655,6 @@ def _device_runs_out_of_memory(actor: object) -> int:
     return os.getpid()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 11: device errors dead-letter good records")
 @pytest.mark.parametrize("delivery", BOTH_MODES)
 def test_a_device_out_of_memory_dead_letters_no_good_record_and_its_actor_is_replaced(
     broker, ray_cluster, topic_names, tiny_model, report, delivery
@@ -676,18 +677,7 @@ def test_a_device_out_of_memory_dead_letters_no_good_record_and_its_actor_is_rep
     assert sum(driver.restarts_by_slot.values()) == 1, driver.restarts_by_slot
 
 
-@pytest.mark.parametrize(
-    "delivery",
-    [
-        "at-least-once",
-        pytest.param(
-            "exactly-once",
-            marks=pytest.mark.xfail(
-                strict=True, reason="issue 13 item 8: two drivers share transactional ids"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("delivery", BOTH_MODES)
 def test_two_drivers_on_one_group_never_fence_each_others_producers(
     broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):

@@ -30,6 +30,7 @@ from tests.integration.support import pipeline_settings, wait_until
 from tests.integration.test_faults import _wait_for_no_open_transactions
 from tests.integration.test_pipeline import _drive_until_done
 from tests.integration.test_transactions import _kcat_values
+from workers.actor import transactional_id
 
 PARTITIONS = 3
 ACTORS = 2
@@ -73,10 +74,13 @@ class _NumberedProducer:
 
 
 def _transaction_coordinator(cluster: LocalCluster, driver: Driver) -> int:
-    """The node that coordinates most of the running actors' transactional ids (one per slot, as
-    ``workers/actor.py`` names them)."""
+    """The node that coordinates most of the running actors' transactional ids (one per slot)."""
     group_id = driver.settings.topics.group_id
-    ids = [f"{group_id}-classifier-{m.slot}" for m in driver.members.values() if m.state == "running"]
+    ids = [
+        transactional_id(group_id, driver.instance_id, m.slot)
+        for m in driver.members.values()
+        if m.state == "running"
+    ]
     return Counter(cluster.transaction_coordinator(i) for i in ids).most_common(1)[0][0]
 
 

@@ -199,9 +199,6 @@ def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names
     assert values == [b"the batch's output"], "the batch was committed twice"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 13 item 8: a fenced producer re-initializes and fences its replacement"
-)
 def test_a_producer_fenced_by_its_replacement_stops_and_never_fences_it_back(broker, topic_names):
     """Two producers with one transactional id: the older (a zombie: an actor the driver already
     replaced, or another driver's) must stop with ``ProducerFencedError`` and never re-initialize,

@@ -91,7 +91,6 @@ def test_an_out_of_memory_batch_is_split_and_no_good_record_is_dead_lettered(del
     assert _committed(source, sink) == {("in", 0): 16}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 11: a device error on one record dead-letters it")
 @pytest.mark.parametrize("delivery", MODES)
 def test_a_device_that_fails_even_on_one_record_stops_the_loop_with_nothing_dead_lettered(delivery):
     classifier = OutOfMemoryAbove(limit=0)
@@ -104,7 +103,6 @@ def test_a_device_that_fails_even_on_one_record_stops_the_loop_with_nothing_dead
     assert _committed(source, sink) == {}, "offsets committed past records never classified"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 8: a zombie producer is retried, never stopped")
 def test_a_producer_fenced_by_a_newer_one_stops_the_loop_and_commits_nothing_more():
     loop, source, sink = _loop("exactly-once", [_tweet(i) for i in range(48)], KeywordClassifier())
     sink.zombie_after = 1  # the first transaction commits; then a newer producer takes the id
