@@ -59,9 +59,9 @@ BATCH = 200
 #: Duplicates one hard crash may cause in at-least-once mode: each actor's batches in flight
 #: (polled, maybe delivered, not yet committed), which the backpressure credit caps.
 IN_FLIGHT_BOUND = BATCH * ACTORS * WorkerSettings().max_inflight_batches
-#: Modes under test for every fault; the hard crashes of actors and drivers run in both.
-DELIVERY = ["at-least-once"]
+#: Every fault runs in both delivery modes.
 BOTH_MODES = ["at-least-once", "exactly-once"]
+DELIVERY = BOTH_MODES
 BOUND = {"at-least-once": IN_FLIGHT_BOUND, "exactly-once": 0}
 
 
@@ -349,11 +349,11 @@ def test_sigterm_under_load_drains_cleanly_and_restart_duplicates_nothing(
     broker, topic_names, tiny_model, report, delivery, tmp_path
 ):
     names = topic_names()
-    settings = _settings(broker, names, tiny_model)
+    settings = _settings(broker, names, tiny_model, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 30).start()
     probe = LagProbe(settings.kafka, names["input"], names["group_id"])
-    cmd = _run_cmd(broker, names, tiny_model)
+    cmd = _run_cmd(broker, names, tiny_model, delivery)
     try:
         process = _start_driver(cmd, tmp_path / "run.log")
         try:
@@ -384,7 +384,7 @@ def test_members_joining_and_leaving_repeatedly_lose_nothing(
     broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
     # Half a CPU each: up to four members on the two CPUs of the test Ray.
-    settings = _settings(broker, topic_names(), tiny_model, count=1, cpus=0.5)
+    settings = _settings(broker, topic_names(), tiny_model, count=1, cpus=0.5, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 40).start()
     driver = Driver(settings)
@@ -411,8 +411,9 @@ def test_members_joining_and_leaving_repeatedly_lose_nothing(
     finally:
         driver.drain()
     # Joins and drained leaves are clean; a member whose commit a rebalance refused may re-deliver
-    # its last batch, so allow one batch per change rather than 0.
-    _check(report, "join/leave x" + str(changes), settings, delivery, changes, started, changes * BATCH)
+    # its last batch, so allow one batch per change rather than 0 (exactly-once: 0).
+    bound = changes * BATCH if delivery == "at-least-once" else 0
+    _check(report, "join/leave x" + str(changes), settings, delivery, changes, started, bound)
 
 
 # -- broker -------------------------------------------------------------------------------------
@@ -432,7 +433,7 @@ def own_broker() -> Iterator[LocalBroker]:
 def test_broker_sigkilled_and_restarted_loses_nothing(
     own_broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
-    settings = _settings(own_broker.bootstrap, topic_names(), tiny_model)
+    settings = _settings(own_broker.bootstrap, topic_names(), tiny_model, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings)
     producer.start().join()
@@ -453,7 +454,7 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
 def test_broker_paused_past_the_session_timeout_loses_nothing(
     own_broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
-    settings = _settings(own_broker.bootstrap, topic_names(), tiny_model)
+    settings = _settings(own_broker.bootstrap, topic_names(), tiny_model, delivery=delivery)
     started = time.monotonic()
     NumberedProducer(settings).start().join()
     driver = Driver(settings)
@@ -517,7 +518,7 @@ WEDGE_CASES = [
 def test_a_wedged_member_is_replaced_by_the_stall_watchdog(
     broker, ray_cluster, topic_names, tiny_model, report, fault, delivery
 ):
-    settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8})
+    settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8}, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 30).start()
     driver = Driver(settings)
