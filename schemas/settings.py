@@ -182,10 +182,28 @@ class WorkerSettings(BaseModel):
     #: owner's pending transactional offsets have settled (KIP-447), so it cannot start from a
     #: stale offset. read_uncommitted only for producers known not to use transactions.
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    #: Largest size, in bytes, one input record batch may decompress to. A batch that would
+    #: decompress to more (a decompression bomb: 260 KB of gzip holds 256 MiB of zeros, well
+    #: under the broker's message size limit) is not read: decompression stops at this size and
+    #: the batch's offsets are dead-lettered as ``Unreadable`` by their coordinates. 64 MiB: 64
+    #: times the broker's default ``max.message.bytes``, more than text compresses by, yet small
+    #: against an actor's memory. Between 1 MiB (less refuses ordinary batches) and 1 GiB.
+    max_decompressed_batch_bytes: int = 64 * 1024**2
     #: How long the broker keeps a transaction of a vanished producer open (exactly-once only).
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
     session_timeout_ms: int = Field(default=30_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+
+    @field_validator("max_decompressed_batch_bytes")
+    @classmethod
+    def _decompression_bound(cls, value: int) -> int:
+        if not 1024**2 <= value <= 1024**3:
+            raise ValueError(
+                f"max_decompressed_batch_bytes must be between 1 MiB (1048576) and 1 GiB (1073741824), "
+                f"got {value}: below 1 MiB ordinary compressed batches would be refused, above 1 GiB "
+                "one batch could take an actor's memory"
+            )
+        return value
 
 
 class DriverSettings(BaseModel):

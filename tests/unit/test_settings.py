@@ -32,6 +32,7 @@ def test_bootstrap_servers_accept_a_comma_separated_string():
         ({"kafka": {"security_protocol": "SASL_SSL"}}, "needs sasl_mechanism, sasl_username, sasl_password"),
         ({"model": {"encoder": "/does/not/exist"}}, "is not a directory"),
         ({"workers": {"bogus": 1}}, "Extra inputs are not permitted"),
+        ({"workers": {"max_decompressed_batch_bytes": 1000}}, "between 1 MiB .* and 1 GiB"),
     ],
 )
 def test_invalid_settings_say_what_is_wrong(overrides, message):
