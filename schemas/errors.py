@@ -7,6 +7,7 @@ ClstreamError
 ├── DeliveryError           output/DLQ records were not acknowledged; the batch is not committed
 │   └── FencedError             a transaction refused: this member's group generation is stale
 ├── CommitError             offsets not committed (``retriable`` while the group rebalances)
+├── DecompressionBombError  an input batch would decompress past workers.max_decompressed_batch_bytes
 ├── ActorFailedError        a classifier actor stopped with an error (the driver replaces it)
 └── FatalWorkerError        this actor cannot go on safely; it stops and the driver replaces it
     ├── ProducerFencedError     a newer producer owns this transactional id: this one is a zombie
@@ -45,6 +46,30 @@ class CommitError(ClstreamError):
     def __init__(self, message: str, retriable: bool) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class DecompressionBombError(ClstreamError):
+    """An input record batch would decompress to more than ``max_bytes``
+    (``workers.max_decompressed_batch_bytes``); decompressing stopped there, before any record.
+
+    ``first_offset`` and ``last_offset``: the batch's offsets, where its format says (message
+    format v2 says both; v0 and v1 only the last; None from a codec, which knows no offsets)."""
+
+    def __init__(
+        self, max_bytes: int, first_offset: int | None = None, last_offset: int | None = None
+    ) -> None:
+        if first_offset is not None and last_offset is not None:
+            batch = f"the record batch at offsets {first_offset}-{last_offset}"
+        elif last_offset is not None:
+            batch = f"the record batch ending at offset {last_offset}"
+        else:
+            batch = "a record batch"
+        super().__init__(
+            f"{batch} decompresses to more than workers.max_decompressed_batch_bytes={max_bytes}; "
+            "it was not read, so no dead letter holds its bytes: raise the setting if batches "
+            "this large are expected"
+        )
+        self.max_bytes, self.first_offset, self.last_offset = max_bytes, first_offset, last_offset
 
 
 class ActorFailedError(ClstreamError):
