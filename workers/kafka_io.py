@@ -20,8 +20,15 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import MemberState
 
 from schemas.dlq import DlqHeader
-from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFencedError
+from schemas.errors import (
+    CommitError,
+    DecompressionBombError,
+    DeliveryError,
+    FencedError,
+    ProducerFencedError,
+)
 from schemas.settings import Settings
+from workers.kafka_compat import bound_decompression
 from workers.records import OutboundRecord, RawRecord
 
 Partition = tuple[str, int]
@@ -121,6 +128,9 @@ class KafkaSource:
             value_deserializer=None,
         )
         OwnedPartitionsCooperativeStickyAssignor.attach(self._consumer)
+        # A batch is decompressed whole before its first record is read: bound it, or one small
+        # batch of zeros takes the actor's memory (a decompression bomb: skipped as unreadable).
+        bound_decompression(self._consumer, settings.workers.max_decompressed_batch_bytes)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         if not self._subscribed:
@@ -142,16 +152,17 @@ class KafkaSource:
         try:
             fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except Exception as exc:
-            unreadable = _skip_unreadable(self._consumer, exc)
-            if unreadable is None:
+            unreadable = _skip_unreadable(self._consumer, exc, max_records)
+            if not unreadable:
                 raise
             log.warning(
-                "skipped a record the consumer cannot read",
-                partition=unreadable.partition,
-                offset=unreadable.offset,
-                error=unreadable.unreadable,
+                "skipped records the consumer cannot read",
+                partition=unreadable[0].partition,
+                offset=unreadable[0].offset,
+                records=len(unreadable),
+                error=unreadable[0].unreadable,
             )
-            return [unreadable]
+            return unreadable
         if self.assigned is not None or self._consumer.group_metadata().generation_id > 0:
             self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
         return [
@@ -305,43 +316,50 @@ def _finish_interrupted_join(consumer: KafkaConsumer) -> None:
         coordinator.request_rejoin()
 
 
-def _skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> RawRecord | None:
+def _skip_unreadable(consumer: KafkaConsumer, exc: Exception, max_records: int) -> list[RawRecord]:
     """After ``poll`` raised ``exc``: if it was raised reading a partition's records (a corrupt
-    batch, a codec kafka-python lacks, a header key that is not UTF-8), move that partition one
-    offset past the record and return a stand-in naming the record's coordinates and the error.
-    None when the error was not about a record (the caller re-raises it).
+    batch, a codec kafka-python lacks, a header key that is not UTF-8, a decompression bomb),
+    move that partition past the record and return stand-ins naming each skipped offset's
+    coordinates and the error. Empty when the error was not about a record (the caller re-raises
+    it).
 
     kafka-python 3.0.12 raises such errors from ``poll`` and leaves the partition's position on
     the record, so every later poll raises again: the member spins and the partition stalls.
     The records being read when it raised are the fetcher's in-line partition records; every
     record before the bad one was returned, so the partition's position is the bad record's
     offset. A corrupt batch is skipped one offset at a time (its offsets cannot be trusted),
-    each offset dead-lettered on its own.
+    each offset dead-lettered on its own. A decompression bomb is skipped batch by batch:
+    ``DecompressionBombError`` carries the batch's offsets, read from its header (never
+    decompressed), and up to ``max_records`` of them are skipped at once (the next poll meets
+    the rest of the batch, and stops decompressing it at the same limit again).
     """
     fetcher = consumer._fetcher
     in_line = fetcher._next_partition_records
     if in_line is None:
-        return None
+        return []
     tp = in_line.topic_partition
     subscription = consumer._subscription
     if not subscription.is_assigned(tp):
-        return None
+        return []
     position = subscription.position(tp)
     if position is None:
-        return None
-    offset = position.offset
+        return []
+    first = last = position.offset
+    if isinstance(exc, DecompressionBombError) and exc.last_offset is not None and exc.last_offset >= first:
+        # Offsets before the batch's first (control records, compacted gaps) hold no record.
+        first = max(first, exc.first_offset if exc.first_offset is not None else first)
+        last = min(exc.last_offset, first + max_records - 1)
     in_line.drain()
     fetcher._next_partition_records = None
     fetcher._next_in_line_exception_metadata = None
-    consumer.seek(tp, offset + 1)
-    return RawRecord(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        key=None,
-        value=None,
-        unreadable=f"{type(exc).__name__}: {str(exc)[:300]}",
-    )
+    consumer.seek(tp, last + 1)
+    error = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return [
+        RawRecord(
+            topic=tp.topic, partition=tp.partition, offset=offset, key=None, value=None, unreadable=error
+        )
+        for offset in range(first, last + 1)
+    ]
 
 
 def _task_state(task: Any) -> str | None:

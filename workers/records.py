@@ -20,7 +20,8 @@ class RawRecord:
     headers: Headers = field(default_factory=list)
     timestamp_ms: int = -1
     #: Set when the consumer could not read the record at this offset at all (a corrupt batch, a
-    #: codec it lacks, a header key that is not UTF-8): what went wrong. Key, value and headers
+    #: codec it lacks, a header key that is not UTF-8, a batch that would decompress past
+    #: ``workers.max_decompressed_batch_bytes``): what went wrong. Key, value and headers
     #: are then unknown (None, None, []); the record is dead-lettered by its coordinates.
     unreadable: str | None = None
 
