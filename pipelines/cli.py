@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import bench, dlq_replay, evaluate, finetune, status, train_head, verify
+from pipelines import bench, dlq_replay, evaluate, finetune, soak, status, train_head, verify
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 from workers.logs import configure_logging
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(sub)
     verify.register(sub)
     dlq_replay.register(sub)
+    soak.register(sub)
     return parser
 
 

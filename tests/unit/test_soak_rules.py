@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
+from pipelines.cli import build_parser, settings_from_args
 from pipelines.soak_rules import (
     Candidate,
     ClientTimeout,
@@ -254,3 +255,9 @@ def test_the_reports_render_from_their_json_summaries():
     )
     assert "**FAIL** | classifier-1 failed: CommitError |" in sweep
 
+
+def test_soak_flags_leave_the_pipeline_settings_alone():
+    args = build_parser().parse_args(["soak", "--delivery", "both", "--workers", "3"])
+    assert args.soak_delivery == "both"
+    settings = settings_from_args(args)
+    assert (settings.workers.count, settings.workers.delivery) == (3, "at-least-once")
