@@ -150,12 +150,10 @@ class SteadyLoad:
         )
 
     def _kill(self, now: float) -> None:
-        members = list(self.driver.members.values())
         victim = pick_victim(
-            Candidate(m.name, m.slot, m.state == "running" and m.last.get("pid") not in self._killed,
-                      int(m.last.get("consumed", 0)))
-            for m in members
-        )  # fmt: skip
+            Candidate(m.name, m.slot, self._killable(m), int(m.last.get("consumed", 0)))
+            for m in self.driver.members.values()
+        )
         if victim is None:
             return  # none running yet (a replacement still loading): the next tick tries again
         member = self.driver.members[victim]
@@ -168,12 +166,19 @@ class SteadyLoad:
         self.record.kills.append(Kill(now, victim, member.slot, pid))
         self.console.print(f"{_clock(now)}  SIGKILL {victim} (slot {member.slot}, pid {pid})")
 
+    def _killable(self, member: Any) -> bool:
+        # A killed actor stays a member, running, until the driver's next observation of it.
+        return member.state == "running" and member.last.get("pid") not in self._killed
+
     def _progress(self, now: float, view: Any) -> None:
         latest: dict[str, int] = {}
         for sample in self.record.rss:
             latest[sample.series] = sample.rss_bytes  # samples are in time order: the last wins
-        actors = ", ".join(f"{s.removeprefix('actor ')} {v / 1024**2:.0f}" for s, v in sorted(latest.items())
-                           if s != "driver")  # fmt: skip
+        actors = ", ".join(
+            f"{name.removeprefix('actor ')} {rss / 1024**2:.0f}"
+            for name, rss in sorted(latest.items())
+            if name != "driver"
+        )
         self.console.print(
             f"{_clock(now)}  produced {self.pipeline.load.sent:,}  committed {view.lag.total_committed:,}  "
             f"lag {view.lag.total:,}  kills {len(self.record.kills)}/{self.planned}  "
@@ -262,8 +267,10 @@ def _summary(
     duration_s = args.minutes * 60
     windows = flatness_windows(duration_s)
     series = sorted({s.series for s in record.rss}, key=lambda s: (s != "driver", s))
-    memory = [memory_flat(name, ((s.at_s, s.rss_bytes) for s in record.rss if s.series == name), windows)
-              for name in series]  # fmt: skip
+    memory = [
+        memory_flat(name, ((s.at_s, s.rss_bytes) for s in record.rss if s.series == name), windows)
+        for name in series
+    ]
     planned = kills_planned(duration_s, args.kill_every_s)
     bound = duplicate_bound(delivery, settings.workers, members_hit=len(record.kills))
     counts = reader_counts(*readers) if readers is not None else []

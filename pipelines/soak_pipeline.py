@@ -24,7 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 from pipelines.driver import Driver, DriverView
 from pipelines.kafka_admin import admin_client, ensure_topics
 from pipelines.soak_load import NumberedLoad, kcat_count
-from pipelines.soak_rules import CopyCount, ReaderCount
+from pipelines.soak_rules import CopyCount, Delivery, ReaderCount
 from pipelines.verify import VerifyReport, verify_topics
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
@@ -140,15 +140,19 @@ class LoadedPipeline:
             self._drained = True
             self.driver.drain()
 
-    def readers(self, delivery: str) -> tuple[VerifyReport, CopyCount]:
+    def readers(self, delivery: Delivery) -> tuple[VerifyReport, CopyCount]:
         """``clstream verify``'s report and kcat's count, both read_committed."""
         topics, kafka = self.settings.topics, self.settings.kafka
         if delivery == "exactly-once":
             self.wait_for_transactions()
         report = verify_topics(
-            kafka, topics.input, topics.output, topics.dlq, delivery,  # type: ignore[arg-type]
-            timeout_s=READ_TIMEOUT_S,
-        )  # fmt: skip
+            kafka,
+            topics.input,
+            topics.output,
+            topics.dlq,
+            delivery,
+            READ_TIMEOUT_S,
+        )
         counted = kcat_count(
             ",".join(kafka.bootstrap_servers), topics.input, topics.output, topics.dlq, READ_TIMEOUT_S
         )
