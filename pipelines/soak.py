@@ -245,9 +245,11 @@ def soak_one(
         pipeline.drain()
         console.print(f"{record.produced:,} records produced; reading them back (clstream verify, kcat) ...")
         readers = pipeline.readers(delivery)
-    except ClstreamError as exc:
-        record.error = str(exc)
-        console.print(f"[bold red]the soak did not finish:[/] {exc}")
+    except Exception as exc:  # noqa: BLE001 - a run that breaks still reports what it saw
+        record.error = f"{type(exc).__name__}: {exc}"
+        console.print(f"[bold red]the soak did not finish:[/] {record.error}")
+        if not isinstance(exc, ClstreamError):
+            console.print_exception()
     finally:
         pipeline.close(delete_topics=not args.keep_topics)
     summary = _summary(args, delivery, settings, record, pipeline.driver.ends, readers, started)

@@ -108,6 +108,8 @@ class NumberedLoad:
             raise LoadError(f"the load process exited with status {self._process.exitcode}")
 
     def stop(self) -> None:
+        if self._process.pid is None:
+            return  # never started
         self._stop.set()
         self._process.join(30)
         if self._process.is_alive():

@@ -70,7 +70,8 @@ class LoadedPipeline:
         self.partitions = partitions
         self.driver = WatchedDriver(settings)
         self.load = NumberedLoad(settings.kafka, settings.topics.input)
-        self._drained = False
+        #: Whether the driver started (its actors may need draining) and was drained.
+        self._driving = False
 
     def start(self) -> None:
         topics = self.settings.topics
@@ -79,6 +80,7 @@ class LoadedPipeline:
             {topics.input: self.partitions, topics.output: self.partitions, topics.dlq: 1},
         )
         self.load.start()
+        self._driving = True
         self.driver.start(input_partitions=self.partitions)
 
     def tick_until(self, done: Callable[[DriverView], bool], timeout_s: float, what: str) -> DriverView:
@@ -136,8 +138,8 @@ class LoadedPipeline:
 
     def drain(self) -> None:
         """The driver's drain: every actor finishes and commits its batch, then stops."""
-        if not self._drained:
-            self._drained = True
+        if self._driving:
+            self._driving = False
             self.driver.drain()
 
     def readers(self, delivery: Delivery) -> tuple[VerifyReport, CopyCount]:
