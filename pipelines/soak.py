@@ -15,6 +15,8 @@ topics of a local broker on port 39700 (or ``--bootstrap-servers``):
    printed before the run (exactly-once: 0); memory flat for the driver and each actor slot;
    every planned SIGKILL done. ``soak-<mode>.json``, ``.md`` and ``.png`` go to ``--out``; the
    exit status is 1 if any check failed.
+
+``--outage-sweep`` runs ``pipelines/outage_sweep.py`` instead. ``docs/soak.md`` has the commands.
 """
 
 from __future__ import annotations
@@ -433,7 +435,11 @@ def run_soak(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "WARNING", "console")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     modes = MODES if args.soak_delivery == "both" else (args.soak_delivery,)
-    with local_broker(args, console), soak_model(args.model) as model:
+    with local_broker(args, console) as broker, soak_model(args.model) as model:
+        if args.outage_sweep:
+            from pipelines.outage_sweep import run_sweep
+
+            return run_sweep(args, broker, modes, model, console)
         summaries = [soak_one(args, mode, model, console) for mode in modes]
     return 0 if all(s["ok"] for s in summaries) else 1
 
@@ -443,7 +449,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "soak",
-        help="long run under load with actors SIGKILLed; not in CI",
+        help="long run under load with actors SIGKILLed (or --outage-sweep: broker pauses); not in CI",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -478,5 +484,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--port", type=int, default=SOAK_BROKER_PORT, help="local broker port (when no --bootstrap-servers)"
     )
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (default: deleted)")
+    sweep = parser.add_argument_group("outage sweep (pipelines/outage_sweep.py)")
+    sweep.add_argument(
+        "--outage-sweep",
+        action="store_true",
+        help="instead of the soak: pause the broker for lengths straddling each client timeout",
+    )
+    sweep.add_argument(
+        "--outage-factors",
+        type=lambda text: tuple(float(f) for f in text.split(",")),
+        default=(0.5, 1.5),
+        help="outage lengths as multiples of each timeout (default 0.5,1.5)",
+    )
+    sweep.add_argument("--max-outage-s", type=float, default=120.0, help="cap on one outage (default 120)")
+    sweep.add_argument(
+        "--recovery-timeout-s", type=float, default=300.0, help="how long to wait for commits after an outage"
+    )
     parser.set_defaults(func=run_soak)
     return parser

@@ -347,7 +347,7 @@ def soak_markdown(summary: dict[str, Any]) -> str:
                 ),
                 ("took", f"{s['took_s']:,.0f} s"),
             ],
-        ),  # fmt: skip
+        ),
         "",
         "## Checks",
         "",
@@ -385,9 +385,10 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
         f"Command: `{s['command']}`",
         "",
         "The broker's JVM is paused (SIGSTOP) for each length, then resumed (SIGCONT), with records "
-        "flowing. After each outage the load is held, the backlog drained and `clstream verify` run "
-        "over everything so far: lost and duplicates are counted since the mode's start (duplicates: "
-        "this outage's share).",
+        "flowing. After each outage the load is held, the backlog drained and `clstream verify` and "
+        "kcat read everything so far (read_committed): lost counts since the mode's start, duplicates "
+        "this outage's share. Times run from SIGCONT to the first driver tick that saw it (a tick "
+        "every 0.5 s).",
         "",
         *_table(["timeout", "seconds"], ((t["name"], f"{t['seconds']:g}") for t in s["timeouts"])),
         "",
@@ -400,28 +401,28 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
                 "caught up (s)",
                 "actors replaced",
                 "stalls",
-                "lost",
-                "duplicates (bound)",
+                "lost (verify/kcat)",
+                "duplicates (verify/kcat; bound)",
                 "result",
                 "notes",
             ],
             (
                 (
                     r["delivery"],
-                    f"{r['outage_s']:g}",
+                    f"{r['outage_s']:g}" + (" (capped)" if r.get("capped") else ""),
                     "; ".join(r["straddles"]),
                     _opt(r["first_commit_s"], "{:.1f}", "none"),
                     _opt(r["caught_up_s"], "{:.1f}", "no"),
                     r["replaced"],
                     r["stalls"],
-                    r["lost"],
-                    f"{r['duplicates']} ({r['bound']})",
+                    f"{r['lost']}/{r.get('kcat_lost')}",
+                    f"{r['duplicates']}/{r.get('kcat_duplicates')}; {r['bound']}",
                     _ok(r["ok"]),
                     "; ".join(r["notes"]),
                 )
                 for r in s["rows"]
             ),
-        ),  # fmt: skip
+        ),
         "",
     ]
     for mode in s.get("modes", []):

@@ -237,27 +237,30 @@ def test_the_reports_render_from_their_json_summaries():
     row = {
         "delivery": "exactly-once",
         "outage_s": 46.5,
+        "capped": False,
         "straddles": ["1.5 × kafka.request_timeout_ms (30 s)"],
         "first_commit_s": None,
         "caught_up_s": None,
         "replaced": 2,
         "stalls": 0,
         "lost": 0,
+        "kcat_lost": 0,
         "duplicates": 0,
+        "kcat_duplicates": 0,
         "bound": 0,
         "ok": False,
         "notes": ["classifier-1 failed: CommitError"],
     }
     sweep = sweep_markdown({"command": "c", "ok": False, "timeouts": [], "rows": [row]})
     assert (
-        "| exactly-once | 46.5 | 1.5 × kafka.request_timeout_ms (30 s) | none | no | 2 | 0 | 0 | 0 (0) |"
+        "| exactly-once | 46.5 | 1.5 × kafka.request_timeout_ms (30 s) | none | no | 2 | 0 | 0/0 | 0/0; 0 |"
         in sweep
     )
     assert "**FAIL** | classifier-1 failed: CommitError |" in sweep
 
 
 def test_soak_flags_leave_the_pipeline_settings_alone():
-    args = build_parser().parse_args(["soak", "--delivery", "both", "--workers", "3"])
-    assert args.soak_delivery == "both"
+    args = build_parser().parse_args(["soak", "--delivery", "both", "--workers", "3", "--outage-sweep"])
+    assert (args.soak_delivery, args.outage_sweep, args.outage_factors) == ("both", True, (0.5, 1.5))
     settings = settings_from_args(args)
     assert (settings.workers.count, settings.workers.delivery) == (3, "at-least-once")
