@@ -9,9 +9,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
+# make soak: minutes of steady load per delivery mode, the model (default|tiny), where results go,
+# and any further `clstream soak` flags (e.g. SOAK_ARGS="--workers 4"). docs/soak.md.
+SOAK_MINUTES ?= 30
+SOAK_MODEL ?= default
+SOAK_OUT ?= out/soak
+SOAK_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: kcat help venv demo test test-unit check fmt lint types broker-start broker-stop clean
+.PHONY: kcat help venv demo test test-unit check fmt lint types soak broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +42,14 @@ test: venv kcat ## every test: unit and integration (real local Kafka broker + r
 
 test-unit: venv ## unit tests only (no broker, no Ray)
 	$(BIN)/python -m pytest -ra -m "not integration" $(PYTEST_ARGS)
+
+soak: venv kcat ## not in CI: SOAK_MINUTES (30) per mode at half capacity, an actor SIGKILLed every 2 min; then the broker-outage sweep
+	@status=0; \
+	set -x; \
+	$(BIN)/clstream soak --minutes $(SOAK_MINUTES) --delivery both --model $(SOAK_MODEL) --out $(SOAK_OUT) $(SOAK_ARGS) || status=1; \
+	$(BIN)/clstream soak --outage-sweep --delivery both --model $(SOAK_MODEL) --out $(SOAK_OUT) $(SOAK_ARGS) || status=1; \
+	{ set +x; } 2>/dev/null; \
+	echo "results in $(SOAK_OUT)/ (soak-*.md, outage-sweep.md)"; exit $$status
 
 check: fmt lint types test-unit ## format check, lint, types, unit tests
 
