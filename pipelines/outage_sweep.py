@@ -1,9 +1,9 @@
-"""``clstream soak --outage-sweep``: broker outages straddling every client timeout, in each mode.
+"""``clstream soak --outage-sweep``: broker outages straddling every timeout, in each mode.
 
 For each delivery mode, on fresh topics of the soak's own broker: the load runs at half of the
 measured capacity (or ``--rate``); then, for each length of ``soak_rules.outage_plan`` (by
-default 0.5 × and 1.5 × the session, request, delivery and transaction timeouts, capped at
-``--max-outage-s``), shortest first:
+default 0.5 × and 1.5 × the session, request, delivery and transaction timeouts of the Kafka
+clients and the driver's health and stall timeouts, capped at ``--max-outage-s``), shortest first:
 
 1. wait for a steady pipeline (every actor running, lag within ten seconds of load);
 2. SIGSTOP the broker's JVM for the length, then SIGCONT it (a timer thread, so a driver tick
@@ -38,9 +38,9 @@ from pipelines.soak_rules import (
     PRODUCER_LINGER_MS,
     Delivery,
     Outage,
-    client_timeouts,
     duplicate_bound,
     outage_plan,
+    outage_timeouts,
     sweep_markdown,
 )
 from schemas.errors import ClstreamError
@@ -194,7 +194,7 @@ def _sweep_mode(
         driver__watch_interval_s=0.5,
         **model,
     )
-    timeouts = client_timeouts(settings, PRODUCER_LINGER_MS)
+    timeouts = outage_timeouts(settings, PRODUCER_LINGER_MS)
     plan = outage_plan(timeouts, args.outage_factors, args.max_outage_s)
     console.rule(f"clstream outage sweep: {delivery}")
     console.print(

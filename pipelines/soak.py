@@ -488,7 +488,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sweep.add_argument(
         "--outage-sweep",
         action="store_true",
-        help="instead of the soak: pause the broker for lengths straddling each client timeout",
+        help="instead of the soak: pause the broker for lengths straddling each timeout",
     )
     sweep.add_argument(
         "--outage-factors",

@@ -6,7 +6,7 @@
   0. It is the README's "at most the batches in flight per crashed actor".
 - ``flatness_windows`` and ``memory_flat``: "flat memory" is the peak RSS of the last 10 minutes
   at most 1.1 × the peak of the first 10 minutes after warm-up (issue 13), per process series.
-- ``client_timeouts`` and ``outage_plan``: broker pauses straddling each client timeout.
+- ``outage_timeouts`` and ``outage_plan``: broker pauses straddling each timeout an outage can outlast.
 - ``kills_planned`` and ``pick_victim``: when the next SIGKILL is due, and which actor it hits.
 - ``soak_checks`` and the Markdown renderers: the verdict and the report.
 
@@ -164,7 +164,7 @@ def pick_victim(actors: Iterable[Candidate]) -> str | None:
 
 
 @dataclass(frozen=True)
-class ClientTimeout:
+class Timeout:
     name: str
     seconds: float
 
@@ -176,14 +176,20 @@ def delivery_timeout_ms(settings: Settings, linger_ms: int = PRODUCER_LINGER_MS)
     )
 
 
-def client_timeouts(settings: Settings, linger_ms: int = PRODUCER_LINGER_MS) -> list[ClientTimeout]:
-    """The timeouts a broker outage can outlast, in seconds."""
-    return [
-        ClientTimeout("workers.session_timeout_ms", settings.workers.session_timeout_ms / 1000),
-        ClientTimeout("kafka.request_timeout_ms", settings.kafka.request_timeout_ms / 1000),
-        ClientTimeout("producer delivery_timeout_ms", delivery_timeout_ms(settings, linger_ms) / 1000),
-        ClientTimeout("workers.transaction_timeout_ms", settings.workers.transaction_timeout_ms / 1000),
+def outage_timeouts(settings: Settings, linger_ms: int = PRODUCER_LINGER_MS) -> list[Timeout]:
+    """The timeouts a broker outage can outlast, in seconds: the Kafka clients' four, then the
+    driver's two that watch actors through it (an actor that does not answer for the health
+    timeout is replaced; lag standing for the stall timeout gets its owners replaced)."""
+    timeouts = [
+        Timeout("workers.session_timeout_ms", settings.workers.session_timeout_ms / 1000),
+        Timeout("kafka.request_timeout_ms", settings.kafka.request_timeout_ms / 1000),
+        Timeout("producer delivery_timeout_ms", delivery_timeout_ms(settings, linger_ms) / 1000),
+        Timeout("workers.transaction_timeout_ms", settings.workers.transaction_timeout_ms / 1000),
+        Timeout("driver.health_timeout_s", settings.driver.health_timeout_s),
     ]
+    if settings.driver.stall_timeout_s is not None:
+        timeouts.append(Timeout("driver.stall_timeout_s", settings.driver.stall_timeout_s))
+    return timeouts
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,7 @@ class Outage:
 
 
 def outage_plan(
-    timeouts: Sequence[ClientTimeout],
+    timeouts: Sequence[Timeout],
     factors: Sequence[float] = (0.5, 1.5),
     cap_s: float = 120.0,
     merge_within: float = 0.05,

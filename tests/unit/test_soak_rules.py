@@ -10,10 +10,9 @@ import pytest
 from pipelines.cli import build_parser, settings_from_args
 from pipelines.soak_rules import (
     Candidate,
-    ClientTimeout,
     FlatnessWindows,
     ReaderCount,
-    client_timeouts,
+    Timeout,
     count_copies,
     delivery_timeout_ms,
     duplicate_bound,
@@ -21,6 +20,7 @@ from pipelines.soak_rules import (
     kills_planned,
     memory_flat,
     outage_plan,
+    outage_timeouts,
     pick_victim,
     soak_checks,
     soak_markdown,
@@ -101,12 +101,14 @@ def test_the_victim_is_the_running_actor_in_the_highest_slot():
 
 
 def test_the_outage_plan_straddles_each_default_timeout():
-    timeouts = client_timeouts(Settings())
+    timeouts = outage_timeouts(Settings())
     assert [(t.name, t.seconds) for t in timeouts] == [
         ("workers.session_timeout_ms", 30.0),
         ("kafka.request_timeout_ms", 30.0),
         ("producer delivery_timeout_ms", 31.005),
         ("workers.transaction_timeout_ms", 60.0),
+        ("driver.health_timeout_s", 30.0),
+        ("driver.stall_timeout_s", 60.0),
     ]
     plan = outage_plan(timeouts)
     # 15 s and 15.5 s (half the request and delivery timeouts) are one outage; so are 45 and 46.5 s.
@@ -115,13 +117,17 @@ def test_the_outage_plan_straddles_each_default_timeout():
         "0.52 × workers.session_timeout_ms (30 s)",
         "0.52 × kafka.request_timeout_ms (30 s)",
         "0.5 × producer delivery_timeout_ms (31.005 s)",
+        "0.52 × driver.health_timeout_s (30 s)",
     )
-    assert plan[-1].straddles == ("1.5 × workers.transaction_timeout_ms (60 s)",)
+    assert plan[-1].straddles == (
+        "1.5 × workers.transaction_timeout_ms (60 s)",
+        "1.5 × driver.stall_timeout_s (60 s)",
+    )
     assert not any(o.capped for o in plan)
 
 
 def test_an_outage_longer_than_the_cap_is_capped_and_says_so():
-    plan = outage_plan([ClientTimeout("workers.transaction_timeout_ms", 900.0)], cap_s=120)
+    plan = outage_plan([Timeout("workers.transaction_timeout_ms", 900.0)], cap_s=120)
     assert [(o.seconds, o.capped) for o in plan] == [(120.0, True)]
     assert plan[0].straddles == ("0.13 × workers.transaction_timeout_ms (900 s)",)
 
