@@ -43,10 +43,13 @@ test: venv kcat ## every test: unit and integration (real local Kafka broker + r
 test-unit: venv ## unit tests only (no broker, no Ray)
 	$(BIN)/python -m pytest -ra -m "not integration" $(PYTEST_ARGS)
 
+# Each soak mode in a process of its own: the driver's RSS is then that run's alone.
 soak: venv kcat ## not in CI: SOAK_MINUTES (30) per mode at half capacity, an actor SIGKILLed every 2 min; then the broker-outage sweep
 	@status=0; \
 	set -x; \
-	$(BIN)/clstream soak --minutes $(SOAK_MINUTES) --delivery both --model $(SOAK_MODEL) --out $(SOAK_OUT) $(SOAK_ARGS) || status=1; \
+	for mode in at-least-once exactly-once; do \
+	  $(BIN)/clstream soak --minutes $(SOAK_MINUTES) --delivery $$mode --model $(SOAK_MODEL) --out $(SOAK_OUT) $(SOAK_ARGS) || status=1; \
+	done; \
 	$(BIN)/clstream soak --outage-sweep --delivery both --model $(SOAK_MODEL) --out $(SOAK_OUT) $(SOAK_ARGS) || status=1; \
 	{ set +x; } 2>/dev/null; \
 	echo "results in $(SOAK_OUT)/ (soak-*.md, outage-sweep.md)"; exit $$status
