@@ -225,7 +225,6 @@ def soak_one(
     record = SoakRecord()
     pipeline = LoadedPipeline(settings, args.partitions)
     started = time.monotonic()
-    steady: SteadyLoad | None = None
     readers = None
     try:
         pipeline.start()
@@ -240,8 +239,7 @@ def soak_one(
                 f"{record.rate_per_s:,.1f} records/s (draining the capacity backlog first)"
             )
             pipeline.settle()
-        steady = SteadyLoad(pipeline, args, record, console)
-        steady.run(record.rate_per_s)
+        SteadyLoad(pipeline, args, record, console).run(record.rate_per_s)
         console.print("steady load done: holding the load and draining the backlog ...")
         record.produced = pipeline.settle()
         pipeline.drain()
