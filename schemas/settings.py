@@ -7,12 +7,13 @@ Secrets are ``SecretStr``: ``to_log_fields()`` is the only view that is ever log
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -24,7 +25,8 @@ class KafkaSettings(BaseModel):
 
     model_config = _FROZEN
 
-    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    #: ``host:port`` list; from a flag or the environment also ``h1:9092,h2:9092`` (or a JSON list).
+    bootstrap_servers: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1:9092",)
     client_id: str = "clstream"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -40,6 +42,11 @@ class KafkaSettings(BaseModel):
     @classmethod
     def _split_servers(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"bootstrap servers look like a JSON list but are not one: {exc}") from exc
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 

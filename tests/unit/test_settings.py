@@ -22,6 +22,12 @@ def test_bootstrap_servers_accept_a_comma_separated_string():
     assert settings.kafka.bootstrap_servers == ("a:1", "b:2")
 
 
+@pytest.mark.parametrize("value", ["a:1,b:2", '["a:1", "b:2"]'])
+def test_bootstrap_servers_from_the_environment_as_a_list_or_json(value, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CLSTREAM_KAFKA__BOOTSTRAP_SERVERS", value)
+    assert Settings.load().kafka.bootstrap_servers == ("a:1", "b:2")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
