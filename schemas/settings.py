@@ -46,7 +46,9 @@ class KafkaSettings(BaseModel):
                 try:
                     return json.loads(value)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"bootstrap servers look like a JSON list but are not one: {exc}") from exc
+                    raise ValueError(
+                        f"bootstrap servers look like a JSON list but are not one: {exc}"
+                    ) from exc
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 
