@@ -158,7 +158,7 @@ class WorkerSettings(BaseModel):
     inference_batch_size: int = Field(default=64, ge=1, le=4096)
     #: Padded token slots (texts x longest text) per forward pass. Each poll is regrouped by
     #: token length within this budget so padding stays small (workers/batching.py); a text
-    #: longer than the budget is encoded alone. Default chosen with `clstream bench` (README).
+    #: longer than the budget is encoded alone. Default chosen with `clstream bench` (docs/throughput.md).
     #: On a GPU raise it (e.g. 16384) so each pass is large enough to amortise kernel launches.
     max_batch_tokens: int = Field(default=1024, ge=16, le=1_048_576)
     #: Retries of a single record whose forward pass failed with a device error (out of memory,

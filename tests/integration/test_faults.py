@@ -502,7 +502,7 @@ def _refuse_commits(actor: object) -> list[int]:
 
 
 #: How a live member is wedged, and the fault's name in the counts. Both are kafka-python
-#: failures seen here (README, "kafka-python 3.0.12 bugs"); only the watchdog gets them moving.
+#: failures seen here (docs/kafka-python-notes.md); only the watchdog gets them moving.
 WEDGES = {"member stops fetching": _stop_fetching, "commits refused": _refuse_commits}
 #: Exactly-once commits offsets inside each batch's transaction, never through the source, so
 #: refusing the source's commits wedges nothing there: that pair is not a case at all.

@@ -114,7 +114,7 @@ def test_a_member_alone_in_a_new_group_joins_it_with_one_rebalance(broker, topic
     """kafka-python records the subscribed topics' partitions only from a metadata update made
     after ``subscribe``; without ``KafkaSource``'s extra update, the first assignment is made
     against an empty snapshot and the member rejoins as soon as the next update arrives: a
-    second rebalance at every start (in ``clstream bench`` that rejoin hung, see README)."""
+    second rebalance at every start (in ``clstream bench`` that rejoin hung, see docs/kafka-python-notes.md)."""
     names = topic_names()
     settings = pipeline_settings(broker, names)
     topic = names["input"]
