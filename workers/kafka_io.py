@@ -7,6 +7,7 @@ same Kafka transaction as the batch's output and dead-letter records.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
@@ -690,8 +691,11 @@ class KafkaTransactionalSink:
             manager.has_fatal_error() and isinstance(manager.last_error, kafka_errors.ProducerFencedError)
         )
         if fenced:
-            self._producer.close(timeout=0)
             self._superseded = True
+            # Its unsent records can never be sent: close without waiting (kafka-python's close
+            # flushes first, and a zero-timeout flush of pending batches raises).
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=0)
             raise ProducerFencedError(
                 f"{message}; a newer producer took transactional id {self._transactional_id!r} "
                 "(this actor was replaced, or another driver uses the id): this actor stops"

@@ -115,7 +115,11 @@ def _outage(cluster: LocalCluster, driver: Driver, node: int, fault: str) -> flo
     cluster.kill(node)
     killed = time.monotonic()
     wait_until(
-        lambda: _committed(driver) >= before + PROGRESS, 120, f"progress with the {fault} (node {node}) down"
+        # A coordinator's or leader's death costs up to a request timeout plus a transactional
+        # producer's re-initialization (60-72 s here alone, more under a loaded make test).
+        lambda: _committed(driver) >= before + PROGRESS,
+        240,
+        f"progress with the {fault} (node {node}) down",
     )
     took = time.monotonic() - killed
     cluster.restart(node)
