@@ -19,20 +19,12 @@ import time
 from pathlib import Path
 
 from schemas.settings import Settings
-from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
-from workers.loop import ClassifierLoop
-from workers.testing import KeywordClassifier
+from tests.integration.support import keyword_loop
 
 
 def main(settings_json: str, records: int, timeout_s: float, out: Path) -> None:
     settings = Settings.load(overrides=json.loads(settings_json))
-    source = KafkaSource(settings, client_id="loop-process")
-    sink = (
-        KafkaTransactionalSink(settings, "loop-process", f"{settings.topics.group_id}-loop-process")
-        if settings.workers.delivery == "exactly-once"
-        else KafkaSink(settings, client_id="loop-process")
-    )
-    loop = ClassifierLoop(source, sink, KeywordClassifier(), settings)
+    loop = keyword_loop(settings, "loop-process")
     baseline_kib = _peak_rss_kib()
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
@@ -42,8 +34,8 @@ def main(settings_json: str, records: int, timeout_s: float, out: Path) -> None:
         time.sleep(0.1)
     stop.set()
     thread.join(30)
-    source.close()
-    sink.close()
+    loop.source.close()
+    loop.sink.close()
     result = {
         "stats": loop.stats.snapshot(),
         "baseline_kib": baseline_kib,

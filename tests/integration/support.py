@@ -13,6 +13,9 @@ from kafka import KafkaConsumer, TopicPartition
 from pipelines.kafka_admin import ensure_topics
 from pipelines.records_io import produce_values, read_topic
 from schemas.settings import KafkaSettings, Settings
+from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
+from workers.loop import ClassifierLoop
+from workers.testing import KeywordClassifier
 
 #: Every malformed shape the spine must dead-letter (issue 2's list plus a few close cousins).
 BAD_VALUES: list[bytes | None] = [
@@ -85,3 +88,14 @@ def produce_tweets(
     for i, value in enumerate(bad):
         pairs.insert((i + 1) * step + i, (f"bad-{i}".encode(), value))
     produce_values(settings.kafka, settings.topics.input, iter(pairs))  # type: ignore[arg-type]
+
+
+def keyword_loop(settings: Settings, client_id: str) -> ClassifierLoop:
+    """A real Kafka source and sink (transactional in exactly-once mode, its id from ``client_id``)
+    around the keyword classifier: the loop without a model, for tests of the Kafka path."""
+    sink: KafkaSink | KafkaTransactionalSink
+    if settings.workers.delivery == "exactly-once":
+        sink = KafkaTransactionalSink(settings, client_id, f"{settings.topics.group_id}-{client_id}")
+    else:
+        sink = KafkaSink(settings, client_id=client_id)
+    return ClassifierLoop(KafkaSource(settings, client_id=client_id), sink, KeywordClassifier(), settings)

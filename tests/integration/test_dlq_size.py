@@ -16,10 +16,7 @@ from kafka import KafkaProducer
 from pipelines.kafka_admin import ensure_topics
 from pipelines.records_io import read_topic
 from schemas.dlq import DlqHeader
-from tests.integration.support import pipeline_settings, wait_until
-from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
-from workers.loop import ClassifierLoop
-from workers.testing import KeywordClassifier
+from tests.integration.support import keyword_loop, pipeline_settings, wait_until
 
 #: With its header, just under the broker's default message.max.bytes (1,048,588) once framed; the
 #: DLQ copy, with clstream's headers added, is over the producer's 1 MiB request limit.
@@ -40,13 +37,7 @@ def test_a_dead_letter_too_large_to_produce_is_truncated_and_says_so(broker, top
     producer.flush()
     producer.close()
 
-    source = KafkaSource(settings, client_id="dlq-size-test")
-    sink = (
-        KafkaTransactionalSink(settings, "dlq-size-test", f"{names['group_id']}-dlq-size")
-        if delivery == "exactly-once"
-        else KafkaSink(settings, client_id="dlq-size-test")
-    )
-    loop = ClassifierLoop(source, sink, KeywordClassifier(), settings)
+    loop = keyword_loop(settings, "dlq-size-test")
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
@@ -55,8 +46,8 @@ def test_a_dead_letter_too_large_to_produce_is_truncated_and_says_so(broker, top
     finally:
         stop.set()
         thread.join(30)
-        source.close()
-        sink.close()
+        loop.source.close()
+        loop.sink.close()
 
     committed = delivery == "exactly-once"
     (dead,) = list(read_topic(settings.kafka, names["dlq"], read_committed=committed))

@@ -26,10 +26,8 @@ from pipelines.records_io import read_topic
 from schemas.dlq import DlqHeader
 from schemas.settings import Settings
 from tests.conftest import TEST_BROKER_PORT
-from tests.integration.support import pipeline_settings, wait_until
-from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
+from tests.integration.support import keyword_loop, pipeline_settings, wait_until
 from workers.loop import ClassifierLoop
-from workers.testing import KeywordClassifier
 
 MODES = ["at-least-once", "exactly-once"]
 GOOD = [b'{"id": "before", "text": "good"}', b'{"id": "after", "text": "bad"}']
@@ -43,13 +41,7 @@ def _kcat() -> str:
 
 
 def _run_loop_until(settings: Settings, records: int) -> ClassifierLoop:
-    source = KafkaSource(settings, client_id="unreadable-test")
-    sink = (
-        KafkaTransactionalSink(settings, "unreadable-test", f"{settings.topics.group_id}-unreadable")
-        if settings.workers.delivery == "exactly-once"
-        else KafkaSink(settings, client_id="unreadable-test")
-    )
-    loop = ClassifierLoop(source, sink, KeywordClassifier(), settings)
+    loop = keyword_loop(settings, "unreadable-test")
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
@@ -58,8 +50,8 @@ def _run_loop_until(settings: Settings, records: int) -> ClassifierLoop:
     finally:
         stop.set()
         thread.join(30)
-        source.close()
-        sink.close()
+        loop.source.close()
+        loop.sink.close()
     return loop
 
 
