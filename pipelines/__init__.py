@@ -1,4 +1,5 @@
-"""The control plane: the driver, its policies, the local broker and the ``clstream`` CLI."""
+"""The control plane, the operator commands, the offline tools, the benchmark and the soak, one
+subpackage each (see docs/architecture.md)."""
 
 import os as _os
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pipelines.broker import LocalCluster
+    from pipelines.kafka_tools.broker import LocalCluster
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """A real Apache Kafka broker (KRaft) on 127.0.0.1; stopped at the end if this session started it."""
-    from pipelines.broker import LocalBroker
+    from pipelines.kafka_tools.broker import LocalBroker
 
     local = LocalBroker(TEST_BROKER_PORT)
     was_running = local.is_running()
@@ -46,7 +46,7 @@ def broker() -> Iterator[str]:
 def kafka_cluster() -> Iterator[LocalCluster]:
     """Three real Kafka nodes replicating every topic 3 times (``min.insync.replicas`` 2), which
     tests may kill and restart one at a time; stopped at the end if this session started it."""
-    from pipelines.broker import LocalCluster
+    from pipelines.kafka_tools.broker import LocalCluster
 
     cluster = LocalCluster(TEST_CLUSTER_PORT)
     was_running = cluster.is_running()
@@ -61,7 +61,7 @@ def ray_cluster() -> Iterator[None]:
     """A local Ray with 2 CPUs bound to loopback, shared by the session's integration tests."""
     import ray
 
-    from pipelines.driver import init_ray
+    from pipelines.streaming.driver import init_ray
     from schemas.settings import Settings
 
     init_ray(Settings.load(overrides={"driver": {"ray_num_cpus": 2}}))

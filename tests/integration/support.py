@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipelines.kafka_admin import ensure_topics
-from pipelines.records_io import produce_values, read_topic
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.records_io import produce_values, read_topic
 from schemas.settings import KafkaSettings, Settings
 from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
 from workers.loop import ClassifierLoop

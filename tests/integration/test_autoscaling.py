@@ -8,7 +8,7 @@ from collections import Counter
 
 import orjson
 
-from pipelines.driver import Driver
+from pipelines.streaming.driver import Driver
 from tests.integration.support import pipeline_settings, produce_tweets, read_all
 
 

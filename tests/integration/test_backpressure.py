@@ -12,10 +12,10 @@ import orjson
 import psutil
 import pytest
 
-from pipelines.broker import LocalBroker
-from pipelines.driver import Driver
-from pipelines.kafka_admin import ensure_topics
-from pipelines.status import parse_metrics, scrape
+from pipelines.commands.status import parse_metrics, scrape
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.streaming.driver import Driver
 from tests.conftest import TEST_BROKER_PORT
 from tests.integration.support import pipeline_settings, produce_tweets, read_all, wait_until
 from workers.checkpoints import load_classifier

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines.cli import main
+from pipelines.commands.cli import main
 
 REQUIRED_KEYS = {
     "bare_tweets_per_s",

@@ -14,8 +14,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from pipelines.broker import LocalBroker
-from pipelines.kafka_admin import admin_client
+from pipelines.kafka_tools.admin import admin_client
+from pipelines.kafka_tools.broker import LocalBroker
 from schemas.dlq import DlqHeader
 from schemas.settings import Settings
 from tests.conftest import TEST_BROKER_PORT
@@ -42,7 +42,7 @@ def test_broker_start_is_idempotent_and_status_reports_it(broker):
     assert local.is_running()
     assert local.start() == broker
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "broker", "status", "--port", str(TEST_BROKER_PORT)],
+        [sys.executable, "-m", "pipelines.commands.cli", "broker", "status", "--port", str(TEST_BROKER_PORT)],
         capture_output=True,
         text=True,
         check=True,
@@ -55,7 +55,7 @@ def test_clstream_run_labels_what_kcat_produces_and_exits_0_on_sigterm(broker, t
     names = topic_names()
     kafka = Settings.load(overrides={"kafka": {"bootstrap_servers": broker}}).kafka
     cmd = [
-        sys.executable, "-m", "pipelines.cli", "run",
+        sys.executable, "-m", "pipelines.commands.cli", "run",
         "--bootstrap-servers", broker,
         "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
         "--group-id", names["group_id"], "--workers", "2", "--partitions", "4",

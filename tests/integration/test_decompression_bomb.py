@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from pipelines.kafka_admin import ensure_topics
-from pipelines.records_io import read_topic
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.records_io import read_topic
 from schemas.dlq import DlqHeader
 from schemas.settings import Settings
 from tests.integration.support import pipeline_settings

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-from pipelines.cli import main
-from pipelines.kafka_admin import ensure_topics
-from pipelines.verify import parse_dlq, read_committed
+from pipelines.commands.cli import main
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.verify import parse_dlq, read_committed
 from schemas.dlq import REPLAYED_FROM
 from tests.integration.support import pipeline_settings, topic_size
 from workers.kafka_io import KafkaSink

@@ -13,8 +13,8 @@ import threading
 import pytest
 from kafka import KafkaProducer
 
-from pipelines.kafka_admin import ensure_topics
-from pipelines.records_io import read_topic
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.records_io import read_topic
 from schemas.dlq import DlqHeader
 from tests.integration.support import keyword_loop, pipeline_settings, wait_until
 

@@ -2,7 +2,7 @@
 
 The method of Kafka's own transaction system tests and Jepsen: copy ``RECORDS`` numbered tweets
 (``CLSTREAM_FAULT_RECORDS``, default 10,000) from the input topic while faults are injected, then
-let ``pipelines.verify.compare`` (an independent read_committed reader) account for every one.
+let ``pipelines.kafka_tools.verify.compare`` (an independent read_committed reader) account for every one.
 
 Pass: lost = 0 always. Duplicates: 0 where the fault is a clean stop (SIGTERM drain, members
 leaving by drain); after a hard crash (SIGKILL of an actor, the driver or the broker; a paused
@@ -39,10 +39,10 @@ import pytest
 import ray
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from pipelines.broker import LocalBroker
-from pipelines.driver import Driver
-from pipelines.kafka_admin import LagProbe, ensure_topics
-from pipelines.verify import VerifyReport, verify_topics
+from pipelines.kafka_tools.admin import LagProbe, ensure_topics
+from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.kafka_tools.verify import VerifyReport, verify_topics
+from pipelines.streaming.driver import Driver
 from schemas.errors import CommitError
 from schemas.settings import Settings, WorkerSettings
 from tests.conftest import TEST_BROKER_PORT
@@ -239,7 +239,7 @@ DRIVER_ACTORS = 1
 def _run_cmd(broker: str, names: Mapping[str, str], tiny_model, delivery: str = "at-least-once") -> list[str]:
     encoder, head = tiny_model
     return [
-        sys.executable, "-m", "pipelines.cli", "run", "--bootstrap-servers", broker,
+        sys.executable, "-m", "pipelines.commands.cli", "run", "--bootstrap-servers", broker,
         "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
         "--group-id", names["group_id"], "--workers", str(DRIVER_ACTORS), "--partitions", str(PARTITIONS),
         "--encoder", str(encoder), "--head", str(head), "--delivery", delivery,

@@ -10,8 +10,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from pipelines.broker import LocalCluster
-from pipelines.kafka_admin import LagProbe, ensure_topics
+from pipelines.kafka_tools.admin import LagProbe, ensure_topics
+from pipelines.kafka_tools.broker import LocalCluster
 from schemas.settings import KafkaSettings
 from tests.integration.support import wait_until
 

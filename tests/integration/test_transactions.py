@@ -14,8 +14,8 @@ import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from pipelines.kafka_admin import LagProbe, ensure_topics
-from pipelines.records_io import read_topic
+from pipelines.kafka_tools.admin import LagProbe, ensure_topics
+from pipelines.kafka_tools.records_io import read_topic
 from schemas.errors import DeliveryError, FencedError, ProducerFencedError
 from tests.integration.support import pipeline_settings, produce_tweets, wait_until
 from workers.checkpoints import load_classifier

@@ -9,8 +9,8 @@ import sys
 import orjson
 from kafka import KafkaProducer
 
-from pipelines.kafka_admin import ensure_topics
-from pipelines.verify import verify_topics
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.verify import verify_topics
 from schemas.dlq import DlqHeader
 from schemas.settings import Settings
 
@@ -55,7 +55,7 @@ def test_verify_ignores_aborted_output_and_exits_1_on_loss(broker, topic_names, 
 
     json_path = tmp_path / "report.json"
     cmd = [
-        sys.executable, "-m", "pipelines.cli", "verify", "--bootstrap-servers", broker,
+        sys.executable, "-m", "pipelines.commands.cli", "verify", "--bootstrap-servers", broker,
         "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
         "--json", str(json_path),
     ]  # fmt: skip

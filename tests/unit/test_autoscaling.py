@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.autoscaling import ScalingConfig, ScalingContext, ScalingState, decide_actor_count
+from pipelines.streaming.autoscaling import ScalingConfig, ScalingContext, ScalingState, decide_actor_count
 
 TICK_S = 2.0
 CONFIG = ScalingConfig(

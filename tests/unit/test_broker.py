@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from pipelines import broker
+from pipelines.kafka_tools import broker
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import datasets
-from pipelines.datasets import (
+from pipelines.offline import datasets
+from pipelines.offline.datasets import (
     DatasetError,
     LabeledText,
     assign_topic,

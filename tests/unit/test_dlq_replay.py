@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines import dlq_replay
-from pipelines.cli import main
-from pipelines.dlq_replay import (
+from pipelines.commands.cli import main
+from pipelines.kafka_tools import dlq_replay
+from pipelines.kafka_tools.dlq_replay import (
     DeadLetter,
     OffsetRange,
     Replay,

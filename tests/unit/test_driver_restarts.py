@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.driver import Driver, _Member
+from pipelines.streaming.driver import Driver, _Member
 from schemas.settings import Settings
 
 LIFETIME_S = 5.0  # slot 0's actors: running 5 s after they start, then failed (a poison record)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cli import main
-from pipelines.datasets import (
+from pipelines.commands.cli import main
+from pipelines.offline.datasets import (
     TOPICS,
     DatasetError,
     LabeledText,
@@ -20,7 +20,7 @@ from pipelines.datasets import (
     split_stratified,
     unseen_topic_split,
 )
-from pipelines.evaluate import (
+from pipelines.offline.evaluate import (
     EvalData,
     TfidfBaseline,
     classification_metrics,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import finetune
-from pipelines.datasets import LabeledText
-from pipelines.finetune import FinetuneConfig, build_model, load_optimizer, save_optimizer
+from pipelines.offline import finetune
+from pipelines.offline.datasets import LabeledText
+from pipelines.offline.finetune import FinetuneConfig, build_model, load_optimizer, save_optimizer
 from schemas.errors import ClstreamError
 from workers.checkpoints import SequenceClassifierModel, load_classifier
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import train_head
-from pipelines.train_head import (
+from pipelines.offline import train_head
+from pipelines.offline.train_head import (
     class_weights,
     embed_texts,
     evaluate,

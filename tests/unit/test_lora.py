@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipelines import finetune
-from pipelines.finetune import FinetuneConfig, epoch_batches
-from pipelines.lora import LoraClsModel, LoraSpec
+from pipelines.offline import finetune
+from pipelines.offline.finetune import FinetuneConfig, epoch_batches
+from pipelines.offline.lora import LoraClsModel, LoraSpec
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
 from workers.adapter import ADAPTER_FILE, ADAPTER_FORMAT, load_adapter
 from workers.checkpoints import load_classifier

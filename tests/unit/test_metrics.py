@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from pipelines.autoscaling import ScalingDecision
-from pipelines.driver import ActorView, Driver, DriverView, _Member
-from pipelines.kafka_admin import GroupLag
-from pipelines.metrics import PipelineCollector, serve_metrics
-from pipelines.status import parse_metrics, render
-from pipelines.watchdog import Stall
+from pipelines.commands.status import parse_metrics, render
+from pipelines.kafka_tools.admin import GroupLag
+from pipelines.streaming.autoscaling import ScalingDecision
+from pipelines.streaming.driver import Driver, _Member
+from pipelines.streaming.metrics import PipelineCollector, serve_metrics
+from pipelines.streaming.view import ActorView, DriverView
+from pipelines.streaming.watchdog import Stall
 from schemas.settings import Settings
 from workers.loop import LATENCY_BUCKETS_S, LoopStats
 

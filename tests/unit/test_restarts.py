@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
+from pipelines.streaming.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
 
 RUNNING_FOR_S = 5.0  # how long a crash-looping actor runs before a poison record kills it
 STABLE_AFTER_S = 60.0

@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from pipelines.cli import build_parser, settings_from_args
-from pipelines.soak_rules import (
+from pipelines.commands.cli import build_parser, settings_from_args
+from pipelines.soak.rules import (
     Candidate,
     FlatnessWindows,
     ReaderCount,

@@ -19,8 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from pipelines.driver import Driver
-from pipelines.metrics import PipelineCollector
+from pipelines.streaming.driver import Driver
+from pipelines.streaming.metrics import PipelineCollector
 from schemas.dlq import REPLAYED_FROM, DlqHeader
 from schemas.records import LabeledTweet
 from schemas.settings import Settings

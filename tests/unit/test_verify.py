@@ -3,8 +3,8 @@ import json
 import orjson
 import pytest
 
-from pipelines.cli import build_parser
-from pipelines.verify import (
+from pipelines.commands.cli import build_parser
+from pipelines.kafka_tools.verify import (
     DlqRecord,
     InputRecord,
     OutputRecord,

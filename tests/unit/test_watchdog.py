@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.watchdog import MemberActivity, StallWatch
+from pipelines.streaming.watchdog import MemberActivity, StallWatch
 
 TIMEOUT = 60.0
 

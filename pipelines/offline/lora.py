@@ -3,7 +3,7 @@
 The encoder's own weights stay frozen; peft inserts rank-``r`` updates into the chosen linear
 layers, and they are trained together with a fresh ``SoftmaxHead`` on the final hidden state at
 position 0 (``cls`` pooling), with the same loop, schedule and resume machinery as full
-fine-tuning (``pipelines.finetune``). What it saves is a head directory like ``train-head``'s plus
+fine-tuning (``pipelines.offline.finetune``). What it saves is a head directory like ``train-head``'s plus
 ``adapter.safetensors`` (``workers.adapter``), a few hundred KB instead of the 90 MB encoder;
 ``BertClassifier.load`` merges the adapter into the encoder at load time.
 """
@@ -47,12 +47,12 @@ class LoraClsModel(nn.Module):
     """``SoftmaxHead(encoder_with_lora(texts).last_hidden_state[:, 0])``; only LoRA and head train.
 
     ``forward`` takes the tokenizer's batch and returns an object with ``logits`` ([batch, 3], in
-    ``LABELS`` order), like a ``*ForSequenceClassification`` model, so ``pipelines.finetune``
+    ``LABELS`` order), like a ``*ForSequenceClassification`` model, so ``pipelines.offline.finetune``
     trains it unchanged. ``save_pretrained(dir)`` writes ``head.safetensors``, ``head.json`` and
     ``adapter.safetensors`` only.
     """
 
-    #: ``pipelines.finetune`` writes tokenizer files next to models that need them; this one
+    #: ``pipelines.offline.finetune`` writes tokenizer files next to models that need them; this one
     #: reuses the base encoder's tokenizer.
     saves_tokenizer = False
 

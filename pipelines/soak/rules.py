@@ -10,7 +10,7 @@
 - ``kills_planned`` and ``pick_victim``: when the next SIGKILL is due, and which actor it hits.
 - ``soak_checks`` and the Markdown renderers: the verdict and the report.
 
-No I/O and no clock: ``pipelines/soak.py`` and ``pipelines/outage_sweep.py`` pass the numbers in.
+No I/O and no clock: ``pipelines/soak/runner.py`` and ``pipelines/soak/outage_sweep.py`` pass the numbers in.
 """
 
 from __future__ import annotations

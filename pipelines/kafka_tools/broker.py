@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from schemas.errors import BrokerError
 
-DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "local"
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
 DEFAULT_PORT = 9092
 #: KRaft startup on a 2-core machine takes ~5 s; allow for a slow, busy CI machine.
 START_TIMEOUT_S = 90.0
