@@ -225,7 +225,7 @@ class DriverSettings(BaseModel):
     #: Time allowed for actors to drain (finish, produce, commit) after SIGINT/SIGTERM.
     drain_timeout_s: float = Field(default=25.0, gt=0)
     #: A partition with lag whose offset has not moved for this long while its owner sits idle
-    #: (or nobody owns it) is stalled: the owner is replaced (``pipelines/watchdog.py``). None: off.
+    #: (or nobody owns it) is stalled: the owner is replaced (``pipelines/streaming/watchdog.py``). None: off.
     stall_timeout_s: float | None = Field(default=60.0, gt=0)
     #: This driver's name within the consumer group, in its actors' transactional ids (exactly-once).
     #: Give a name that is stable across restarts of this driver and unique among the drivers of
@@ -241,7 +241,7 @@ class DriverSettings(BaseModel):
 
 
 class AutoscaleSettings(BaseModel):
-    """Lag-aware autoscaling of the actor count (see ``pipelines/autoscaling.py``)."""
+    """Lag-aware autoscaling of the actor count (see ``pipelines/streaming/autoscaling.py``)."""
 
     model_config = _FROZEN
 

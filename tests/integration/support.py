@@ -43,6 +43,15 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interv
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def step_until(loop: Any, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Run ``loop.step()`` (one batch through to its commit) until ``done()``; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        loop.step()
+
+
 def topic_size(kafka: KafkaSettings, topic: str) -> int:
     consumer = KafkaConsumer(**kafka.client_config(), group_id=None)
     try:

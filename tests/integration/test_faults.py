@@ -2,7 +2,8 @@
 
 The method of Kafka's own transaction system tests and Jepsen: copy ``RECORDS`` numbered tweets
 (``CLSTREAM_FAULT_RECORDS``, default 10,000) from the input topic while faults are injected, then
-let ``pipelines.kafka_tools.verify.compare`` (an independent read_committed reader) account for every one.
+let two independent read_committed readers account for every one: ``pipelines.kafka_tools.verify``
+(by source position) and kcat (librdkafka, by id).
 
 Pass: lost = 0 always. Duplicates: 0 where the fault is a clean stop (SIGTERM drain, members
 leaving by drain); after a hard crash (SIGKILL of an actor, the driver or the broker; a paused
@@ -42,11 +43,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pipelines.kafka_tools.admin import LagProbe, ensure_topics
 from pipelines.kafka_tools.broker import LocalBroker
 from pipelines.kafka_tools.verify import VerifyReport, verify_topics
+from pipelines.soak.load import kcat_count
 from pipelines.streaming.driver import Driver
 from schemas.errors import CommitError
 from schemas.settings import Settings, WorkerSettings
 from tests.conftest import TEST_BROKER_PORT
-from tests.integration.support import pipeline_settings, wait_until
+from tests.integration.support import pipeline_settings, step_until, wait_until
 from workers.kafka_io import KafkaSink, KafkaSource, Partition
 from workers.loop import ClassifierLoop
 from workers.records import RawRecord
@@ -144,6 +146,9 @@ def _check(
     if delivery == "exactly-once":
         _wait_for_no_open_transactions(settings)
     verdict = verify_topics(settings.kafka, topics.input, topics.output, topics.dlq, delivery)  # type: ignore[arg-type]
+    # A second, independent count: kcat (librdkafka), read_committed, by id rather than position.
+    bootstrap = ",".join(settings.kafka.bootstrap_servers)
+    by_kcat = kcat_count(bootstrap, topics.input, topics.output, topics.dlq, timeout_s=180)
     report_fn(
         title,
         delivery=delivery,
@@ -153,6 +158,8 @@ def _check(
         duplicates=verdict.duplicates,
         bound=bound,
         out_of_order=verdict.out_of_order,
+        kcat_lost=by_kcat.lost,
+        kcat_duplicates=by_kcat.duplicates,
         # Partitions the stall watchdog had to unstick (0 unless a member stopped consuming).
         **({"stalls": len(driver.stalls)} if driver is not None else {}),
         took_s=round(time.monotonic() - started, 1),
@@ -161,6 +168,8 @@ def _check(
     assert verdict.lost == 0, verdict.table()
     assert verdict.unexpected == verdict.mismatched == verdict.unreadable == 0, verdict.table()
     assert verdict.duplicates <= bound, verdict.table()
+    assert (by_kcat.input_records, by_kcat.lost, by_kcat.unexpected) == (RECORDS, 0, 0), by_kcat
+    assert by_kcat.duplicates <= bound, by_kcat
     return verdict
 
 
@@ -597,7 +606,7 @@ def _run_loop_crashing_once(settings: Settings, broken: bool) -> None:
     )
     probe = LagProbe(settings.kafka, settings.topics.input, settings.topics.group_id)
     try:
-        wait_until(lambda: healthy.step() is not None and probe.measure().total == 0, 120, "the stream done")
+        step_until(healthy, lambda: probe.measure().total == 0, 120, "the stream done")
     finally:
         probe.close()
         healthy.source.close()

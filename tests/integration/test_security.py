@@ -24,7 +24,7 @@ from pipelines.kafka_tools.verify import read_committed
 from schemas.errors import BrokerError
 from schemas.settings import Settings
 from tests.conftest import TEST_BROKER_PORT
-from tests.integration.support import wait_until
+from tests.integration.support import step_until, wait_until
 from workers.kafka_io import KafkaSink, KafkaSource
 from workers.logs import configure_logging
 from workers.loop import ClassifierLoop
@@ -93,7 +93,7 @@ def test_loop_over_scram_at_debug_never_logs_the_password_or_a_payload(
         sink = KafkaSink(settings, client_id="security-test")
         loop = ClassifierLoop(source, sink, KeywordClassifier(), settings)
         try:
-            wait_until(lambda: loop.step() is not None and loop.stats.consumed >= 31, 90, "31 records")
+            step_until(loop, lambda: loop.stats.consumed >= 31, 90, "31 records")
         finally:
             source.close()
             sink.close()
@@ -151,10 +151,13 @@ def test_wrong_password_fails_fast_with_an_error_naming_authentication(scram_bro
     assert took_cli < 60, f"took {took_cli:.1f}s (imports included)"
 
 
-def test_right_password_lists_topics(scram_broker):
-    admin = admin_client(_settings(scram_broker, CANARY_PASSWORD).kafka)
+def test_right_password_lists_topics(scram_broker, topic_names):
+    kafka = _settings(scram_broker, CANARY_PASSWORD).kafka
+    topic = topic_names()["input"]
+    ensure_topics(kafka, {topic: 1})
+    admin = admin_client(kafka)
     try:
-        wait_until(lambda: admin.list_topics() is not None, 30, "topics")
+        wait_until(lambda: topic in admin.list_topics(), 30, f"{topic} listed")
     finally:
         admin.close()
 
