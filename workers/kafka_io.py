@@ -1,8 +1,7 @@
-"""Kafka behind two narrow interfaces: a ``Source`` of raw records and a ``Sink`` that delivers.
-
-The loop only sees these protocols; ``workers.testing`` has in-memory versions for unit tests.
-A ``TransactionalSink`` (exactly-once delivery) also commits the consumed offsets, inside the
-same Kafka transaction as the batch's output and dead-letter records.
+"""The Kafka adapters of the loop's ports (``workers.ports``): ``KafkaSource`` (a ``Source`` of
+raw records), ``KafkaSink`` (a ``Sink`` that delivers) and ``KafkaTransactionalSink`` (a
+``TransactionalSink``: exactly-once delivery, the consumed offsets committed inside the same
+Kafka transaction as the batch's output and dead-letter records).
 
 Only kafka-python's public API is used here; every access to its internals, and every
 workaround of its bugs, is a named function of ``workers.kafka_compat``.
@@ -13,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import structlog
 from kafka import (
@@ -31,9 +30,7 @@ from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFenc
 from schemas.settings import Settings
 from workers import kafka_compat
 from workers.kafka_compat import OwnedPartitionsCooperativeStickyAssignor
-from workers.records import OutboundRecord, RawRecord
-
-Partition = tuple[str, int]
+from workers.ports import GroupMetadata, OutboundRecord, Partition, RawRecord
 
 log = structlog.get_logger("clstream.kafka")
 
@@ -41,59 +38,6 @@ log = structlog.get_logger("clstream.kafka")
 _MAX_REQUEST_BYTES = 1_048_576
 #: A little lingering lets one poll's worth of results share a few produce requests.
 _LINGER_MS = 5
-
-
-class Source(Protocol):
-    """Records from the input topic, as a member of the consumer group. Not thread-safe."""
-
-    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
-        """Up to ``max_records`` records in offset order per partition; blocks at most ``timeout_ms``."""
-        ...
-
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
-        """Commit, per partition, the offset of the next record to read (inside the revocation
-        callback: made by the source, awaited, before the partitions move).
-
-        Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
-        next poll), not retriable once the partitions belong to another member."""
-        ...
-
-    def seek(self, offsets: Mapping[Partition, int]) -> None:
-        """Read again from these offsets (partitions no longer assigned are left to their owner)."""
-        ...
-
-    def group_metadata(self) -> Any:
-        """This member's group generation, for fencing a transaction's offset commit (KIP-447)."""
-        ...
-
-    def pause_all(self) -> None:
-        """Stop fetching from every assigned partition; ``poll`` still keeps the member in the group."""
-        ...
-
-    def resume_all(self) -> None: ...
-
-    def on_revoke(
-        self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
-    ) -> None:
-        """Inside ``poll``, before partitions are taken away: wait (keeping the member alive) until
-        ``settled()`` or ``timeout_s``, then call ``callback(partitions, lost)``, where ``commit``
-        may be called; the source makes that commit before the partitions move. ``lost``: evicted
-        from the group, nothing can be committed and nothing is waited for."""
-        ...
-
-    def close(self) -> None:
-        """Leave the group. Called at most once."""
-        ...
-
-
-class Sink(Protocol):
-    """Writes to the output and dead-letter topics. Not thread-safe."""
-
-    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
-        """Send every record and block until all are acknowledged; raise ``DeliveryError`` otherwise."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class KafkaSource:
@@ -210,7 +154,7 @@ class KafkaSource:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
-    def group_metadata(self) -> Any:
+    def group_metadata(self) -> GroupMetadata:
         return self._consumer.group_metadata()
 
     def pause_all(self) -> None:
@@ -305,23 +249,6 @@ class _RevokeListener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._source._assigned(assigned)
-
-
-class TransactionalSink(Sink, Protocol):
-    def deliver_atomically(
-        self,
-        records: Sequence[OutboundRecord],
-        next_offsets: Mapping[Partition, int],
-        group_metadata: Any,
-        timeout_s: float,
-    ) -> None:
-        """Produce ``records`` and commit ``next_offsets`` for the group in one transaction.
-
-        Returns once it is committed. On failure the transaction is aborted (none of it is ever
-        visible to ``read_committed`` readers) and ``DeliveryError`` is raised: try the same batch
-        again. ``FencedError`` means the group generation moved on (the partitions may belong to
-        another member now): do not retry; read the batch again from the last committed offsets."""
-        ...
 
 
 def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer:
@@ -458,7 +385,7 @@ class KafkaTransactionalSink:
         self,
         records: Sequence[OutboundRecord],
         next_offsets: Mapping[Partition, int],
-        group_metadata: Any,
+        group_metadata: GroupMetadata,
         timeout_s: float,
     ) -> None:
         if self._superseded:

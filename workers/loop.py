@@ -41,9 +41,8 @@ from schemas.errors import CommitError, DeliveryError, DeviceError, FatalWorkerE
 from schemas.records import SCHEMA_VERSION, Tweet
 from schemas.settings import Settings
 from workers.decode import Rejection, decode_tweet
-from workers.kafka_io import Partition, Sink, Source
-from workers.model import DEVICE_ERRORS, Classifier, release_device_memory
-from workers.records import Headers, OutboundRecord, RawRecord
+from workers.devices import is_device_failure, release_device_memory
+from workers.ports import Classifier, Headers, OutboundRecord, Partition, RawRecord, Sink, Source
 
 log = structlog.get_logger("clstream.loop")
 
@@ -442,16 +441,16 @@ class ClassifierLoop:
     def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
         """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone.
 
-        A device error (``DEVICE_ERRORS``) is not the records' fault: a smaller batch may fit, so
-        it splits too, but a single record that still fails is retried, and then ``DeviceError``
-        stops the actor; no record is dead-lettered for it."""
+        A device error (``workers.devices.is_device_failure``) is not the records' fault: a
+        smaller batch may fit, so it splits too, but a single record that still fails is retried,
+        and then ``DeviceError`` stops the actor; no record is dead-lettered for it."""
         if not texts:
             return []
         try:
             return list(self.classifier.classify(texts))
         except Exception as exc:  # noqa: BLE001 - any model failure is isolated, never fatal
             if len(texts) == 1:
-                if isinstance(exc, DEVICE_ERRORS):
+                if is_device_failure(exc):
                     return self._retry_on_device(texts, exc)
                 return [_model_rejection(exc)]
             half = len(texts) // 2
@@ -467,7 +466,7 @@ class ClassifierLoop:
             try:
                 return list(self.classifier.classify(texts))
             except Exception as exc:  # noqa: BLE001 - sorted below: device or record
-                if not isinstance(exc, DEVICE_ERRORS):
+                if not is_device_failure(exc):
                     return [_model_rejection(exc)]
                 error = exc
         raise DeviceError(
