@@ -129,7 +129,7 @@ class KafkaSource:
             for r in records
         ]
 
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
         if self._in_revocation:
             # Inside the revocation callback, on kafka-python's IO thread, where the blocking
             # ``KafkaConsumer.commit`` cannot run: ``_revoked`` makes it, awaited, once the
@@ -184,7 +184,7 @@ class KafkaSource:
         Then it calls the loop's callback, whose ``commit`` is only recorded (the blocking
         ``KafkaConsumer.commit`` cannot run on this thread), and commits those offsets here,
         awaited, before the partitions move: the one commit the source makes itself, on behalf
-        of the loop."""
+        of the loop's ``AtLeastOnceCommits`` (see ``workers.commits``)."""
         if self._revocation is None:
             return
         callback, settled, timeout_s = self._revocation
@@ -377,9 +377,6 @@ class KafkaTransactionalSink:
         )
         producer.init_transactions()
         return producer
-
-    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
-        raise TypeError("a transactional sink delivers with deliver_atomically (offsets in the transaction)")
 
     def deliver_atomically(
         self,

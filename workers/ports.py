@@ -15,7 +15,7 @@ test asserts it), so the loop and its unit tests load without them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from workers.records import Headers, OutboundRecord, RawRecord
 
@@ -49,9 +49,11 @@ class Source(Protocol):
         """Up to ``max_records`` records in offset order per partition; blocks at most ``timeout_ms``."""
         ...
 
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
-        """Commit, per partition, the offset of the next record to read (inside the revocation
-        callback: made by the source, awaited, before the partitions move).
+    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+        """Commit, per partition, the offset of the next record to read; returns once committed.
+
+        Inside the revocation callback (see ``on_revoke``) the source may make the commit itself,
+        awaited, after the callback returns and before the partitions move.
 
         Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
         next poll), not retriable once the partitions belong to another member."""
@@ -85,8 +87,9 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
 class Sink(Protocol):
-    """Writes to the output and dead-letter topics. Not thread-safe."""
+    """Writes to the output and dead-letter topics (at-least-once delivery). Not thread-safe."""
 
     def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
         """Send every record and block until all are acknowledged; raise ``DeliveryError`` otherwise."""
@@ -95,9 +98,10 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class TransactionalSink(Sink, Protocol):
-    """A ``Sink`` that also commits the consumed offsets, in one Kafka transaction per batch with
-    the output and dead-letter records (exactly-once delivery). Not thread-safe."""
+@runtime_checkable
+class TransactionalSink(Protocol):
+    """Writes to the output and dead-letter topics and commits the consumed offsets, in one Kafka
+    transaction per batch (exactly-once delivery). Not thread-safe."""
 
     def deliver_atomically(
         self,
@@ -115,6 +119,8 @@ class TransactionalSink(Sink, Protocol):
         ``ProducerFencedError`` (a ``FatalWorkerError``): a newer producer owns the transactional
         id; this sink sends nothing more."""
         ...
+
+    def close(self) -> None: ...
 
 
 class Classifier(Protocol):

@@ -63,7 +63,7 @@ class InMemorySource:
             self.position[(r.topic, r.partition)] = r.offset + 1
         return batch
 
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
         if self.rebalancing_commits > 0:
             self.rebalancing_commits -= 1
             raise CommitError("injected: the group is rebalancing", retriable=True)
@@ -132,9 +132,6 @@ class InMemoryTransactionalSink:
         self.crash_next = 0
         self.zombie_after: int | None = None
         self.closed = False
-
-    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
-        raise TypeError("a transactional sink delivers with deliver_atomically")
 
     def deliver_atomically(
         self,
