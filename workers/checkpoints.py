@@ -28,13 +28,13 @@ from schemas.records import Label
 from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.model import (
     BertClassifier,
-    Classifier,
     load_hf_model,
     resolve_device,
     resolve_precision,
     safetensors_weights,
     weights_sha256,
 )
+from workers.ports import Classifier
 
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 SEQUENCE_CLASSIFICATION_SUFFIX = "ForSequenceClassification"

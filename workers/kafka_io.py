@@ -1,8 +1,10 @@
-"""Kafka behind two narrow interfaces: a ``Source`` of raw records and a ``Sink`` that delivers.
+"""The Kafka adapters of the loop's ports (``workers.ports``): ``KafkaSource`` (a ``Source`` of
+raw records), ``KafkaSink`` (a ``Sink`` that delivers) and ``KafkaTransactionalSink`` (a
+``TransactionalSink``: exactly-once delivery, the consumed offsets committed inside the same
+Kafka transaction as the batch's output and dead-letter records).
 
-The loop only sees these protocols; ``workers.testing`` has in-memory versions for unit tests.
-A ``TransactionalSink`` (exactly-once delivery) also commits the consumed offsets, inside the
-same Kafka transaction as the batch's output and dead-letter records.
+Only kafka-python's public API is used here; every access to its internals, and every
+workaround of its bugs, is a named function of ``workers.kafka_compat``.
 """
 
 from __future__ import annotations
@@ -10,29 +12,25 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import structlog
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import (
+    AsyncConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 from kafka import errors as kafka_errors
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
-from kafka.structs import MemberState
 
 from schemas.dlq import DlqHeader
-from schemas.errors import (
-    CommitError,
-    DecompressionBombError,
-    DeliveryError,
-    FencedError,
-    ProducerFencedError,
-)
+from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFencedError
 from schemas.settings import Settings
-from workers.kafka_compat import bound_decompression
-from workers.records import OutboundRecord, RawRecord
-
-Partition = tuple[str, int]
+from workers import kafka_compat
+from workers.kafka_compat import OwnedPartitionsCooperativeStickyAssignor
+from workers.ports import GroupMetadata, OutboundRecord, Partition, RawRecord
 
 log = structlog.get_logger("clstream.kafka")
 
@@ -42,60 +40,10 @@ _MAX_REQUEST_BYTES = 1_048_576
 _LINGER_MS = 5
 
 
-class Source(Protocol):
-    """Records from the input topic, as a member of the consumer group. Not thread-safe."""
-
-    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
-        """Up to ``max_records`` records in offset order per partition; blocks at most ``timeout_ms``."""
-        ...
-
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
-        """Commit, per partition, the offset of the next record to read (inside the revocation
-        callback: made by the source, awaited, before the partitions move).
-
-        Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
-        next poll), not retriable once the partitions belong to another member."""
-        ...
-
-    def seek(self, offsets: Mapping[Partition, int]) -> None:
-        """Read again from these offsets (partitions no longer assigned are left to their owner)."""
-        ...
-
-    def group_metadata(self) -> Any:
-        """This member's group generation, for fencing a transaction's offset commit (KIP-447)."""
-        ...
-
-    def pause_all(self) -> None:
-        """Stop fetching from every assigned partition; ``poll`` still keeps the member in the group."""
-        ...
-
-    def resume_all(self) -> None: ...
-
-    def on_revoke(
-        self, callback: Callable[[list[Partition], bool], None], settled: Callable[[], bool], timeout_s: float
-    ) -> None:
-        """Inside ``poll``, before partitions are taken away: wait (keeping the member alive) until
-        ``settled()`` or ``timeout_s``, then call ``callback(partitions, lost)``, where ``commit``
-        may be called; the source makes that commit before the partitions move. ``lost``: evicted
-        from the group, nothing can be committed and nothing is waited for."""
-        ...
-
-    def close(self) -> None:
-        """Leave the group. Called at most once."""
-        ...
-
-
-class Sink(Protocol):
-    """Writes to the output and dead-letter topics. Not thread-safe."""
-
-    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
-        """Send every record and block until all are acknowledged; raise ``DeliveryError`` otherwise."""
-        ...
-
-    def close(self) -> None: ...
-
-
 class KafkaSource:
+    """``Source`` over one ``KafkaConsumer`` in the input topic's group (cooperative-sticky
+    assignment, manual commits, bounded decompression)."""
+
     def __init__(self, settings: Settings, client_id: str) -> None:
         self._topic = settings.topics.input
         self._request_timeout_ms = settings.kafka.request_timeout_ms
@@ -131,7 +79,7 @@ class KafkaSource:
         OwnedPartitionsCooperativeStickyAssignor.attach(self._consumer)
         # A batch is decompressed whole before its first record is read: bound it, or one small
         # batch of zeros takes the actor's memory (a decompression bomb: skipped as unreadable).
-        bound_decompression(self._consumer, settings.workers.max_decompressed_batch_bytes)
+        kafka_compat.bound_decompression(self._consumer, settings.workers.max_decompressed_batch_bytes)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         if not self._subscribed:
@@ -148,12 +96,13 @@ class KafkaSource:
             # start, and the one that was seen to hang (see ``diagnostics``).
             self._consumer.topics()
             self._subscribed = True
-        _unpark_resumed(self._consumer)
-        _finish_interrupted_join(self._consumer)
+        kafka_compat.unpark_resumed(self._consumer)
+        kafka_compat.finish_interrupted_join(self._consumer)
         try:
             fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except Exception as exc:
-            unreadable = _skip_unreadable(self._consumer, exc, max_records)
+            skipped = kafka_compat.skip_unreadable(self._consumer, exc, max_records)
+            unreadable = _stand_ins(*skipped, exc) if skipped is not None else []
             if not unreadable:
                 raise
             log.warning(
@@ -180,15 +129,15 @@ class KafkaSource:
             for r in records
         ]
 
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
-        offsets = {
-            TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
-        }
-        if self._in_revocation:  # made (and awaited) by the revocation listener once the callback returns
+    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
+        if self._in_revocation:
+            # Inside the revocation callback, on kafka-python's IO thread, where the blocking
+            # ``KafkaConsumer.commit`` cannot run: ``_revoked`` makes it, awaited, once the
+            # callback returns and before the partitions move.
             self._revocation_commits.update(next_offsets)
             return
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit(_kafka_offsets(next_offsets))
         except RebalanceInProgressError as exc:
             raise CommitError(
                 "the group is rebalancing; commit again after the next poll", retriable=True
@@ -205,7 +154,7 @@ class KafkaSource:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
-    def group_metadata(self) -> Any:
+    def group_metadata(self) -> GroupMetadata:
         return self._consumer.group_metadata()
 
     def pause_all(self) -> None:
@@ -230,14 +179,18 @@ class KafkaSource:
 
     async def _revoked(self, partitions: Iterable[TopicPartition], lost: bool) -> None:
         """Runs on kafka-python's IO loop as an async rebalance listener: its sleeps let heartbeats
-        go on while the batches in flight finish, so waiting does not get the member evicted."""
+        go on while the batches in flight finish, so waiting does not get the member evicted.
+
+        Then it calls the loop's callback, whose ``commit`` is only recorded (the blocking
+        ``KafkaConsumer.commit`` cannot run on this thread), and commits those offsets here,
+        awaited, before the partitions move: the one commit the source makes itself, on behalf
+        of the loop's ``AtLeastOnceCommits`` (see ``workers.commits``)."""
         if self._revocation is None:
             return
         callback, settled, timeout_s = self._revocation
-        coordinator = self._consumer._coordinator
         deadline = time.monotonic() + timeout_s
         while not lost and not settled() and time.monotonic() < deadline:
-            await coordinator._net.sleep(0.05)
+            await kafka_compat.io_sleep(self._consumer, 0.05)
         self._in_revocation, self._revocation_commits = True, {}
         try:
             callback(sorted((tp.topic, tp.partition) for tp in partitions), lost)
@@ -245,12 +198,9 @@ class KafkaSource:
             self._in_revocation = False
         if lost or not self._revocation_commits:
             return
-        offsets = {
-            TopicPartition(t, p): OffsetAndMetadata(off, "", -1)
-            for (t, p), off in self._revocation_commits.items()
-        }
+        offsets = _kafka_offsets(self._revocation_commits)
         try:
-            await coordinator._commit_offsets_sync_async(offsets, self._request_timeout_ms)
+            await kafka_compat.commit_during_rebalance(self._consumer, offsets, self._request_timeout_ms)
         except KafkaError as exc:
             # The new owner re-reads from the last commit: duplicates, never loss.
             log.warning("commit before handing partitions over failed", error=f"{type(exc).__name__}: {exc}")
@@ -258,36 +208,7 @@ class KafkaSource:
     def diagnostics(self) -> dict[str, Any]:
         """The consumer's view of its partitions, for a stall report: what it owns, what is paused,
         positions, and what the fetcher holds back. Best effort from another thread; read-only."""
-        consumer = self._consumer
-        fetcher = consumer._fetcher
-        coordinator = consumer._coordinator
-        try:
-            states = {
-                tp.partition: {
-                    "paused": state.paused,
-                    "position": getattr(state.position, "offset", None),
-                    "has_valid_position": state.has_valid_position,
-                    "awaiting_reset": getattr(state, "awaiting_reset", None),
-                }
-                for tp, state in list(consumer._subscription.assignment.items())
-            }
-            return {
-                "partitions": states,
-                "fetchable": sorted(tp.partition for tp in consumer._subscription.fetchable_partitions()),
-                "fetch_pending_to_nodes": sorted(str(n) for n in fetcher._nodes_with_pending_fetch_requests),
-                "fetches_in_flight": sum(1 for f in list(fetcher._fetch_futures) if not f.is_done),
-                "parked_records": sorted(tp.partition for tp in fetcher._paused_partition_records),
-                "parked_fetches": sorted(tp.partition for tp in fetcher._paused_completed_fetches),
-                "generation": str(getattr(coordinator, "_generation", None)),
-                # A member stuck half way through a rejoin says so here (MemberState.REBALANCING,
-                # a join task that never finishes): its commits are refused as "rebalancing".
-                "member_state": str(getattr(coordinator, "state", None)),
-                "rejoin_needed": getattr(coordinator, "rejoin_needed", None),
-                "join_task": _task_state(getattr(coordinator, "_join_task", None)),
-                "coordinator_id": getattr(coordinator, "coordinator_id", None),
-            }
-        except Exception as exc:  # noqa: BLE001 - the internals moved under us: say so, don't fail
-            return {"error": f"{type(exc).__name__}: {exc}"}
+        return kafka_compat.consumer_diagnostics(self._consumer)
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
@@ -300,129 +221,20 @@ class KafkaSource:
         self._consumer.close(autocommit=False)
 
 
-def _finish_interrupted_join(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0.12 coordinator bug that leaves a member half joined for good.
-
-    A rejoin asked for by a metadata change (new partitions; the first assignment made against
-    an empty snapshot) is not recorded in ``rejoin_needed``: ``need_rejoin()`` sees it only as
-    "the assignment's snapshot differs from the metadata". The join task itself, as leader,
-    makes the two equal. If the poll that started the join times out before the join finishes
-    (a busy CPU, a short poll), no later poll ever awaits it again: ``need_rejoin()`` is False,
-    the member stays ``REBALANCING`` with heartbeats off, the broker expires it, and every
-    commit is refused as "rebalancing" from then on. Marking the rejoin as needed while a join
-    is under way lets the next poll finish it (or start one afresh if it has already ended).
-    """
-    coordinator = consumer._coordinator
-    if coordinator.state == MemberState.REBALANCING and not coordinator.rejoin_needed:
-        coordinator.request_rejoin()
+def _kafka_offsets(next_offsets: Mapping[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()}
 
 
-def _skip_unreadable(consumer: KafkaConsumer, exc: Exception, max_records: int) -> list[RawRecord]:
-    """After ``poll`` raised ``exc``: if it was raised reading a partition's records (a corrupt
-    batch, a codec kafka-python lacks, a header key that is not UTF-8, a decompression bomb),
-    move that partition past the record and return stand-ins naming each skipped offset's
-    coordinates and the error. Empty when the error was not about a record (the caller re-raises
-    it).
-
-    kafka-python 3.0.12 raises such errors from ``poll`` and leaves the partition's position on
-    the record, so every later poll raises again: the member spins and the partition stalls.
-    The records being read when it raised are the fetcher's in-line partition records; every
-    record before the bad one was returned, so the partition's position is the bad record's
-    offset. A corrupt batch is skipped one offset at a time (its offsets cannot be trusted),
-    each offset dead-lettered on its own. A decompression bomb is skipped batch by batch:
-    ``DecompressionBombError`` carries the batch's offsets, read from its header (never
-    decompressed), and up to ``max_records`` of them are skipped at once (the next poll meets
-    the rest of the batch, and stops decompressing it at the same limit again).
-    """
-    fetcher = consumer._fetcher
-    in_line = fetcher._next_partition_records
-    if in_line is None:
-        return []
-    tp = in_line.topic_partition
-    subscription = consumer._subscription
-    if not subscription.is_assigned(tp):
-        return []
-    position = subscription.position(tp)
-    if position is None:
-        return []
-    first = last = position.offset
-    if isinstance(exc, DecompressionBombError) and exc.last_offset is not None and exc.last_offset >= first:
-        # Offsets before the batch's first (control records, compacted gaps) hold no record.
-        first = max(first, exc.first_offset if exc.first_offset is not None else first)
-        last = min(exc.last_offset, first + max_records - 1)
-    in_line.drain()
-    fetcher._next_partition_records = None
-    fetcher._next_in_line_exception_metadata = None
-    consumer.seek(tp, last + 1)
+def _stand_ins(tp: TopicPartition, offsets: range, exc: Exception) -> list[RawRecord]:
+    """A stand-in per offset the consumer could not read, naming the error, dead-lettered by its
+    coordinates (see ``kafka_compat.skip_unreadable``)."""
     error = f"{type(exc).__name__}: {str(exc)[:300]}"
     return [
         RawRecord(
             topic=tp.topic, partition=tp.partition, offset=offset, key=None, value=None, unreadable=error
         )
-        for offset in range(first, last + 1)
+        for offset in offsets
     ]
-
-
-def _task_state(task: Any) -> str | None:
-    """A kafka-python IO-loop task, in words: None, pending, or how it ended."""
-    if task is None:
-        return None
-    if not getattr(task, "is_done", False):
-        return f"pending ({getattr(task, 'state', '?')})"
-    exception = getattr(task, "exception", None)
-    return f"failed: {type(exception).__name__}" if exception is not None else "succeeded"
-
-
-def _unpark_resumed(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0.12 fetcher bug that stops a partition for good.
-
-    Records already parsed for a partition that gets paused are parked, and put back only on a
-    poll that finds no other partition's records in hand, which after the first records of any
-    unpaused partition (one assigned during the pause, say) never happens again; meanwhile the
-    parked partition is never fetched. So a resumed partition's parked records are dropped here:
-    its position is still the first record not returned, and the fetcher reads them again from
-    there. Nothing is skipped and nothing is returned twice.
-    """
-    fetcher = consumer._fetcher
-    parked = fetcher._paused_partition_records
-    if not parked:
-        return
-    subscription = consumer._subscription
-    resumed = [tp for tp in list(parked) if not subscription.is_paused(tp)]
-    for tp in resumed:
-        parked.pop(tp).drain()
-
-
-class OwnedPartitionsCooperativeStickyAssignor(CooperativeStickyAssignor):
-    """kafka-python 3.0.12's cooperative-sticky assignor, claiming only partitions it still owns.
-
-    At each JoinGroup a cooperative member tells the leader which partitions it owns, and the
-    leader withholds a partition that changes owner until its owner has revoked it. Upstream
-    claims the partitions of the member's last assignment, even after they were lost (evicted
-    from the group: its session expired while the broker was paused, say), whereas Kafka's
-    Java client claims what the consumer owns now, nothing after a loss. A stale claim makes
-    the leader withhold partitions from their new owner for an "owner" that owns nothing and so
-    never revokes them and never asks for the follow-up rebalance: those partitions are
-    assigned to nobody until something else rebalances the group (after a broker pause, lag
-    stood on two of four partitions with both members idle). This claims, as Java does, the
-    consumer's current assignment. Same protocol name: members with the upstream assignor
-    interoperate. ``attach`` it to the consumer after building it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.subscription: Any = None
-
-    @classmethod
-    def attach(cls, consumer: KafkaConsumer) -> None:
-        for assignor in consumer._coordinator._assignors.values():
-            if isinstance(assignor, cls):
-                assignor.subscription = consumer._subscription
-
-    def metadata(self, topics: Any) -> Any:
-        if self.subscription is not None:
-            self.member_assignment = sorted(self.subscription.assigned_partitions())
-        return super().metadata(topics)
 
 
 class _RevokeListener(AsyncConsumerRebalanceListener):
@@ -437,23 +249,6 @@ class _RevokeListener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._source._assigned(assigned)
-
-
-class TransactionalSink(Sink, Protocol):
-    def deliver_atomically(
-        self,
-        records: Sequence[OutboundRecord],
-        next_offsets: Mapping[Partition, int],
-        group_metadata: Any,
-        timeout_s: float,
-    ) -> None:
-        """Produce ``records`` and commit ``next_offsets`` for the group in one transaction.
-
-        Returns once it is committed. On failure the transaction is aborted (none of it is ever
-        visible to ``read_committed`` readers) and ``DeliveryError`` is raised: try the same batch
-        again. ``FencedError`` means the group generation moved on (the partitions may belong to
-        another member now): do not retry; read the batch again from the last committed offsets."""
-        ...
 
 
 def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer:
@@ -475,6 +270,8 @@ def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer
 
 
 class KafkaSink:
+    """``Sink`` over one idempotent producer (``acks=all``)."""
+
     def __init__(self, settings: Settings, client_id: str) -> None:
         self._producer = _producer(settings, client_id)
 
@@ -549,7 +346,7 @@ _FENCING_ERRORS: tuple[type[Exception], ...] = (
 
 
 class KafkaTransactionalSink:
-    """Exactly-once delivery: one transactional producer per actor slot.
+    """``TransactionalSink`` for exactly-once delivery: one transactional producer per actor slot.
 
     ``transactional_id`` is stable per actor slot, so the replacement of a killed actor fences the
     dead one and aborts its open transaction at once (``init_transactions``) instead of leaving
@@ -581,14 +378,11 @@ class KafkaTransactionalSink:
         producer.init_transactions()
         return producer
 
-    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
-        raise TypeError("a transactional sink delivers with deliver_atomically (offsets in the transaction)")
-
     def deliver_atomically(
         self,
         records: Sequence[OutboundRecord],
         next_offsets: Mapping[Partition, int],
-        group_metadata: Any,
+        group_metadata: GroupMetadata,
         timeout_s: float,
     ) -> None:
         if self._superseded:
@@ -599,22 +393,17 @@ class KafkaTransactionalSink:
         if self._pending_commit is not None and self._settle_pending_commit(dict(next_offsets), deadline):
             return
         producer = self._producer
-        offsets = {
-            TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in next_offsets.items()
-        }
-        manager = producer._transaction_manager
-        with manager._lock:
-            # kafka-python 3.0.12 keeps the offsets of a TxnOffsetCommit the broker refused (e.g. a
-            # stale generation: IllegalGeneration) and sends them again with the *next*
-            # transaction's offsets, which commits a fenced batch's offsets without its output: a
-            # silent loss. A transaction starts with no offsets but its own.
-            manager._pending_txn_offset_commits.clear()
+        # A transaction starts with no offsets but its own (a refused commit's would ride along).
+        kafka_compat.forget_refused_txn_offsets(producer)
         try:
             producer.begin_transaction()
             for r in map(producible, records):
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
-            self._await(manager.send_offsets_to_transaction(offsets, group_metadata), deadline, "offsets")
-            commit = manager.begin_commit()
+            offsets = kafka_compat.send_offsets_to_transaction(
+                producer, _kafka_offsets(next_offsets), group_metadata
+            )
+            self._await(offsets, deadline, "offsets")
+            commit = kafka_compat.begin_commit(producer)
         except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of it may ever commit
             self._fail(exc, len(records), deadline + timeout_s)
         try:
@@ -667,14 +456,13 @@ class KafkaTransactionalSink:
     def _await(self, result: Any, deadline: float, what: str) -> None:
         """Wait for a transactional request with a deadline (kafka-python's own calls have none);
         raises the request's error if it failed."""
-        self._producer._sender.wakeup()
         remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-        if not result.wait(timeout_ms=remaining_ms):
+        if not kafka_compat.wait_for_transaction(self._producer, result, remaining_ms):
             raise kafka_errors.KafkaTimeoutError(f"transaction {what} not acknowledged in time")
 
     def _abort(self, deadline: float) -> None:
         try:
-            self._await(self._producer._transaction_manager.begin_abort(), deadline, "abort")
+            self._await(kafka_compat.begin_abort(self._producer), deadline, "abort")
             return
         except Exception as exc:  # noqa: BLE001 - any failure to abort: start over with a new producer
             error = f"{type(exc).__name__}: {exc}"
@@ -686,11 +474,7 @@ class KafkaTransactionalSink:
         this one (kafka-python then holds ``ProducerFencedError`` as its fatal error, whatever
         the call that ran into it raised). Such a producer is never re-initialized: that would
         fence the live one in turn; the actor stops instead."""
-        manager = self._producer._transaction_manager
-        fenced = isinstance(exc, kafka_errors.ProducerFencedError) or (
-            manager.has_fatal_error() and isinstance(manager.last_error, kafka_errors.ProducerFencedError)
-        )
-        if fenced:
+        if kafka_compat.fenced_by_newer_producer(self._producer, exc):
             self._superseded = True
             # Its unsent records can never be sent: close without waiting (kafka-python's close
             # flushes first, and a zero-timeout flush of pending batches raises).

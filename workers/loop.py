@@ -8,7 +8,9 @@ classifies and delivers one batch at a time, waiting for every output and DLQ re
 acknowledged, so at most one batch of producer sends is ever outstanding.
 
 Offsets are committed in exactly one place, ``_commit_finished``, on the consumer thread, and
-only for batches whose records were all acknowledged, in the order they were polled. A batch
+only for batches whose records were all acknowledged, in the order they were polled, through the
+delivery mode's ``workers.commits`` strategy (``self.commits``, chosen once at construction;
+its module docstring also says where the commit made during a revocation happens). A batch
 whose delivery fails (broker down, DLQ unwritable) is retried with a backoff until it succeeds:
 the credit stays spent, the partitions stay paused, consumption stops and ``stats.last_error``
 says why; nothing is skipped.
@@ -16,9 +18,10 @@ says why; nothing is skipped.
 Credit is counted in tokens, estimated from each record's size before tokenization, and in bytes.
 
 With ``workers.delivery = "exactly-once"`` the model thread commits each batch's output, DLQ
-records and offsets in one Kafka transaction, and the consumer thread commits nothing itself. A
-batch whose transaction is fenced (the group moved on) is not retried: the consumer thread drops
-it and every batch after it and reads them again from the last committed offsets.
+records and offsets in one Kafka transaction (``ExactlyOnceCommits``), and the consumer thread's
+commit has nothing left to do. A batch whose transaction is fenced (the group moved on) is not
+retried: the consumer thread drops it and every batch after it and reads them again from the
+last committed offsets.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from queue import SimpleQueue
-from typing import Any
 
 import numpy as np
 import orjson
@@ -40,10 +42,20 @@ from schemas.dlq import DlqHeader
 from schemas.errors import CommitError, DeliveryError, DeviceError, FatalWorkerError, FencedError
 from schemas.records import SCHEMA_VERSION, Tweet
 from schemas.settings import Settings
+from workers.commits import commits_for
 from workers.decode import Rejection, decode_tweet
-from workers.kafka_io import Partition, Sink, Source
-from workers.model import DEVICE_ERRORS, Classifier, release_device_memory
-from workers.records import Headers, OutboundRecord, RawRecord
+from workers.devices import is_device_failure, release_device_memory
+from workers.ports import (
+    Classifier,
+    GroupMetadata,
+    Headers,
+    OutboundRecord,
+    Partition,
+    RawRecord,
+    Sink,
+    Source,
+    TransactionalSink,
+)
 
 log = structlog.get_logger("clstream.loop")
 
@@ -113,7 +125,7 @@ class _Batch:
     delivered: bool = False
     delivered_at: float = 0.0
     #: Group membership when polled: fences the batch's transaction if the group has moved on.
-    group_metadata: Any = None
+    group_metadata: GroupMetadata | None = None
     #: The loop's rewind count when polled: a batch from before a rewind is skipped, never delivered.
     epoch: int = 0
     classified: int = 0
@@ -130,19 +142,20 @@ class ClassifierLoop:
     calling thread (for tests and embedding); the two must not be mixed on one instance.
     """
 
-    def __init__(self, source: Source, sink: Sink, classifier: Classifier, settings: Settings) -> None:
+    def __init__(
+        self, source: Source, sink: Sink | TransactionalSink, classifier: Classifier, settings: Settings
+    ) -> None:
         self.source = source
         self.sink = sink
         self.classifier = classifier
         self.settings = settings
+        #: How batches are delivered and their offsets committed, per ``workers.delivery``.
+        self.commits = commits_for(settings.workers.delivery, source, sink)
         self.stats = LoopStats()
         self._inflight: deque[_Batch] = deque()
         self._work: SimpleQueue[_Batch | None] = SimpleQueue()
         # Set when retries must give up (drain deadline passed): the batch stays uncommitted.
         self._abandon = threading.Event()
-        self.exactly_once = settings.workers.delivery == "exactly-once"
-        if self.exactly_once and not hasattr(sink, "deliver_atomically"):
-            raise TypeError("exactly-once delivery needs a transactional sink")
         self._epoch = 0
         # Set by the model thread when a batch is fenced: it skips every later batch until the
         # consumer thread has rewound, so no transaction commits offsets past an undelivered batch.
@@ -220,23 +233,24 @@ class ClassifierLoop:
             self.stats.losses += 1
         else:
             self.stats.revocations += 1
-            self._commit_finished(wait=False)
+            self._commit_finished()
         if lost:
             # Evicted from the group: a commit would fail; the new owner re-reads from the last commit.
             self._inflight.clear()
             self._count_inflight()
 
-    def _finish_inflight(self, timeout_s: float, commit: bool = True, wait_for_commit: bool = True) -> None:
+    def _finish_inflight(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         for batch in list(self._inflight):
             if not batch.done.wait(max(0.0, deadline - time.monotonic())):
                 log.warning("batches still in flight at the deadline", batches=len(self._inflight))
                 break
-        if commit:
-            self._commit_finished(wait=wait_for_commit)
+        self._commit_finished()
 
-    def _commit_finished(self, wait: bool = True) -> int:
-        """Commit, in poll order, every leading batch that was fully delivered. The only commit."""
+    def _commit_finished(self) -> int:
+        """Commit, in poll order, every leading batch that was fully delivered. The only commit:
+        ``self.commits.commit`` commits on the source (at-least-once) or has nothing left to do
+        (exactly-once: each batch's transaction committed its offsets); the counters follow."""
         finished: list[_Batch] = []
         while self._inflight and self._inflight[0].done.is_set():
             if not self._inflight[0].delivered:  # fenced, or abandoned at a deadline
@@ -249,8 +263,7 @@ class ClassifierLoop:
         for batch in finished:
             next_offsets.update(batch.next_offsets)
         try:
-            if not self.exactly_once:  # exactly-once: already committed inside each batch's transaction
-                self.source.commit(next_offsets, wait=wait)
+            self.commits.commit(next_offsets)
         except CommitError as exc:
             self.stats.commit_failures += 1
             if exc.retriable:  # rebalancing: keep them, in order, and commit after the next poll
@@ -309,9 +322,13 @@ class ClassifierLoop:
             len(r.key or b"") + len(r.value or b"") + sum(len(v or b"") for _, v in r.headers)
             for r in records
         )
-        metadata = self.source.group_metadata() if self.exactly_once else None
         return _Batch(
-            records, tokens, _next_offsets(records), size, group_metadata=metadata, epoch=self._epoch
+            records,
+            tokens,
+            _next_offsets(records),
+            size,
+            group_metadata=self.commits.group_metadata(),
+            epoch=self._epoch,
         )
 
     # -- the model thread ---------------------------------------------------------------------
@@ -351,11 +368,7 @@ class ClassifierLoop:
         timeout_s = self.settings.workers.produce_timeout_s
         while True:
             try:
-                if self.exactly_once:
-                    sink: Any = self.sink
-                    sink.deliver_atomically(outbound, batch.next_offsets, batch.group_metadata, timeout_s)
-                else:
-                    self.sink.deliver(outbound, timeout_s=timeout_s)
+                self.commits.deliver(outbound, batch.next_offsets, batch.group_metadata, timeout_s)
                 batch.delivered, batch.delivered_at = True, time.time()
                 break
             except FencedError as exc:
@@ -442,16 +455,16 @@ class ClassifierLoop:
     def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
         """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone.
 
-        A device error (``DEVICE_ERRORS``) is not the records' fault: a smaller batch may fit, so
-        it splits too, but a single record that still fails is retried, and then ``DeviceError``
-        stops the actor; no record is dead-lettered for it."""
+        A device error (``workers.devices.is_device_failure``) is not the records' fault: a
+        smaller batch may fit, so it splits too, but a single record that still fails is retried,
+        and then ``DeviceError`` stops the actor; no record is dead-lettered for it."""
         if not texts:
             return []
         try:
             return list(self.classifier.classify(texts))
         except Exception as exc:  # noqa: BLE001 - any model failure is isolated, never fatal
             if len(texts) == 1:
-                if isinstance(exc, DEVICE_ERRORS):
+                if is_device_failure(exc):
                     return self._retry_on_device(texts, exc)
                 return [_model_rejection(exc)]
             half = len(texts) // 2
@@ -467,7 +480,7 @@ class ClassifierLoop:
             try:
                 return list(self.classifier.classify(texts))
             except Exception as exc:  # noqa: BLE001 - sorted below: device or record
-                if not isinstance(exc, DEVICE_ERRORS):
+                if not is_device_failure(exc):
                     return [_model_rejection(exc)]
                 error = exc
         raise DeviceError(

@@ -1,7 +1,7 @@
 """The classifier: tokenizer + BERT encoder -> pooled vector -> linear softmax head.
 
-``Classifier`` is the narrow interface the Kafka loop depends on; ``BertClassifier`` is the
-real thing and ``workers.testing.KeywordClassifier`` a model-free double for unit tests.
+``BertClassifier`` is the adapter of ``workers.ports.Classifier``, the narrow interface the Kafka
+loop depends on; ``workers.testing.KeywordClassifier`` is a model-free double for unit tests.
 Weights load from safetensors only, never with ``trust_remote_code``.
 """
 
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,37 +23,9 @@ from workers.adapter import LoraAdapter, load_adapter, merge_adapter
 from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
+from workers.ports import Classifier as Classifier  # the port, re-exported for pipelines' imports
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-
-
-class Classifier(Protocol):
-    """Maps texts to label probabilities. Not thread-safe; one instance per actor."""
-
-    model_id: str
-    pooling: str
-    labels: tuple[str, ...]
-
-    def classify(self, texts: Sequence[str]) -> np.ndarray:
-        """Return ``[len(texts), len(labels)]`` float32 probabilities, rows summing to 1."""
-        ...
-
-
-#: Failures of the device, not of the records on it: out of device memory, a CUDA or other
-#: accelerator error (a text is truncated to ``max_length`` tokens, so no single record can need
-#: more than a healthy device has). A batch that hits one is split or retried, never
-#: dead-lettered. Python's own ``MemoryError`` is not among them: it comes from a host allocation,
-#: which a pathological record can cause, and such a record goes to the DLQ like any other.
-DEVICE_ERRORS: tuple[type[BaseException], ...] = (
-    torch.OutOfMemoryError,
-    *((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()),
-)
-
-
-def release_device_memory() -> None:
-    """Give cached blocks back to the device before a retry (a no-op without CUDA)."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def default_encoder_path() -> Path:

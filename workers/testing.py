@@ -1,7 +1,8 @@
 """Test doubles shipped with the package, so a loop test needs no broker, no Ray and no download.
 
-``InMemorySource``/``InMemorySink`` honour the ``Source``/``Sink`` contracts; ``KeywordClassifier``
-is a deterministic ``Classifier``; ``save_tiny_bert`` writes a small randomly initialised BERT
+``InMemorySource``, ``InMemorySink`` and ``InMemoryTransactionalSink`` honour the ``Source``,
+``Sink`` and ``TransactionalSink`` contracts of ``workers.ports``; ``KeywordClassifier`` is a
+deterministic ``Classifier``; ``save_tiny_bert`` writes a small randomly initialised BERT
 (built from a config, safetensors) for delivery tests that exercise the real model code path fast.
 """
 
@@ -17,8 +18,7 @@ import numpy as np
 
 from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFencedError
 from schemas.records import Label
-from workers.kafka_io import Partition
-from workers.records import OutboundRecord, RawRecord
+from workers.ports import OutboundRecord, Partition, RawRecord
 
 LABELS = tuple(label.value for label in Label)
 
@@ -63,7 +63,7 @@ class InMemorySource:
             self.position[(r.topic, r.partition)] = r.offset + 1
         return batch
 
-    def commit(self, next_offsets: Mapping[Partition, int], wait: bool = True) -> None:
+    def commit(self, next_offsets: Mapping[Partition, int]) -> None:
         if self.rebalancing_commits > 0:
             self.rebalancing_commits -= 1
             raise CommitError("injected: the group is rebalancing", retriable=True)
@@ -132,9 +132,6 @@ class InMemoryTransactionalSink:
         self.crash_next = 0
         self.zombie_after: int | None = None
         self.closed = False
-
-    def deliver(self, records: Sequence[OutboundRecord], timeout_s: float) -> None:
-        raise TypeError("a transactional sink delivers with deliver_atomically")
 
     def deliver_atomically(
         self,

@@ -49,8 +49,9 @@ from schemas.errors import CommitError
 from schemas.settings import Settings, WorkerSettings
 from tests.conftest import TEST_BROKER_PORT
 from tests.integration.support import pipeline_settings, step_until, wait_until
-from workers.kafka_io import KafkaSink, KafkaSource, Partition
+from workers.kafka_io import KafkaSink, KafkaSource
 from workers.loop import ClassifierLoop
+from workers.ports import Partition
 from workers.records import RawRecord
 from workers.testing import KeywordClassifier
 

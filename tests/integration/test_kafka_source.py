@@ -4,7 +4,7 @@ kafka-python 3.0.12 parks the records it has already parsed for a partition that
 puts them back only on a poll that has no other partition's records in hand; once any unpaused
 partition has been read that never happens again, and the parked partition is never fetched
 either. The loop pauses while its credit is spent, and a rebalance can assign new (unpaused)
-partitions meanwhile, so without ``workers.kafka_io._unpark_resumed`` a partition stopped for
+partitions meanwhile, so without ``workers.kafka_compat.unpark_resumed`` a partition stopped for
 good, silently, with its lag growing (seen in the autoscaling test after a scale-down).
 """
 
@@ -150,7 +150,7 @@ def test_a_rejoin_for_new_partitions_finishes_even_when_every_poll_times_out_mid
     ``rejoin_needed``, and the join task, as leader, clears the other sign of it; a poll that
     times out mid-join (1 ms here; a busy CPU in ``clstream bench``) then never finishes the
     join: the member stays REBALANCING with heartbeats off and every commit is refused. Without
-    ``workers.kafka_io._finish_interrupted_join`` this hangs and fails."""
+    ``workers.kafka_compat.finish_interrupted_join`` this hangs and fails."""
     names = topic_names()
     settings = pipeline_settings(broker, names, workers={"session_timeout_ms": 6_000})
     topic = names["input"]

@@ -15,7 +15,7 @@ from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssi
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 from kafka.structs import TopicPartition
 
-from workers.kafka_io import OwnedPartitionsCooperativeStickyAssignor
+from workers.kafka_compat import OwnedPartitionsCooperativeStickyAssignor
 
 TOPIC = "tweets"
 PARTITIONS = range(4)

@@ -11,11 +11,14 @@ import struct
 import tracemalloc
 from collections.abc import Callable
 
+import kafka
 import pytest
 import snappy
 from kafka import KafkaConsumer, TopicPartition
 from kafka import codec as kafka_codec
+from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
+from kafka.producer.transaction_manager import TransactionManager
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
 from schemas.errors import DecompressionBombError
@@ -150,11 +153,27 @@ def test_records_before_a_bomb_in_the_same_fetch_are_returned_first(consumers):
         parsed.take()
 
 
+def test_the_installed_kafka_python_has_every_internal_the_compat_module_touches():
+    kafka_compat.self_check()
+
+
 def test_the_import_check_names_what_is_missing_and_the_installed_version(monkeypatch):
     """An upgrade whose fetcher no longer builds records through ``self.PartitionRecords`` would
     make the bound a silent no-op: the check refuses it by name, with the installed version."""
-    monkeypatch.setattr(kafka_compat.Fetcher, "_parse_fetched_data", lambda self, completed_fetch: None)
+    monkeypatch.setattr(Fetcher, "_parse_fetched_data", lambda self, completed_fetch: None)
     with pytest.raises(
         ImportError, match=r"kafka-python 3\.0\.\d+ no longer has: Fetcher._parse_fetched_data"
     ):
-        kafka_compat._check_internals()
+        kafka_compat.self_check()
+
+
+def test_the_import_check_names_a_missing_private_attribute_and_the_versions_known_to_work(monkeypatch):
+    """A private attribute a workaround reads (here the transaction manager's pending offsets)
+    gone in an upgrade fails the check, not a transaction in an actor."""
+    monkeypatch.setattr(TransactionManager.__init__, "__code__", (lambda self: None).__code__)
+    with pytest.raises(ImportError) as raised:
+        kafka_compat.self_check()
+    message = str(raised.value)
+    assert "TransactionManager keeps _lock and _pending_txn_offset_commits" in message
+    assert f"installed kafka-python {kafka.__version__}" in message
+    assert "kafka-python 3.0.12 (known to work)" in message

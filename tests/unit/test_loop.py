@@ -338,6 +338,12 @@ def test_exactly_once_refuses_a_sink_without_transactions():
         ClassifierLoop(InMemorySource([]), InMemorySink(), KeywordClassifier(), settings)
 
 
+def test_at_least_once_refuses_a_sink_that_only_delivers_in_transactions():
+    settings = Settings.load(overrides={"workers": {"delivery": "at-least-once"}})
+    with pytest.raises(TypeError, match="sink that delivers"):
+        ClassifierLoop(InMemorySource([]), InMemoryTransactionalSink(), KeywordClassifier(), settings)
+
+
 def test_a_dead_letter_over_the_size_limit_keeps_the_first_bytes_and_says_what_was_cut():
     settings = Settings.load(
         overrides={"topics": {"input": "in", "dlq": "dlq", "dlq_max_record_bytes": 20_000}}
