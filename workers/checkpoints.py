@@ -15,7 +15,6 @@ Two kinds of directory are accepted, both safetensors only and never with ``trus
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from schemas.errors import ModelLoadError
-from schemas.records import Label
+from schemas.records import LABELS, label_named
 from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.model import (
     BertClassifier,
@@ -35,19 +34,9 @@ from workers.model import (
     safetensors_weights,
     weights_sha256,
 )
+from workers.offline_hub import keep_hub_offline
 
-LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 SEQUENCE_CLASSIFICATION_SUFFIX = "ForSequenceClassification"
-
-# The label spellings a checkpoint may use without an explicit map (compared casefolded).
-_LABEL_NAMES = {
-    "positive": Label.POSITIVE.value,
-    "pos": Label.POSITIVE.value,
-    "negative": Label.NEGATIVE.value,
-    "neg": Label.NEGATIVE.value,
-    "neutral": Label.NEUTRAL.value,
-    "neu": Label.NEUTRAL.value,
-}
 
 
 def is_sequence_classification_checkpoint(directory: Path) -> bool:
@@ -73,7 +62,7 @@ def label_columns(id2label: Mapping[int, str], label_map: Mapping[str, str] | No
     ours: dict[str, int] = {}
     for column, name in sorted((int(k), str(v)) for k, v in id2label.items()):
         raw = (label_map or {}).get(name) or user_map.get(name.casefold()) or name
-        label = _LABEL_NAMES.get(raw.strip().casefold())
+        label = label_named(raw)
         if label is None or label in ours:
             break
         ours[label] = column
@@ -111,7 +100,7 @@ class SequenceClassifierModel:
         max_tokens: int | None = None,
         precision: str = "auto",
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         safetensors_weights(directory)

@@ -8,7 +8,6 @@ Weights load from safetensors only, never with ``trust_remote_code``.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from schemas.errors import ModelLoadError, UnsafeCheckpointError
 from workers.adapter import LoraAdapter, load_adapter, merge_adapter
 from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
+from workers.offline_hub import keep_hub_offline
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
@@ -146,7 +146,7 @@ class BertEncoder:
     ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()
         from transformers import AutoModel, AutoTokenizer
 
         safetensors_weights(directory)

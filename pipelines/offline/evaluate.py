@@ -40,8 +40,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from tqdm import tqdm
 
 from pipelines.offline import datasets
-from pipelines.offline.train_head import LABELS, VECTOR_CACHE_DIR, embed_texts, train_softmax_head
+from pipelines.offline.train_head import VECTOR_CACHE_DIR, embed_texts, train_softmax_head
 from schemas.errors import ClstreamError
+from schemas.records import LABELS
 from workers.checkpoints import is_sequence_classification_checkpoint, load_classifier
 from workers.head import DEFAULT_HEAD_DIR, load_head
 from workers.model import BertClassifier, BertEncoder, Classifier, default_encoder_path

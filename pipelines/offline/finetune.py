@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -46,8 +45,9 @@ from pipelines.offline.evaluate import (
     label_indices,
 )
 from pipelines.offline.lora import LoraClsModel, LoraSpec, write_head_metadata
-from pipelines.offline.train_head import BALANCES, LABELS, embed_texts, encoder_name, example_weights
+from pipelines.offline.train_head import BALANCES, embed_texts, encoder_name, example_weights
 from schemas.errors import ClstreamError, ModelLoadError
+from schemas.records import LABELS
 from workers.checkpoints import (
     SequenceClassifierModel,
     is_sequence_classification_checkpoint,
@@ -62,6 +62,7 @@ from workers.model import (
     safetensors_weights,
     weights_sha256,
 )
+from workers.offline_hub import keep_hub_offline
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -112,7 +113,7 @@ class TrainerState:
 
 def build_model(encoder_dir: Path) -> tuple[torch.nn.Module, Any]:
     """A sequence classifier with our three labels on top of ``encoder_dir`` (safetensors only)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_hub_offline()
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     safetensors_weights(encoder_dir)

@@ -11,7 +11,6 @@ fine-tuning (``pipelines.offline.finetune``). What it saves is a head directory 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,9 +21,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from schemas.errors import ModelLoadError
+from schemas.records import LABELS
 from workers.adapter import ADAPTER_FILE, LoraAdapter, load_adapter, save_adapter
-from workers.head import LABELS, META_FILE, WEIGHTS_FILE, HeadMetadata, SoftmaxHead, save_head
+from workers.head import META_FILE, WEIGHTS_FILE, HeadMetadata, SoftmaxHead, save_head
 from workers.model import safetensors_weights
+from workers.offline_hub import keep_hub_offline
 
 #: Every linear layer inside the transformer blocks (attention q/k/v/output and both FFN layers);
 #: the pooler is not used by ``cls`` pooling, and embeddings are left alone.
@@ -58,7 +59,7 @@ class LoraClsModel(nn.Module):
 
     def __init__(self, encoder_dir: Path, spec: LoraSpec, metadata: HeadMetadata) -> None:
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()
         from peft import LoraConfig, inject_adapter_in_model
         from transformers import AutoModel
 

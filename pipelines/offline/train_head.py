@@ -26,13 +26,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from tqdm import tqdm
 
 from pipelines.offline import datasets
-from schemas.records import Label
+from schemas.records import LABELS
 from workers.head import DEFAULT_HEAD_DIR, HeadMetadata, SoftmaxHead, save_head
 from workers.model import BertEncoder, default_encoder_path, weights_sha256
 from workers.pooling import POOLINGS
 
 VECTOR_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clstream" / "vectors"
-LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 
 # Texts handed to the encoder per progress-bar step: large enough that the encoder's own
 # length-sorting still packs batches tightly, small enough that the bar moves every few seconds.

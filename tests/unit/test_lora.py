@@ -14,9 +14,10 @@ from pipelines.offline import finetune
 from pipelines.offline.finetune import FinetuneConfig, epoch_batches
 from pipelines.offline.lora import LoraClsModel, LoraSpec
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
+from schemas.records import LABELS
 from workers.adapter import ADAPTER_FILE, ADAPTER_FORMAT, load_adapter
 from workers.checkpoints import load_classifier
-from workers.head import LABELS, HeadMetadata
+from workers.head import HeadMetadata
 from workers.model import BertClassifier
 from workers.testing import save_tiny_bert
 
