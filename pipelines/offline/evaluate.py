@@ -40,7 +40,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from tqdm import tqdm
 
 from pipelines.offline import datasets
-from pipelines.offline.train_head import VECTOR_CACHE_DIR, embed_texts, train_softmax_head
+from pipelines.offline.train_head import train_softmax_head
+from pipelines.offline.vectors import VECTOR_CACHE_DIR, embed_texts
 from schemas.errors import ClstreamError
 from schemas.records import LABELS
 from workers.checkpoints import is_sequence_classification_checkpoint, load_classifier

@@ -45,7 +45,8 @@ from pipelines.offline.evaluate import (
     label_indices,
 )
 from pipelines.offline.lora import LoraClsModel, LoraSpec, write_head_metadata
-from pipelines.offline.train_head import BALANCES, embed_texts, encoder_name, example_weights
+from pipelines.offline.train_head import BALANCES, encoder_name, example_weights
+from pipelines.offline.vectors import embed_texts
 from schemas.errors import ClstreamError, ModelLoadError
 from schemas.records import LABELS
 from workers.checkpoints import (
