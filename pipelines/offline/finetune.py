@@ -38,15 +38,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pipelines.offline import datasets
-from pipelines.offline.evaluate import (
-    DEFAULT_MAX_LENGTH,
-    classification_metrics,
-    classifier_predictions,
-    label_indices,
-)
 from pipelines.offline.lora import LoraClsModel, LoraSpec, write_head_metadata
+from pipelines.offline.metrics import classification_metrics, label_indices
+from pipelines.offline.predictions import classifier_predictions
 from pipelines.offline.train_head import BALANCES, encoder_name, example_weights
-from pipelines.offline.vectors import embed_texts
+from pipelines.offline.vectors import DEFAULT_MAX_LENGTH, embed_texts
 from schemas.errors import ClstreamError, ModelLoadError
 from schemas.records import LABELS
 from workers.checkpoints import (
