@@ -36,6 +36,27 @@ class Label(str, Enum):
     NEUTRAL = "NEUTRAL"
 
 
+#: The label names in ``Label`` order: a head's rows, a classifier's probability columns and the
+#: label indices of the offline tools all follow it.
+LABELS: tuple[str, ...] = tuple(label.value for label in Label)
+
+# The spellings a labeled-data file or a checkpoint's ``id2label`` may use (compared casefolded).
+_LABEL_SPELLINGS = {
+    "positive": Label.POSITIVE.value,
+    "pos": Label.POSITIVE.value,
+    "negative": Label.NEGATIVE.value,
+    "neg": Label.NEGATIVE.value,
+    "neutral": Label.NEUTRAL.value,
+    "neu": Label.NEUTRAL.value,
+}
+
+
+def label_named(name: str) -> str | None:
+    """The ``Label`` value ``name`` spells (positive/negative/neutral or pos/neg/neu, any case,
+    surrounding whitespace ignored); None for anything else."""
+    return _LABEL_SPELLINGS.get(name.strip().casefold())
+
+
 def _id_as_text(value: Any) -> Any:
     # Tweet ids are often JSON numbers; keep them as text so 64-bit ids never lose digits downstream.
     # bool is an int subclass in Python, and `true` is not an id.

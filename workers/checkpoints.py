@@ -15,8 +15,6 @@ Two kinds of directory are accepted, both safetensors only and never with ``trus
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,30 +22,22 @@ import numpy as np
 import torch
 
 from schemas.errors import ModelLoadError
-from schemas.records import Label
-from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
+from schemas.records import LABELS, label_named
+from workers.batching import BatchStats
 from workers.model import (
     BertClassifier,
+    forward_in_batches,
     load_hf_model,
     resolve_device,
     resolve_precision,
     safetensors_weights,
+    token_ids,
     weights_sha256,
 )
+from workers.offline_hub import keep_hub_offline
 from workers.ports import Classifier
 
-LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 SEQUENCE_CLASSIFICATION_SUFFIX = "ForSequenceClassification"
-
-# The label spellings a checkpoint may use without an explicit map (compared casefolded).
-_LABEL_NAMES = {
-    "positive": Label.POSITIVE.value,
-    "pos": Label.POSITIVE.value,
-    "negative": Label.NEGATIVE.value,
-    "neg": Label.NEGATIVE.value,
-    "neutral": Label.NEUTRAL.value,
-    "neu": Label.NEUTRAL.value,
-}
 
 
 def is_sequence_classification_checkpoint(directory: Path) -> bool:
@@ -73,7 +63,7 @@ def label_columns(id2label: Mapping[int, str], label_map: Mapping[str, str] | No
     ours: dict[str, int] = {}
     for column, name in sorted((int(k), str(v)) for k, v in id2label.items()):
         raw = (label_map or {}).get(name) or user_map.get(name.casefold()) or name
-        label = _LABEL_NAMES.get(raw.strip().casefold())
+        label = label_named(raw)
         if label is None or label in ours:
             break
         ours[label] = column
@@ -111,7 +101,7 @@ class SequenceClassifierModel:
         max_tokens: int | None = None,
         precision: str = "auto",
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         safetensors_weights(directory)
@@ -154,37 +144,25 @@ class SequenceClassifierModel:
         """``[len(texts), 3]`` float32 probabilities in ``LABELS`` order, rows in input order."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        ids = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_length, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
-        )["input_ids"]  # fmt: skip
-        lengths = [len(row) for row in ids]
-        # Length-bucketed, token-budgeted passes (workers.batching); rows go back by index.
-        groups = plan_batches(
-            lengths,
-            self.max_tokens or sys.maxsize,
-            self.batch_size,
-            pass_cost_tokens(self.device.type, self.max_tokens),
-        )
-        pad_id = int(self.tokenizer.pad_token_id or 0)
-        cuda = self.device.type == "cuda"
         columns = self._columns.to(self.device)
-        probs = torch.empty((len(texts), len(self.labels)), dtype=torch.float32, device=self.device)
-        computed = 0
-        for group in groups:
-            host = torch.from_numpy(pad_group(ids, group, pad_id))
-            computed += host.shape[1] * host.shape[2]
-            packed = host.pin_memory().to(self.device, non_blocking=True) if cuda else host
-            with torch.autocast(
-                self.device.type,
-                dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None,
-            ):
-                logits = self.model(input_ids=packed[0], attention_mask=packed[1]).logits.float()
-            index = torch.tensor(group, device=self.device)
-            probs.index_copy_(0, index, torch.softmax(logits[:, columns], dim=-1))
-        self.stats.add(len(texts), len(groups), sum(lengths), computed)
-        return probs.cpu().numpy()
+
+        def probabilities(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+            # Reordered into LABELS order before the softmax, whatever the checkpoint's order.
+            return torch.softmax(logits[:, columns], dim=-1)
+
+        done = forward_in_batches(
+            token_ids(self.tokenizer, texts, self.max_length),
+            probabilities,
+            width=len(self.labels),
+            pad_id=int(self.tokenizer.pad_token_id or 0),
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+            batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
+        )
+        self.stats.add(len(texts), done.batches, done.real_tokens, done.padded_tokens)
+        return done.vectors.cpu().numpy()
 
 
 def load_classifier(

@@ -17,12 +17,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from schemas.errors import ModelLoadError
-from schemas.records import Label
+from schemas.records import LABELS, Label
 
 WEIGHTS_FILE = "head.safetensors"
 META_FILE = "head.json"
 DEFAULT_HEAD_DIR = Path(__file__).parent / "heads" / "default"
-LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,8 @@ Weights load from safetensors only, never with ``trust_remote_code``.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from schemas.errors import ModelLoadError, UnsafeCheckpointError
 from workers.adapter import LoraAdapter, load_adapter, merge_adapter
 from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
+from workers.offline_hub import keep_hub_offline
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
-from workers.ports import Classifier as Classifier  # the port, re-exported for pipelines' imports
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 
@@ -118,7 +117,7 @@ class BertEncoder:
     ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()
         from transformers import AutoModel, AutoTokenizer
 
         safetensors_weights(directory)
@@ -151,15 +150,7 @@ class BertEncoder:
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (special tokens included, truncated to ``max_length``), unpadded."""
-        batch = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return batch["input_ids"]
+        return token_ids(self.tokenizer, texts, self.max_length)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None) -> Encoded:
         """Vectors on the CPU, in input order. At most ``batch_size`` texts and (when given)
@@ -174,32 +165,78 @@ class BertEncoder:
         self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None
     ) -> Encoded:
         """Like ``encode`` but the vectors stay on the model's device (no synchronisation on CUDA)."""
-        ids = self.token_ids(texts)
-        lengths = [len(row) for row in ids]
-        groups = plan_batches(
-            lengths, max_tokens or sys.maxsize, batch_size, pass_cost_tokens(self.device.type, max_tokens)
-        )
-        cuda = self.device.type == "cuda"
-        vectors = torch.empty((len(texts), self.hidden_size), dtype=torch.float32, device=self.device)
         all_layers = self.pooling in NEEDS_ALL_LAYERS
-        padded = 0
-        for group in groups:
-            host = torch.from_numpy(pad_group(ids, group, self.pad_id))
-            padded += host.shape[1] * host.shape[2]
-            # One pinned buffer, one asynchronous copy: ids and mask travel together.
-            packed = host.pin_memory().to(self.device, non_blocking=True) if cuda else host
-            input_ids, mask = packed[0], packed[1]
-            with torch.autocast(
-                self.device.type,
-                dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None,
-            ):
-                out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=all_layers)
-                hidden = out.hidden_states if all_layers else (out.last_hidden_state,)
-                pooled = self._pool(hidden, mask, getattr(out, "pooler_output", None))
-            index = torch.tensor(group, device=self.device) if cuda else torch.tensor(group)
-            vectors.index_copy_(0, index, pooled.float())
-        return Encoded(vectors=vectors, real_tokens=sum(lengths), padded_tokens=padded, batches=len(groups))
+
+        def pooled(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=all_layers)
+            hidden = out.hidden_states if all_layers else (out.last_hidden_state,)
+            return self._pool(hidden, mask, getattr(out, "pooler_output", None))
+
+        return forward_in_batches(
+            self.token_ids(texts),
+            pooled,
+            width=self.hidden_size,
+            pad_id=self.pad_id,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+        )
+
+
+def token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text (special tokens included, truncated to ``max_length``), unpadded: the
+    batch planner pads each group to its own longest text, not the tokenizer."""
+    batch = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    return batch["input_ids"]
+
+
+@torch.inference_mode()
+def forward_in_batches(
+    ids: list[list[int]],
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    width: int,
+    pad_id: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    batch_size: int,
+    max_tokens: int | None,
+) -> Encoded:
+    """``forward(input_ids, attention_mask)`` over every text of ``ids``; one float32 row of
+    ``width`` per text, in input order, left on ``device`` (no synchronisation on CUDA).
+
+    ``workers.batching.plan_batches`` groups the texts by length, at most ``batch_size`` texts and
+    (when given) ``max_tokens`` padded token slots per pass; each group is padded to its own
+    longest text and moved to the device in one copy. ``forward`` runs under autocast to
+    ``autocast_dtype`` (None: float32) and returns ``[len(group), width]``.
+    """
+    lengths = [len(row) for row in ids]
+    groups = plan_batches(
+        lengths, max_tokens or sys.maxsize, batch_size, pass_cost_tokens(device.type, max_tokens)
+    )
+    cuda = device.type == "cuda"
+    rows = torch.empty((len(ids), width), dtype=torch.float32, device=device)
+    padded = 0
+    for group in groups:
+        host = torch.from_numpy(pad_group(ids, group, pad_id))
+        padded += host.shape[1] * host.shape[2]
+        # One pinned buffer, one asynchronous copy: ids and mask travel together. On CUDA the
+        # groups are launched without waiting, so padding the next one overlaps this one's work.
+        packed = host.pin_memory().to(device, non_blocking=True) if cuda else host
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            result = forward(packed[0], packed[1])
+        rows.index_copy_(0, torch.tensor(group, device=device), result.float())
+    return Encoded(vectors=rows, real_tokens=sum(lengths), padded_tokens=padded, batches=len(groups))
 
 
 def load_hf_model(auto_class: Any, directory: Path) -> Any:

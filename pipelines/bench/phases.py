@@ -7,9 +7,10 @@ Every phase classifies the same tweets with the same model on the same machine:
 - ``measure_naive``: what a user writes first: a kafka-python consumer polling 32 records,
   ``json.loads`` each, one forward pass padded to the batch's longest tweet in arrival order,
   one ``send`` per result, flush, commit.
-- ``measure_pipeline``: the real thing, Kafka topic -> Driver + Ray actor(s) -> Kafka topic.
-- ``measure_latency``: the running pipeline at a steady offered rate; latency per record is the
-  output record's timestamp minus the input record's timestamp (both producer CreateTime).
+- the pipeline (``pipeline_column``): the real thing, Kafka topic -> Driver + Ray actor(s) ->
+  Kafka topic, then at a steady offered rate (``produce_at_rate``); latency per record is the
+  output record's timestamp minus the input record's timestamp (both producer CreateTime,
+  ``latencies_ms``).
 
 Throughput over Kafka is read from the output records themselves: every record of one batch
 carries the same ``classified_at``; the first batch (which pays for the first forward pass and

@@ -13,9 +13,8 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines.commands import bench, dlq, soak, status, verify
+from pipelines.commands import bench, dlq, evaluate, finetune, soak, status, train_head, verify
 from pipelines.commands.flags import add_settings_flags, settings_from_args
-from pipelines.offline import evaluate, finetune, train_head
 from schemas.errors import ClstreamError
 from workers.logs import configure_logging
 

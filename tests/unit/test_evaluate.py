@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from pipelines.commands.cli import main
+from pipelines.offline.baselines import TfidfBaseline
 from pipelines.offline.datasets import (
     TOPICS,
     DatasetError,
@@ -20,17 +20,11 @@ from pipelines.offline.datasets import (
     split_stratified,
     unseen_topic_split,
 )
-from pipelines.offline.evaluate import (
-    EvalData,
-    TfidfBaseline,
-    classification_metrics,
-    heldout_topic_folds,
-    label_indices,
-    plot_results,
-    reference_table,
-    require_trained_without,
-    seen_topics_reference,
-)
+from pipelines.offline.eval_data import EvalData, EvalOptions
+from pipelines.offline.eval_report import plot_results, reference_table
+from pipelines.offline.metrics import classification_metrics, label_indices
+from pipelines.offline.predictions import require_trained_without
+from pipelines.offline.topic_studies import heldout_topic_folds, seen_topics_reference
 from schemas.errors import ClstreamError
 from tests.unit.test_checkpoints import save_tiny_sequence_classifier
 
@@ -173,9 +167,9 @@ def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tw
         "cls head": label_indices(data.splits.test),
         "default (cls head)": np.full(len(data.splits.test), 2),
     }
-    args = argparse.Namespace(unseen_topics=("apple",), seed=0)
+    options = EvalOptions(unseen_topics=("apple",), seed=0)
 
-    reference = seen_topics_reference(args, data, vectors, unseen, default_name="default (cls head)")
+    reference = seen_topics_reference(options, data, vectors, unseen, default_name="default (cls head)")
 
     tweets = [item for item in split_stratified(items, seed=0).test if item.topic == "apple"]
     assert reference["n"] == len(tweets) > 0

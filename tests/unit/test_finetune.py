@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines.commands import finetune as finetune_command
 from pipelines.offline import finetune
 from pipelines.offline.datasets import LabeledText
-from pipelines.offline.finetune import FinetuneConfig, build_model, load_optimizer, save_optimizer
+from pipelines.offline.finetune import FinetuneConfig
+from pipelines.offline.full_finetune import build_model
+from pipelines.offline.resume import TrainerState, load_optimizer, save_optimizer
 from schemas.errors import ClstreamError
 from workers.checkpoints import SequenceClassifierModel, load_classifier
 
@@ -41,7 +44,7 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("finetune") / "encoder")
 
 
-def _train(encoder: Path, out: Path, **kwargs) -> finetune.TrainerState:
+def _train(encoder: Path, out: Path, **kwargs) -> TrainerState:
     torch.manual_seed(0)  # the new classification layer's initialisation
     model, tokenizer = build_model(encoder)
     return finetune.finetune(
@@ -137,13 +140,13 @@ def test_finetune_command_writes_metadata_and_a_loadable_model(tiny_encoder: Pat
         "".join(json.dumps({"text": item.text, "label": item.label.lower()}) + "\n" for item in synthetic(20))
     )
     parser = argparse.ArgumentParser()
-    finetune.add_arguments(parser)
+    finetune_command.add_arguments(parser)
     args = parser.parse_args(
         ["--data", str(data), "--encoder", str(tiny_encoder), "--out", str(tmp_path / "out")]
         + ["--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--max-length", "16"]
         + ["--save-every", "0", "--device", "cpu", "--no-progress"]
     )
-    assert finetune.run(args) == 0
+    assert finetune_command.run(args) == 0
     metadata = json.loads((tmp_path / "out" / "clstream.json").read_text())
     assert metadata["trained_on"]["sizes"] == {
         "train": 48,
@@ -155,4 +158,4 @@ def test_finetune_command_writes_metadata_and_a_loadable_model(tiny_encoder: Pat
     assert set(metadata["metrics"]["test"]) >= {"accuracy", "macro_f1", "confusion"}
     assert load_classifier(tmp_path / "out", device="cpu").labels == ("POSITIVE", "NEGATIVE", "NEUTRAL")
     with pytest.raises(ClstreamError, match="already holds a fine-tuning run: pass --resume"):
-        finetune.run(args)
+        finetune_command.run(args)

@@ -23,7 +23,7 @@ def test_default_classifier_on_gpu_matches_cpu():
 
 
 def test_bf16_fast_path_labels_agree_with_fp32_on_real_tweets():
-    from pipelines.bench.benchmark import bench_texts
+    from pipelines.bench.plan import bench_texts
 
     texts = bench_texts(2000)
     fast = BertClassifier.load(device="cuda", max_tokens=16_384, batch_size=1024)

@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.offline import train_head
+from pipelines.commands import train_head as train_head_command
 from pipelines.offline.train_head import (
     class_weights,
-    embed_texts,
     evaluate,
     example_weights,
     fold_standardisation,
     train_softmax_head,
 )
+from pipelines.offline.vectors import embed_texts
 from workers.head import HeadMetadata, load_head, save_head
 from workers.model import BertEncoder
 from workers.testing import save_tiny_bert
@@ -158,13 +158,13 @@ def test_embedded_vectors_come_from_the_cache_on_a_second_call(
 def test_train_head_command_writes_a_loadable_head_with_metrics(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(train_head, "VECTOR_CACHE_DIR", tmp_path / "vectors")
+    monkeypatch.setattr(train_head_command, "VECTOR_CACHE_DIR", tmp_path / "vectors")
     data = tmp_path / "labels.jsonl"
     words = {"positive": "great lovely", "negative": "awful broken", "neutral": "the a report"}
     rows = [{"text": f"{words[label]} {i}", "label": label} for label in words for i in range(20)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     parser = argparse.ArgumentParser()
-    train_head.register(parser.add_subparsers())
+    train_head_command.register(parser.add_subparsers())
     args = parser.parse_args(
         ["train-head", "--data", str(data), "--encoder", str(tiny_bert), "--out", str(tmp_path / "head")]
     )

@@ -10,13 +10,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from pipelines.commands import finetune as finetune_command
 from pipelines.offline import finetune
 from pipelines.offline.finetune import FinetuneConfig, epoch_batches
 from pipelines.offline.lora import LoraClsModel, LoraSpec
+from pipelines.offline.resume import CHECKPOINT_DIR, STATE_FILE
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
+from schemas.records import LABELS
 from workers.adapter import ADAPTER_FILE, ADAPTER_FORMAT, load_adapter
 from workers.checkpoints import load_classifier
-from workers.head import LABELS, HeadMetadata
+from workers.head import HeadMetadata
 from workers.model import BertClassifier
 from workers.testing import save_tiny_bert
 
@@ -183,12 +186,12 @@ def test_lora_command_writes_a_head_directory_with_metadata(tiny_encoder: Path, 
     data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(40)))
     out = tmp_path / "out"
     parser = argparse.ArgumentParser()
-    finetune.add_arguments(parser)
+    finetune_command.add_arguments(parser)
     args = parser.parse_args(
         ["--lora", "--lora-rank", "2", "--data", str(data), "--encoder", str(tiny_encoder)]
         + ["--out", str(out), "--epochs", "1", "--lr", "1e-2", "--max-length", "16", "--no-progress"]
     )
-    assert finetune.run(args) == 0
+    assert finetune_command.run(args) == 0
     meta = json.loads((out / "head.json").read_text())
     assert meta["pooling"] == "cls" and meta["labels"] == list(LABELS) and meta["hidden_size"] == 32
     assert meta["trained_on"]["lora"]["rank"] == 2 and meta["trained_on"]["config"]["lr"] == 1e-2
@@ -202,13 +205,13 @@ def test_lora_command_stopped_early_resumes_to_the_end(tiny_encoder: Path, tmp_p
     data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(40)))
     out = tmp_path / "out"
     parser = argparse.ArgumentParser()
-    finetune.add_arguments(parser)
+    finetune_command.add_arguments(parser)
     argv = ["--lora", "--lora-rank", "2", "--data", str(data), "--encoder", str(tiny_encoder)]
     argv += ["--out", str(out), "--epochs", "2", "--batch-size", "16", "--max-length", "16", "--no-progress"]
-    assert finetune.run(parser.parse_args([*argv, "--max-steps", "3"])) == 0
+    assert finetune_command.run(parser.parse_args([*argv, "--max-steps", "3"])) == 0
     assert "stopped at step 3 (epoch 1); continue with --resume" in capsys.readouterr().out
     assert not (out / "head.json").exists()  # no epoch finished yet: only the resume checkpoint
-    assert finetune.run(parser.parse_args([*argv, "--resume"])) == 0
-    state = json.loads((out / finetune.CHECKPOINT_DIR / finetune.STATE_FILE).read_text())
+    assert finetune_command.run(parser.parse_args([*argv, "--resume"])) == 0
+    state = json.loads((out / CHECKPOINT_DIR / STATE_FILE).read_text())
     assert (state["global_step"], state["epoch"]) == (2 * 6, 2)  # 96 training texts / 16 x 2 epochs
     assert json.loads((out / "head.json").read_text())["metrics"]["test"]["n"] == 12
