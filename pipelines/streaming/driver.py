@@ -20,13 +20,7 @@ from typing import Any
 import structlog
 
 from pipelines.kafka_tools.admin import GroupLag, LagProbe, ensure_topics
-from pipelines.streaming.autoscaling import (
-    ScalingConfig,
-    ScalingContext,
-    ScalingDecision,
-    ScalingState,
-    decide_actor_count,
-)
+from pipelines.streaming.autoscaling import ScalingContext, ScalingDecision, ScalingState, decide_actor_count
 from pipelines.streaming.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
 from pipelines.streaming.view import ActorView, CountedStats, DriverView
 from pipelines.streaming.watchdog import MemberActivity, Stall, StallWatch
@@ -416,7 +410,7 @@ class Driver:
             ),
             capacity=_actor_capacity(self.settings),
         )
-        decision, self._scaling = decide_actor_count(context, self._scaling, _scaling_config(self.settings))
+        decision, self._scaling = decide_actor_count(context, self._scaling, self.settings.autoscale)
         if decision.changes:
             self.decisions.append(decision)
             log.info("scaling decision", **decision.to_log_fields())
@@ -516,20 +510,6 @@ def init_ray(settings: Settings) -> None:
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
         configure_logging=True,
-    )
-
-
-def _scaling_config(settings: Settings) -> ScalingConfig:
-    a = settings.autoscale
-    return ScalingConfig(
-        min_actors=a.min_actors,
-        max_actors=a.max_actors,
-        catch_up_s=a.catch_up_s,
-        upscale_delay_s=a.upscale_delay_s,
-        downscale_delay_s=a.downscale_delay_s,
-        downscale_headroom=a.downscale_headroom,
-        smoothing=a.smoothing,
-        initial_actor_rate=a.initial_actor_rate,
     )
 
 
