@@ -251,9 +251,13 @@ class AutoscaleSettings(BaseModel):
     max_actors: int = Field(default=8, ge=1)
     #: A backlog should be gone within this time; lag / catch_up_s is the extra rate asked for.
     catch_up_s: float = Field(default=60.0, gt=0)
+    #: A change must be wanted this long before it is made.
     upscale_delay_s: float = Field(default=10.0, ge=0)
+    #: Longer than upscale: scaling down costs a drain and a rebalance, and load often comes back.
     downscale_delay_s: float = Field(default=60.0, ge=0)
+    #: Scale down only if the smaller count would run at most (1 - headroom) of its capacity.
     downscale_headroom: float = Field(default=0.25, ge=0, lt=1)
+    #: Weight of the newest observation in the moving averages of ingest and per-actor rates.
     smoothing: float = Field(default=0.3, gt=0, le=1)
     #: Per-actor records/s assumed until an actor has been measured.
     initial_actor_rate: float = Field(default=100.0, gt=0)

@@ -61,7 +61,7 @@ def ray_cluster() -> Iterator[None]:
     """A local Ray with 2 CPUs bound to loopback, shared by the session's integration tests."""
     import ray
 
-    from pipelines.streaming.driver import init_ray
+    from pipelines.streaming.ray_pool import init_ray
     from schemas.settings import Settings
 
     init_ray(Settings.load(overrides={"driver": {"ray_num_cpus": 2}}))

@@ -1,8 +1,9 @@
 """``ClassifierActor``: a ``ClassifierLoop`` on a background thread, with a small control surface.
 
-A plain class; the driver turns it into a Ray actor with ``ray.remote(...)`` and pins it to a GPU
-(or CPUs). Its methods return at once: ``start`` loads the model and joins the group on the
-loop thread, ``stats`` reports health, ``drain`` finishes the batch in hand, commits and leaves.
+A plain class; the driver's Ray adapter (``pipelines/streaming/ray_pool.py``) turns it into a Ray
+actor with ``ray.remote(...)`` and pins it to a GPU (or CPUs). Its methods return at once: ``start``
+loads the model and joins the group on the loop thread, ``report`` says how it is (an
+``ActorReport``), ``drain`` finishes the batch in hand, commits and leaves.
 
 States: starting -> running -> draining -> stopped, or failed (with ``error``) from any of them.
 """
@@ -13,13 +14,19 @@ import os
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import structlog
 
 from schemas.settings import Settings
 from workers.logs import configure_logging
+from workers.report import ActorReport, LoopCounters, Placement
+
+if TYPE_CHECKING:
+    from workers.loop import LoopStats
 
 log = structlog.get_logger("clstream.actor")
 
@@ -32,7 +39,14 @@ def transactional_id(group_id: str, instance: str, slot: int) -> str:
 
 
 class ClassifierActor:
-    def __init__(self, settings: Settings, name: str, slot: int = 0, instance: str = "solo") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        slot: int = 0,
+        instance: str = "solo",
+        placement: Callable[[], Placement] | None = None,
+    ) -> None:
         configure_logging(settings.log.level, settings.log.format)
         self.settings = settings
         self.name = name
@@ -44,6 +58,8 @@ class ClassifierActor:
         self.error: str | None = None
         self.device = "unknown"
         self.started_at = time.time()
+        #: Where the pool placed this process; asked once, here, inside the actor's process.
+        self.placement = placement() if placement is not None else Placement()
         self._stop = threading.Event()
         self._loop: Any = None
         self._thread = threading.Thread(target=self._main, name=f"clstream-{name}", daemon=True)
@@ -55,27 +71,25 @@ class ClassifierActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def stats(self) -> dict[str, Any]:
+    def report(self) -> ActorReport:
         """Health and counters; cheap, safe to call while the loop runs."""
         loop = self._loop
-        snapshot = loop.stats.snapshot() if loop is not None else {}
         classifier = getattr(loop, "classifier", None)
         real, padded = getattr(classifier, "real_tokens", 0), getattr(classifier, "padded_tokens", 0)
-        return {
-            "name": self.name,
-            "state": self.state,
-            "error": self.error,
-            "device": self.device,
-            "pid": os.getpid(),
-            "uptime_s": time.time() - self.started_at,
-            "padding_efficiency": (real / padded) if padded else None,
-            "rss_bytes": psutil.Process().memory_info().rss,
-            #: Input partitions owned after the last poll (None until the member has joined).
-            "assignment": _assignment(loop),
-            #: Batches in flight still being classified or delivered (the rest wait for a commit).
-            "unfinished_batches": loop.unfinished_batches() if loop is not None else 0,
-            **snapshot,
-        }
+        return ActorReport(
+            name=self.name,
+            state=self.state,
+            error=self.error,
+            device=self.device,
+            pid=os.getpid(),
+            uptime_s=time.time() - self.started_at,
+            padding_efficiency=(real / padded) if padded else None,
+            rss_bytes=psutil.Process().memory_info().rss,
+            assignment=_assignment(loop),
+            unfinished_batches=loop.unfinished_batches() if loop is not None else 0,
+            placement=self.placement,
+            counters=loop_counters(loop.stats) if loop is not None else None,
+        )
 
     def kafka_state(self) -> dict[str, Any]:
         """The consumer's own view of its partitions (a stall report's evidence); cheap, read-only."""
@@ -83,7 +97,7 @@ class ClassifierActor:
         diagnostics = getattr(getattr(loop, "source", None), "diagnostics", None)
         return {"name": self.name, **(diagnostics() if diagnostics is not None else {})}
 
-    def drain(self, timeout_s: float = 25.0) -> dict[str, Any]:
+    def drain(self, timeout_s: float = 25.0) -> ActorReport:
         """Stop polling, finish and commit the batch in hand, leave the group. Blocks up to ``timeout_s``."""
         if self.state in ("starting", "running"):
             self.state = "draining"
@@ -92,7 +106,7 @@ class ClassifierActor:
             self._thread.join(timeout=timeout_s)
         # else: still loading the model; it has consumed and committed nothing, so there is
         # nothing to finish, and the driver may stop the process at once.
-        return self.stats()
+        return self.report()
 
     def _main(self) -> None:
         structlog.contextvars.bind_contextvars(actor=self.name)
@@ -153,6 +167,13 @@ class ClassifierActor:
                 log.warning("close failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _assignment(loop: Any) -> list[int] | None:
+def _assignment(loop: Any) -> tuple[int, ...] | None:
     assigned = getattr(getattr(loop, "source", None), "assigned", None)
-    return list(assigned) if assigned is not None else None
+    return tuple(assigned) if assigned is not None else None
+
+
+def loop_counters(stats: LoopStats) -> LoopCounters:
+    """The loop's ``LoopStats`` as a frozen copy (``snapshot`` copies its dicts and lists); a field
+    ``LoopStats`` gains without ``LoopCounters`` fails here, and in ``tests/unit/test_actor_report.py``."""
+    snapshot = stats.snapshot()
+    return replace(LoopCounters(**snapshot), latency_counts=tuple(snapshot["latency_counts"]))

@@ -1,7 +1,8 @@
 """How many classifier actors the pipeline should have: a pure function of what the driver saw.
 
 ``decide_actor_count(context, state, config)`` returns a frozen ``ScalingDecision`` and the next
-``ScalingState``; it never reads a clock or the network (``context.now`` is the clock), so tests
+``ScalingState``; ``config`` is the ``autoscale`` settings (``schemas.settings.AutoscaleSettings``,
+validated there). It never reads a clock or the network (``context.now`` is the clock), so tests
 drive it tick by tick. It is composed of small steps:
 
 1. ``_smooth``: exponentially weighted ingest rate and per-actor throughput, so one noisy tick
@@ -22,32 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-
-@dataclass(frozen=True)
-class ScalingConfig:
-    min_actors: int = 1
-    max_actors: int = 8
-    #: Time we want a backlog to be gone in; lag / catch_up_s is the extra rate asked for.
-    catch_up_s: float = 60.0
-    upscale_delay_s: float = 10.0
-    #: Longer than upscale: scaling down costs a drain and a rebalance, and load often comes back.
-    downscale_delay_s: float = 60.0
-    #: Scale down only if the smaller count would run at most (1 - headroom) of its capacity.
-    downscale_headroom: float = 0.25
-    #: Weight of the newest observation in the moving averages (0 < alpha <= 1).
-    smoothing: float = 0.3
-    #: Per-actor records/s assumed before any actor has been measured.
-    initial_actor_rate: float = 100.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_actors <= self.max_actors:
-            raise ValueError(f"need 1 <= min_actors ({self.min_actors}) <= max_actors ({self.max_actors})")
-        if not 0 < self.smoothing <= 1:
-            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
-        if not 0 <= self.downscale_headroom < 1:
-            raise ValueError(f"downscale_headroom must be in [0, 1), got {self.downscale_headroom}")
-        if self.catch_up_s <= 0 or self.initial_actor_rate <= 0:
-            raise ValueError("catch_up_s and initial_actor_rate must be positive")
+from schemas.settings import AutoscaleSettings
 
 
 @dataclass(frozen=True)
@@ -108,7 +84,7 @@ class ScalingDecision:
 
 
 def decide_actor_count(
-    context: ScalingContext, state: ScalingState, config: ScalingConfig
+    context: ScalingContext, state: ScalingState, config: AutoscaleSettings
 ) -> tuple[ScalingDecision, ScalingState]:
     state = _smooth(context, state, config)
     ingest_rate, actor_rate = state.ingest_rate or 0.0, state.actor_rate or config.initial_actor_rate
@@ -132,7 +108,7 @@ def _ewma(previous: float | None, value: float, alpha: float) -> float:
     return value if previous is None else alpha * value + (1 - alpha) * previous
 
 
-def _smooth(context: ScalingContext, state: ScalingState, config: ScalingConfig) -> ScalingState:
+def _smooth(context: ScalingContext, state: ScalingState, config: AutoscaleSettings) -> ScalingState:
     ingest = _ewma(state.ingest_rate, max(0.0, context.ingest_rate), config.smoothing)
     measured = [r for r in context.busy_actor_rates if r > 0]
     if measured:
@@ -142,13 +118,13 @@ def _smooth(context: ScalingContext, state: ScalingState, config: ScalingConfig)
     return replace(state, ingest_rate=ingest, actor_rate=actor_rate)
 
 
-def _demand(context: ScalingContext, state: ScalingState, config: ScalingConfig) -> float:
+def _demand(context: ScalingContext, state: ScalingState, config: AutoscaleSettings) -> float:
     assert state.ingest_rate is not None and state.actor_rate is not None
     needed_rate = state.ingest_rate + context.total_lag / config.catch_up_s
     return needed_rate / state.actor_rate
 
 
-def _apply_hysteresis(current: int, demand: float, config: ScalingConfig) -> int:
+def _apply_hysteresis(current: int, demand: float, config: AutoscaleSettings) -> int:
     up = math.ceil(demand - 1e-9)
     if up > current:
         return up
@@ -157,7 +133,7 @@ def _apply_hysteresis(current: int, demand: float, config: ScalingConfig) -> int
     return min(current, max(down, 0))
 
 
-def _apply_bounds(wanted: int, context: ScalingContext, config: ScalingConfig) -> tuple[int, str | None]:
+def _apply_bounds(wanted: int, context: ScalingContext, config: AutoscaleSettings) -> tuple[int, str | None]:
     bounds = [
         ("max_actors", config.max_actors),
         ("partitions", max(context.partitions, config.min_actors)),
@@ -171,7 +147,7 @@ def _apply_bounds(wanted: int, context: ScalingContext, config: ScalingConfig) -
 
 
 def _apply_delay(
-    context: ScalingContext, target: int, state: ScalingState, config: ScalingConfig
+    context: ScalingContext, target: int, state: ScalingState, config: AutoscaleSettings
 ) -> tuple[int, str, ScalingState]:
     current = context.current
     if target == current:

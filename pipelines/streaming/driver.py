@@ -1,59 +1,58 @@
 """The driver: starts the classifier actors, watches them, replaces the dead and drains on stop.
 
-Each tick it observes (actor stats, group lag), acts (replace failed or dead actors) and reports
-a frozen ``DriverView``. It never blocks on an actor: health checks are outstanding Ray calls
-that are collected when they are ready, so one hung actor cannot stall the watch of the others.
-A dead actor's replacement takes its slot, after the slot's back-off (``pipelines/streaming/restarts.py``).
+Each tick it observes (actor reports, group lag), acts (replace failed or dead actors, apply
+scaling decisions) and publishes a frozen ``DriverView``. Actors live in an ``ActorPool``
+(``pipelines/streaming/pool.py``; on Ray by default, ``ray_pool.py``), whose reports never block,
+so one hung actor cannot stall the watch of the others. A dead actor's replacement takes its
+slot, after the slot's back-off (``pipelines/streaming/restarts.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from pipelines.kafka_tools.admin import GroupLag, LagProbe, ensure_topics
-from pipelines.streaming.autoscaling import (
-    ScalingConfig,
-    ScalingContext,
-    ScalingDecision,
-    ScalingState,
-    decide_actor_count,
-)
+from pipelines.streaming.autoscaling import ScalingContext, ScalingDecision, ScalingState, decide_actor_count
+from pipelines.streaming.pool import ActorGone, ActorKind, ActorPool, ActorSpec
 from pipelines.streaming.restarts import ActorExit, RestartConfig, SlotHistory, decide_restart
-from pipelines.streaming.view import ActorView, CountedStats, DriverView
+from pipelines.streaming.view import ActorView, CountedStats, DriverView, Totals
 from pipelines.streaming.watchdog import MemberActivity, Stall, StallWatch
 from schemas.settings import Settings
+from workers.report import ActorReport, LoopCounters
 
 log = structlog.get_logger("clstream.driver")
 
-#: Counters the driver keeps for actors that are gone (``LoopStats`` fields; ints).
-_FOLDED_COUNTS = (
-    "consumed",
-    "classified",
-    "dead_lettered",
-    "delivery_failures",
-    "commit_failures",
-    "unreadable",
-)
+
+class LagMeter(Protocol):
+    """The consumer group's lag (``pipelines.kafka_tools.admin.LagProbe``)."""
+
+    def measure(self) -> GroupLag:
+        """The lag now, or a ``KafkaError`` saying why not."""
+
+    def close(self) -> None: ...
 
 
 @dataclass
 class _Member:
+    """The driver's bookkeeping for one live actor (its own say is ``report``)."""
+
     name: str
-    handle: Any
     spawned_at: float
     slot: int = 0
-    pending_ref: Any = None
+    kind: ActorKind = ActorKind.CLASSIFIER
     last_answer_at: float | None = None
-    last: dict[str, Any] = field(default_factory=dict)
+    #: The actor's last report; None until it first answers.
+    report: ActorReport | None = None
     rate_per_s: float = 0.0
     #: Records/s while busy (consumed / time spent processing) over the last tick; None if idle.
     busy_rate_per_s: float | None = None
@@ -63,21 +62,55 @@ class _Member:
     #: When it was first seen running (its model loaded): how long it lived decides its slot's back-off.
     running_since: float | None = None
 
+    @property
+    def counters(self) -> LoopCounters:
+        """The loop's counters from the last report, all zero until there are some."""
+        return (self.report.counters if self.report is not None else None) or LoopCounters()
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The last report as the flat stats dict it replaced ({} before the first answer), for
+        readers not yet moved to ``report`` (``pipelines/bench``, ``pipelines/soak``, some
+        integration tests). New code reads ``report``."""
+        if self.report is None:
+            return {}
+        flat = {f.name: getattr(self.report, f.name) for f in dataclasses.fields(self.report)}
+        counters = flat.pop("counters")
+        return flat | (dataclasses.asdict(counters) if counters is not None else {})
+
+    def view(self) -> ActorView:
+        return ActorView(
+            name=self.name, state=self.state, slot=self.slot, rate_per_s=self.rate_per_s, report=self.report
+        )
+
 
 class Driver:
-    """Owns the actors' lifecycle. Call ``start``, then ``tick`` (or ``run``), then ``drain``."""
+    """Owns the actors' lifecycle. Call ``start``, then ``tick`` (or ``run``), then ``drain``.
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    ``pool`` runs the actors (default: a ``RayActorPool``, created on first use); ``clock`` is
+    the driver's time in seconds; ``lag`` measures the group's lag (default: a ``LagProbe``
+    created by ``start``). Not thread-safe, except ``counted_stats`` and ``last_view``, which
+    a metrics scrape reads from its own thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool: ActorPool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        lag: LagMeter | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         #: In the actors' transactional ids: see ``DriverSettings.instance_id``.
         self.instance_id = settings.driver.instance_id or secrets.token_hex(4)
+        self._pool = pool
         self.members: dict[str, _Member] = {}
         self.replaced_total = 0
         self.dead_members: list[str] = []
         self._names = itertools.count()
-        self._own_ray = False
-        self._probe: LagProbe | None = None
+        self._probe = lag
         self._last_consumed_by_member: dict[str, tuple[float, int]] = {}
         #: Slots whose replacement waits out a back-off, and when it is due; reserved meanwhile.
         self._due_spawns: dict[int, float] = {}
@@ -87,36 +120,39 @@ class Driver:
         self._restart_config = RestartConfig(stable_after_s=2 * settings.workers.session_timeout_ms / 1000)
         #: Actors replaced after they failed, died or stopped answering, by slot.
         self.restarts_by_slot: dict[int, int] = {}
-        self._retiring: dict[str, tuple[_Member, Any]] = {}
+        #: Actors draining before they stop (scale-down, stall): no longer members, still counted.
+        self._retiring: dict[str, _Member] = {}
         self._busy_by_member: dict[str, tuple[float, int]] = {}
         self._scaling = ScalingState()
         self._last_end: tuple[float, int] | None = None
         self.decisions: list[ScalingDecision] = []
         self.last_view: DriverView | None = None
         #: Counters of actors that are gone, so pipeline totals never go backwards.
-        self.retired_totals: dict[str, int] = dict.fromkeys(_FOLDED_COUNTS, 0)
-        self.retired_dead_letters_by_class: dict[str, int] = {}
+        self.retired = Totals()
         # Held while an actor's counts move from the live ones into the retired totals, so a
         # scrape (another thread) never sees them twice or not at all (``counted_stats``).
         self._counts_lock = threading.Lock()
-        #: Last stats of actors that are gone (their latency histograms stay in the totals).
-        self.retired_latency: list[dict[str, Any]] = []
         self.metrics_port: int | None = None
         timeout = settings.driver.stall_timeout_s
         self._stalls = StallWatch(timeout) if timeout is not None else None
         self.stalls: list[Stall] = []
         self._lag_fresh = False
 
+    @property
+    def pool(self) -> ActorPool:
+        if self._pool is None:
+            # Imported here: Ray loads only when a driver without an injected pool needs actors.
+            from pipelines.streaming.ray_pool import RayActorPool
+
+            self._pool = RayActorPool(self.settings, self.instance_id)
+        return self._pool
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, input_partitions: int = 4) -> None:
-        import ray
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        if not ray.is_initialized():
-            init_ray(self.settings)
-            self._own_ray = True
+        self.pool.open()
         topics = self.settings.topics
         created = ensure_topics(
             self.settings.kafka,
@@ -124,12 +160,13 @@ class Driver:
         )
         if created:
             log.info("created topics", topics=created)
-        self._probe = LagProbe(self.settings.kafka, topics.input, topics.group_id)
+        if self._probe is None:
+            self._probe = LagProbe(self.settings.kafka, topics.input, topics.group_id)
         log.info(
             "driver starting",
             instance=self.instance_id,
             settings=self.settings.to_log_fields(),
-            cluster=_cluster_resources(),
+            cluster=dict(self.pool.describe()),
         )
         metrics = self.settings.metrics
         if metrics.enabled:
@@ -156,32 +193,31 @@ class Driver:
 
     def drain(self) -> None:
         """Ask every actor to finish and commit its batch in hand and leave the group; then stop them."""
-        import ray
-
         timeout = self.settings.driver.drain_timeout_s
-        refs = {m.name: m.handle.drain.remote(timeout) for m in self.members.values()}
-        refs.update({name: ref for name, (_, ref) in self._retiring.items()})
-        ready, not_ready = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout + 5)
-        for name, ref in refs.items():
-            if ref in ready:
-                try:
-                    final = ray.get(ref)
-                    log.info(
-                        "actor drained", actor=name, state=final["state"], consumed=final.get("consumed", 0)
-                    )
-                except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
-                    log.warning("actor could not drain", actor=name, error=type(exc).__name__)
-            else:
-                log.warning("actor did not drain in time", actor=name, timeout_s=timeout)
-        for member in [*self.members.values(), *(m for m, _ in self._retiring.values())]:
-            ray.kill(member.handle, no_restart=True)
+        names = [*self.members, *self._retiring]
+        if self._pool is not None:
+            pool = self._pool
+            for name in self.members:
+                pool.drain(name, timeout)
+            finals = pool.await_reports(names, timeout + 5) if names else {}
+            for name in names:
+                final = finals.get(name)
+                if isinstance(final, ActorReport):
+                    consumed = final.counters.consumed if final.counters is not None else 0
+                    log.info("actor drained", actor=name, state=final.state, consumed=consumed)
+                elif isinstance(final, ActorGone):
+                    log.warning("actor could not drain", actor=name, error=final.error)
+                else:
+                    log.warning("actor did not drain in time", actor=name, timeout_s=timeout)
+            for name in names:
+                pool.kill(name)
         self.members.clear()
         self._retiring.clear()
         if self._probe is not None:
             self._probe.close()
             self._probe = None
-        if self._own_ray:
-            ray.shutdown()
+        if self._pool is not None:
+            self._pool.close()
 
     # -- one tick ----------------------------------------------------------------------------
 
@@ -202,33 +238,20 @@ class Driver:
         self._collect_retired()
         self._watch_for_stalls(now, lag)
         decision = self._autoscale(now, lag) if self.settings.autoscale.enabled else None
-        actors = tuple(
-            ActorView(
-                name=m.name,
-                state=m.state,
-                consumed=m.last.get("consumed", 0),
-                classified=m.last.get("classified", 0),
-                dead_lettered=m.last.get("dead_lettered", 0),
-                rate_per_s=m.rate_per_s,
-                device=m.last.get("device", "unknown"),
-                error=m.last.get("error"),
-                inflight_tokens=m.last.get("inflight_tokens", 0),
-                inflight_batches=m.last.get("inflight_batches", 0),
-                paused=bool(m.last.get("paused", False)),
-                rss_bytes=m.last.get("rss_bytes", 0),
-            )
-            for m in self.members.values()
-        )
+        actors = tuple(m.view() for m in self.members.values())
         view = DriverView(
             at=now,
             actors=actors,
             lag=lag,
             replaced_total=self.replaced_total,
             stalls_total=len(self.stalls),
-            consumed_total=self.retired_totals["consumed"] + sum(a.consumed for a in actors),
+            consumed_total=self.retired.consumed + sum(a.consumed for a in actors),
             rate_per_s=sum(a.rate_per_s for a in actors),
             retiring=len(self._retiring),
             decision=decision,
+            desired=self.decisions[-1].desired if self.decisions else len(self.members),
+            scaled_up=sum(1 for d in self.decisions if d.desired > d.current),
+            scaled_down=sum(1 for d in self.decisions if d.desired < d.current),
         )
         self.last_view = view
         return view
@@ -253,19 +276,7 @@ class Driver:
         """Replace the members that sit idle on partitions with lag (``pipelines/streaming/watchdog.py``)."""
         if self._stalls is None:
             return
-        members = [
-            MemberActivity(
-                name=m.name,
-                running=m.state == "running",
-                progressed_at=m.progressed_at if m.progressed_at is not None else now,
-                paused=bool(m.last.get("paused", False)),
-                inflight_batches=int(m.last.get("inflight_batches", 0)),
-                assignment=frozenset(m.last["assignment"]) if m.last.get("assignment") is not None else None,
-                spawned_at=m.spawned_at,
-                unfinished_batches=m.last.get("unfinished_batches"),
-            )
-            for m in self.members.values()
-        ]
+        members = [_activity(m, now) for m in self.members.values()]
         # Joins and leaves move partitions: only a settled group with a fresh lag gets a verdict.
         settled = self._lag_fresh and not self._retiring and not self._due_spawns
         stall = self._stalls.observe(now, lag.committed, lag.by_partition, members, settled)
@@ -283,48 +294,34 @@ class Driver:
 
     def kafka_state(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
         """Each named member's own view of its consumer, for the log; what does not answer in 5 s is skipped."""
-        import ray
-
-        refs = [self.members[name].handle.kafka_state.remote() for name in names]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=5)
-        states = []
-        for ref in ready:
-            try:
-                states.append(ray.get(ref))
-            except Exception as exc:  # noqa: BLE001 - a dying actor has no state to give
-                states.append({"error": type(exc).__name__})
-        return states
+        return self.pool.kafka_state(names, timeout_s=5)
 
     def _observe(self, member: _Member, now: float) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
-        if member.pending_ref is None:
-            member.pending_ref = member.handle.stats.remote()
-        ready, _ = ray.wait([member.pending_ref], timeout=0.05)
-        if not ready:
+        try:
+            report = self.pool.report(member.name)
+        except ActorGone as gone:
+            member.state = "dead"
+            member.report = dataclasses.replace(
+                member.report or ActorReport(name=member.name, state="dead"), error=gone.error
+            )
+            return
+        if report is None:
             # A member that never answered is still being scheduled or loading its model.
             waited_since = member.last_answer_at if member.last_answer_at is not None else member.spawned_at
             grace = self.settings.driver.health_timeout_s * (1 if member.last_answer_at is not None else 4)
             if now - waited_since > grace:
                 member.state = "unresponsive"
             return
-        ref, member.pending_ref = member.pending_ref, None
-        try:
-            stats = ray.get(ref, timeout=1.0)
-        except (RayActorError, GetTimeoutError) as exc:
-            member.state = "dead"
-            member.last = {**member.last, "error": type(exc).__name__}
-            return
+        consumed = report.counters.consumed if report.counters is not None else 0
+        busy = report.counters.busy_s if report.counters is not None else 0.0
         previous = self._last_consumed_by_member.get(member.name)
-        if member.progressed_at is None and stats["state"] == "running":
+        if member.progressed_at is None and report.state == "running":
             member.progressed_at = now
-        if previous is not None and stats.get("consumed", 0) != previous[1]:
+        if previous is not None and consumed != previous[1]:
             member.progressed_at = now
         if previous is not None and now > previous[0]:
-            member.rate_per_s = (stats.get("consumed", 0) - previous[1]) / (now - previous[0])
-        self._last_consumed_by_member[member.name] = (now, stats.get("consumed", 0))
-        busy, consumed = stats.get("busy_s", 0.0), stats.get("consumed", 0)
+            member.rate_per_s = (consumed - previous[1]) / (now - previous[0])
+        self._last_consumed_by_member[member.name] = (now, consumed)
         before = self._busy_by_member.get(member.name)
         # Below a fifth of a second of work the ratio is mostly timer noise.
         if before is not None and busy - before[0] >= 0.2:
@@ -332,41 +329,20 @@ class Driver:
         else:
             member.busy_rate_per_s = None
         self._busy_by_member[member.name] = (busy, consumed)
-        member.last = stats
+        member.report = report
         member.last_answer_at = now
-        member.state = stats["state"]
+        member.state = report.state
 
-    def _spawn(self, slot: int | None = None) -> _Member:
+    def _spawn(self, slot: int | None = None, kind: ActorKind = ActorKind.CLASSIFIER) -> _Member:
         """Start an actor in ``slot`` (a replacement's: its predecessor's), or in the lowest free one."""
         if slot is None:
-            taken = {m.slot for m in self.members.values()} | {m.slot for m, _ in self._retiring.values()}
+            taken = {m.slot for m in self.members.values()} | {m.slot for m in self._retiring.values()}
             slot = next(i for i in itertools.count() if i not in taken and i not in self._due_spawns)
-        name = f"classifier-{next(self._names)}"
-        member = _Member(name=name, handle=self._launch(name, slot), spawned_at=self.clock(), slot=slot)
+        name = f"{kind.value}-{next(self._names)}"
+        self.pool.spawn(ActorSpec(name=name, slot=slot, kind=kind))
+        member = _Member(name=name, spawned_at=self.clock(), slot=slot, kind=kind)
         self.members[name] = member
         return member
-
-    def _launch(self, name: str, slot: int) -> Any:
-        """Create the Ray actor and start it; returns its handle (the one place actors are created)."""
-        import ray
-
-        from workers.actor import ClassifierActor
-
-        workers = self.settings.workers
-        options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
-        if _cluster_resources().get("GPU", 0) > 0 and self.settings.model.device != "cpu":
-            options["num_gpus"] = workers.gpu_fraction
-        handle: Any = (
-            ray.remote(ClassifierActor).options(**options).remote(self.settings, name, slot, self.instance_id)
-        )
-        handle.start.remote()
-        log.info(
-            "actor spawned",
-            actor=name,
-            slot=slot,
-            resources={k: v for k, v in options.items() if k.startswith("num_")},
-        )
-        return handle
 
     def _replace(self, member: _Member, now: float) -> None:
         ended = ActorExit(
@@ -374,28 +350,20 @@ class Driver:
             at=now,
             running_since=member.running_since,
             state=member.state,
-            error=member.last.get("error"),
+            error=member.report.error if member.report is not None else None,
         )
         decision, self._slot_history[member.slot] = decide_restart(
             ended, self._slot_history.get(member.slot, SlotHistory()), self._restart_config
         )
         log.warning("replacing actor", actor=member.name, **decision.to_log_fields())
         with self._counts_lock:
-            self._fold_retired(member.last)
+            self._fold_retired(member.report)
             del self.members[member.name]
             self.restarts_by_slot[member.slot] = self.restarts_by_slot.get(member.slot, 0) + 1
-        self._kill(member)
+        self.pool.kill(member.name)
         self.dead_members.append(member.name)
         self.replaced_total += 1
         self._due_spawns[member.slot] = decision.restart_at
-
-    def _kill(self, member: _Member) -> None:
-        import ray
-
-        try:
-            ray.kill(member.handle, no_restart=True)
-        except Exception as exc:  # noqa: BLE001 - it may already be gone
-            log.debug("kill failed", actor=member.name, error=type(exc).__name__)
 
     # -- scaling -----------------------------------------------------------------------------
 
@@ -414,9 +382,9 @@ class Driver:
             busy_actor_rates=tuple(
                 m.busy_rate_per_s for m in self.members.values() if m.busy_rate_per_s is not None
             ),
-            capacity=_actor_capacity(self.settings),
+            capacity=self.pool.capacity(ActorKind.CLASSIFIER),
         )
-        decision, self._scaling = decide_actor_count(context, self._scaling, _scaling_config(self.settings))
+        decision, self._scaling = decide_actor_count(context, self._scaling, self.settings.autoscale)
         if decision.changes:
             self.decisions.append(decision)
             log.info("scaling decision", **decision.to_log_fields())
@@ -434,115 +402,56 @@ class Driver:
 
     def _retire(self, member: _Member) -> None:
         """Drain then stop one actor: it finishes and commits its batch and leaves the group."""
-        ref = member.handle.drain.remote(self.settings.driver.drain_timeout_s)
+        self.pool.drain(member.name, self.settings.driver.drain_timeout_s)
         with self._counts_lock:
             del self.members[member.name]
-            self._retiring[member.name] = (member, ref)
+            self._retiring[member.name] = member
         log.info("actor retiring", actor=member.name)
 
     def _collect_retired(self) -> None:
-        import ray
-
-        for name, (member, ref) in list(self._retiring.items()):
-            ready, _ = ray.wait([ref], timeout=0)
-            if not ready:
-                continue
+        for name, member in list(self._retiring.items()):
             try:
-                final = ray.get(ref)
-                log.info("actor retired", actor=name, consumed=final.get("consumed", 0), state=final["state"])
-            except Exception as exc:  # noqa: BLE001 - it died while draining: its batch is uncommitted, re-read
-                final = member.last
-                log.warning("actor died while retiring", actor=name, error=type(exc).__name__)
+                final = self.pool.report(name)
+            except ActorGone as gone:  # it died while draining: its batch is uncommitted, re-read
+                final = member.report
+                log.warning("actor died while retiring", actor=name, error=gone.error)
+            else:
+                if final is None:
+                    continue
+                consumed = final.counters.consumed if final.counters is not None else 0
+                log.info("actor retired", actor=name, consumed=consumed, state=final.state)
             with self._counts_lock:
                 self._fold_retired(final)
                 del self._retiring[name]
-            ray.kill(member.handle, no_restart=True)
+            self.pool.kill(name)
 
     def counted_stats(self) -> CountedStats:
         """What the pipeline's counters are summed from, read at one instant. Safe from any thread."""
         with self._counts_lock:
+            reports = [m.report for m in (*self.members.values(), *self._retiring.values())]
             return CountedStats(
-                live=(
-                    *(m.last for m in self.members.values()),
-                    *(m.last for m, _ in self._retiring.values()),
-                ),
-                retired=dict(self.retired_totals),
-                retired_dead_letters_by_class=dict(self.retired_dead_letters_by_class),
-                retired_latency=tuple(self.retired_latency),
+                live=tuple(r for r in reports if r is not None),
+                retired=self.retired,
                 restarts_by_slot=dict(self.restarts_by_slot),
             )
 
-    def _fold_retired(self, stats: dict[str, Any]) -> None:
+    def _fold_retired(self, report: ActorReport | None) -> None:
         """Add a departed actor's counts to the retired totals (hold ``_counts_lock``)."""
-        for key in self.retired_totals:
-            self.retired_totals[key] += stats.get(key, 0)
-        for error_class, count in (stats.get("dead_letters_by_class") or {}).items():
-            by_class = self.retired_dead_letters_by_class
-            by_class[error_class] = by_class.get(error_class, 0) + count
-        if stats.get("latency_counts"):
-            self.retired_latency.append(
-                {"latency_counts": stats["latency_counts"], "latency_sum_s": stats.get("latency_sum_s", 0.0)}
-            )
-
-    # -- introspection for tests and the CLI ------------------------------------------------
-
-    def actor_pids(self) -> dict[str, int]:
-        import ray
-
-        return {name: ray.get(m.handle.pid.remote(), timeout=30) for name, m in self.members.items()}
+        if report is not None and report.counters is not None:
+            self.retired = self.retired.plus(report.counters)
 
 
-def init_ray(settings: Settings) -> None:
-    """Connect to ``driver.ray_address`` or start a local Ray bound to loopback."""
-    import logging
-
-    import ray
-
-    driver = settings.driver
-    if driver.ray_address:
-        ray.init(address=driver.ray_address, logging_level=logging.WARNING)
-        return
-    # Ray resolves 127.0.0.1 to the machine's routable address unless it believes it runs on a
-    # single-node-only platform. This switch keeps every Ray port of a local run on loopback: the
-    # env var for Ray's child processes, the constant for this one (read when ray was imported).
-    from ray._private import ray_constants
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(
-        num_cpus=driver.ray_num_cpus or os.cpu_count() or 1,
-        include_dashboard=False,
-        object_store_memory=driver.ray_object_store_bytes,
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        configure_logging=True,
+def _activity(member: _Member, now: float) -> MemberActivity:
+    """What the stall watchdog needs of one member."""
+    report, counters = member.report, member.counters
+    assignment = report.assignment if report is not None else None
+    return MemberActivity(
+        name=member.name,
+        running=member.state == "running",
+        progressed_at=member.progressed_at if member.progressed_at is not None else now,
+        paused=counters.paused,
+        inflight_batches=counters.inflight_batches,
+        assignment=frozenset(assignment) if assignment is not None else None,
+        spawned_at=member.spawned_at,
+        unfinished_batches=report.unfinished_batches if report is not None else None,
     )
-
-
-def _scaling_config(settings: Settings) -> ScalingConfig:
-    a = settings.autoscale
-    return ScalingConfig(
-        min_actors=a.min_actors,
-        max_actors=a.max_actors,
-        catch_up_s=a.catch_up_s,
-        upscale_delay_s=a.upscale_delay_s,
-        downscale_delay_s=a.downscale_delay_s,
-        downscale_headroom=a.downscale_headroom,
-        smoothing=a.smoothing,
-        initial_actor_rate=a.initial_actor_rate,
-    )
-
-
-def _actor_capacity(settings: Settings) -> int:
-    """How many actors the cluster's resources can host in total (GPUs when it has them)."""
-    resources = _cluster_resources()
-    workers = settings.workers
-    if resources.get("GPU", 0) > 0 and settings.model.device != "cpu":
-        return int(resources["GPU"] / workers.gpu_fraction + 1e-9)
-    return int(resources.get("CPU", 0) / workers.cpus + 1e-9)
-
-
-def _cluster_resources() -> dict[str, float]:
-    import ray
-
-    return dict(ray.cluster_resources())

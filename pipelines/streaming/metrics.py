@@ -1,8 +1,9 @@
 """The driver's Prometheus endpoint: its view of the pipeline, read at scrape time.
 
 Nothing is pushed into metric objects as the pipeline runs: ``PipelineCollector.collect`` reads
-the driver's last ``DriverView`` and the actors' last stats (already fetched by the driver's
-tick) when Prometheus scrapes, so a scrape never calls an actor and never blocks the driver.
+what the driver publishes (``pipelines/streaming/view.py``) when Prometheus scrapes: its last
+``DriverView``, whose actors carry their last ``ActorReport`` (already fetched by the driver's
+tick), and its ``CountedStats``. A scrape never calls an actor and never blocks the driver.
 Actor counters are cumulative per actor; the counts of actors that retired or died are folded
 into the driver's retired totals, and a scrape reads the live and the folded counts at one instant
 (``Driver.counted_stats``), so the ``*_total`` series never go backwards while actors come and go.
@@ -10,7 +11,7 @@ into the driver's retired totals, and a scrape reads the live and the folded cou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
@@ -21,17 +22,16 @@ from prometheus_client.registry import Collector
 from workers.loop import LATENCY_BUCKETS_S
 
 if TYPE_CHECKING:
-    from pipelines.streaming.autoscaling import ScalingDecision
-    from pipelines.streaming.view import CountedStats, DriverView
+    from pipelines.streaming.view import CountedStats, DriverView, Totals
+    from workers.report import ActorReport
 
 
 class Observed(Protocol):
-    """What the collector reads from a driver (``pipelines.streaming.driver.Driver``)."""
+    """What the collector reads from a driver (``pipelines.streaming.driver.Driver``): only what it
+    publishes."""
 
-    last_view: DriverView | None
-    decisions: list[ScalingDecision]
-    stalls: list[Any]
-    members: dict[str, Any]
+    @property
+    def last_view(self) -> DriverView | None: ...
 
     def counted_stats(self) -> CountedStats: ...
 
@@ -47,9 +47,9 @@ class PipelineCollector(Collector):
         self._driver = driver
 
     def collect(self) -> Iterator[Any]:
-        driver = self._driver
-        view = driver.last_view
-        actors = {name: member.last for name, member in list(driver.members.items())}
+        view = self._driver.last_view
+        # The actors that have answered, as of the driver's last tick.
+        actors = {a.name: a.report for a in view.actors if a.report is not None} if view is not None else {}
 
         lag = GaugeMetricFamily(f"{_PREFIX}_consumer_lag", "Records not yet committed", labels=["partition"])
         if view is not None:
@@ -64,52 +64,32 @@ class PipelineCollector(Collector):
         for state, count in sorted(by_state.items()):
             states.add_metric([state], count)
         yield states
-        desired = driver.decisions[-1].desired if driver.decisions else len(driver.members)
         yield GaugeMetricFamily(
-            f"{_PREFIX}_actors_desired", "Actor count the autoscaler wants", value=desired
+            f"{_PREFIX}_actors_desired",
+            "Actor count the autoscaler wants",
+            value=view.desired if view is not None else 0,
         )
         decisions = CounterMetricFamily(
             f"{_PREFIX}_scaling_decisions",
             "Scaling decisions that changed the actor count",
             labels=["direction"],
         )
-        for direction in ("up", "down"):
-            decisions.add_metric(
-                [direction],
-                sum(1 for d in driver.decisions if (d.desired > d.current) == (direction == "up")),
-            )
+        decisions.add_metric(["up"], view.scaled_up if view is not None else 0)
+        decisions.add_metric(["down"], view.scaled_down if view is not None else 0)
         yield decisions
         stalls = CounterMetricFamily(
             f"{_PREFIX}_stalls", "Stalled partitions found by the watchdog (their owners were replaced)"
         )
-        stalls.add_metric([], len(driver.stalls))
+        stalls.add_metric([], view.stalls_total if view is not None else 0)
         yield stalls
 
-        counted = driver.counted_stats()
-        for key, name, doc in (
-            ("consumed", "records_consumed", "Records consumed and committed"),
-            ("classified", "records_produced", "Labeled records produced to the output topic"),
-            ("dead_lettered", "records_dead_lettered", "Records produced to the dead-letter topic"),
-            (
-                "delivery_failures",
-                "delivery_failures",
-                "Batch delivery attempts that failed (retried, or the batch is read again)",
-            ),
-            (
-                "commit_failures",
-                "commit_failures",
-                "Offset commits that failed (the batches are committed later or read again)",
-            ),
-            (
-                "unreadable",
-                "unreadable_records",
-                "Records the consumer could not read (codec, checksum, header or size), moved past",
-            ),
-        ):
+        counted = self._driver.counted_stats()
+        totals = counted.totals
+        for read_total, name, doc in _TOTALS:
             total = CounterMetricFamily(f"{_PREFIX}_{name}", doc)
-            total.add_metric([], counted.retired.get(key, 0) + sum(s.get(key, 0) for s in counted.live))
+            total.add_metric([], read_total(totals))
             yield total
-        yield _dead_letters_by_class(counted)
+        yield _dead_letters_by_class(totals)
         restarts = CounterMetricFamily(
             f"{_PREFIX}_actor_restarts",
             "Actors replaced after they failed, died or stopped answering, by slot",
@@ -119,32 +99,12 @@ class PipelineCollector(Collector):
             restarts.add_metric([str(slot)], count)
         yield restarts
 
-        per_actor = (
-            ("inflight_tokens", "inflight_tokens", "Estimated tokens polled but not yet committed", None),
-            ("inflight_batches", "inflight_batches", "Batches polled but not yet committed", None),
-            (
-                "paused",
-                "partitions_paused",
-                "1 while the actor's credit is spent and its partitions paused",
-                None,
-            ),
-            ("pauses", "pauses", "Times the actor paused its partitions", "counter"),
-            ("resumes", "resumes", "Times the actor resumed its partitions", "counter"),
-            (
-                "revocations",
-                "partition_revocations",
-                "Rebalances that took partitions from the actor",
-                "counter",
-            ),
-            ("rss_bytes", "actor_resident_bytes", "Resident memory of the actor process", None),
-            ("padding_efficiency", "padding_efficiency", "Real tokens / computed tokens", None),
-        )
-        for key, name, doc, kind in per_actor:
+        for read, name, doc, kind in _PER_ACTOR:
             family: Any = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
                 f"{_PREFIX}_{name}", doc, labels=["actor"]
             )
-            for actor, stats in sorted(actors.items()):
-                value = stats.get(key)
+            for actor, report in sorted(actors.items()):
+                value = read(report)
                 if value is not None:
                     family.add_metric([actor], float(value))
             yield family
@@ -152,12 +112,12 @@ class PipelineCollector(Collector):
         batch_size = GaugeMetricFamily(
             f"{_PREFIX}_batch_records_mean", "Mean records per committed batch", labels=["actor"]
         )
-        for actor, stats in sorted(actors.items()):
-            if stats.get("batches"):
-                batch_size.add_metric([actor], stats["consumed"] / stats["batches"])
+        for actor, report in sorted(actors.items()):
+            if report.counters is not None and report.counters.batches:
+                batch_size.add_metric([actor], report.counters.consumed / report.counters.batches)
         yield batch_size
 
-        yield _latency_histogram([*counted.live, *counted.retired_latency])
+        yield _latency_histogram(totals)
         yield GaugeMetricFamily(
             f"{_PREFIX}_driver_resident_bytes",
             "Resident memory of the driver process",
@@ -165,28 +125,77 @@ class PipelineCollector(Collector):
         )
 
 
-def _dead_letters_by_class(counted: CountedStats) -> CounterMetricFamily:
-    by_class = dict(counted.retired_dead_letters_by_class)
-    for stats in counted.live:
-        for error_class, count in (stats.get("dead_letters_by_class") or {}).items():
-            by_class[error_class] = by_class.get(error_class, 0) + count
+#: Pipeline totals: how to read each from the summed counters, its name and its help.
+_TOTALS: tuple[tuple[Callable[[Totals], int], str, str], ...] = (
+    (lambda t: t.consumed, "records_consumed", "Records consumed and committed"),
+    (lambda t: t.classified, "records_produced", "Labeled records produced to the output topic"),
+    (lambda t: t.dead_lettered, "records_dead_lettered", "Records produced to the dead-letter topic"),
+    (
+        lambda t: t.delivery_failures,
+        "delivery_failures",
+        "Batch delivery attempts that failed (retried, or the batch is read again)",
+    ),
+    (
+        lambda t: t.commit_failures,
+        "commit_failures",
+        "Offset commits that failed (the batches are committed later or read again)",
+    ),
+    (
+        lambda t: t.unreadable,
+        "unreadable_records",
+        "Records the consumer could not read (codec, checksum, header or size), moved past",
+    ),
+)
+
+
+def _loop(read: Callable[[Any], float | int | bool]) -> Callable[[ActorReport], float | None]:
+    """A per-actor reading of the loop's counters: none until the actor's loop exists."""
+    return lambda report: None if report.counters is None else float(read(report.counters))
+
+
+#: Per-actor series: how to read each from an actor's report (None: no sample), name, help, type.
+_PER_ACTOR: tuple[tuple[Callable[[ActorReport], float | None], str, str, str | None], ...] = (
+    (
+        _loop(lambda c: c.inflight_tokens),
+        "inflight_tokens",
+        "Estimated tokens polled but not yet committed",
+        None,
+    ),
+    (_loop(lambda c: c.inflight_batches), "inflight_batches", "Batches polled but not yet committed", None),
+    (
+        _loop(lambda c: c.paused),
+        "partitions_paused",
+        "1 while the actor's credit is spent and its partitions paused",
+        None,
+    ),
+    (_loop(lambda c: c.pauses), "pauses", "Times the actor paused its partitions", "counter"),
+    (_loop(lambda c: c.resumes), "resumes", "Times the actor resumed its partitions", "counter"),
+    (
+        _loop(lambda c: c.revocations),
+        "partition_revocations",
+        "Rebalances that took partitions from the actor",
+        "counter",
+    ),
+    (lambda r: r.rss_bytes, "actor_resident_bytes", "Resident memory of the actor process", None),
+    (lambda r: r.padding_efficiency, "padding_efficiency", "Real tokens / computed tokens", None),
+)
+
+
+def _dead_letters_by_class(totals: Totals) -> CounterMetricFamily:
     family = CounterMetricFamily(
         f"{_PREFIX}_dead_letters",
         "Records produced to the dead-letter topic, by error class",
         labels=["error_class"],
     )
-    for error_class, count in sorted(by_class.items()):
+    for error_class, count in sorted(totals.dead_letters_by_class.items()):
         family.add_metric([error_class], count)
     return family
 
 
-def _latency_histogram(stats: list[dict[str, Any]]) -> HistogramMetricFamily:
+def _latency_histogram(totals: Totals) -> HistogramMetricFamily:
     counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
-    total_s = 0.0
-    for one in stats:
-        for i, count in enumerate(one.get("latency_counts") or ()):
-            counts[i] += count
-        total_s += one.get("latency_sum_s", 0.0)
+    for i, count in enumerate(totals.latency_counts):
+        counts[i] += count
     cumulative, buckets = 0, []
     for bound, count in zip([*map(str, LATENCY_BUCKETS_S), "+Inf"], counts, strict=True):
         cumulative += count
@@ -195,7 +204,7 @@ def _latency_histogram(stats: list[dict[str, Any]]) -> HistogramMetricFamily:
         f"{_PREFIX}_end_to_end_latency_seconds",
         "Input record timestamp to output acknowledged",
         buckets=buckets,
-        sum_value=total_s,
+        sum_value=totals.latency_sum_s,
     )
 
 

@@ -535,7 +535,7 @@ def test_a_wedged_member_is_replaced_by_the_stall_watchdog(
     driver.start(input_partitions=PARTITIONS)
     try:
         victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
-        wedged = ray.get(driver.members[victim].handle.__ray_call__.remote(WEDGES[fault]), timeout=30)
+        wedged = ray.get(driver.pool.handle(victim).__ray_call__.remote(WEDGES[fault]), timeout=30)
         assert wedged, f"{victim} owned no partitions to wedge"
         producer.join()
         _drive_until_done(driver)
@@ -677,7 +677,7 @@ def test_a_device_out_of_memory_dead_letters_no_good_record_and_its_actor_is_rep
     driver.start(input_partitions=PARTITIONS)
     try:
         victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
-        ray.get(driver.members[victim].handle.__ray_call__.remote(_device_runs_out_of_memory), timeout=30)
+        ray.get(driver.pool.handle(victim).__ray_call__.remote(_device_runs_out_of_memory), timeout=30)
         wait_until(lambda: _noticed_dead(driver, victim), 120, "the failing actor to be replaced")
         producer.join()
         _drive_until_done(driver)

@@ -111,7 +111,7 @@ def test_killed_actor_is_replaced_and_nothing_is_lost(broker, ray_cluster, topic
             what="an actor to start consuming",
         )
         consumed_before_kill = driver.last_view.consumed_total
-        os.kill(driver.members[victim.name].last["pid"], signal.SIGKILL)
+        os.kill(victim.report.pid, signal.SIGKILL)
         _drive_until_done(driver, expected_in=n, timeout_s=300)
         final = driver.tick()
     finally:
@@ -157,7 +157,7 @@ def test_exactly_once_survives_a_killed_actor_without_duplicates(
             what="an actor to start consuming",
         )
         consumed_before_kill = driver.last_view.consumed_total
-        os.kill(driver.members[victim.name].last["pid"], signal.SIGKILL)
+        os.kill(victim.report.pid, signal.SIGKILL)
         _drive_until_done(driver, expected_in=n + len(bad), timeout_s=300)
         final = driver.tick()
     finally:

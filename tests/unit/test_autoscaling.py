@@ -2,10 +2,11 @@
 
 import pytest
 
-from pipelines.streaming.autoscaling import ScalingConfig, ScalingContext, ScalingState, decide_actor_count
+from pipelines.streaming.autoscaling import ScalingContext, ScalingState, decide_actor_count
+from schemas.settings import AutoscaleSettings
 
 TICK_S = 2.0
-CONFIG = ScalingConfig(
+CONFIG = AutoscaleSettings(
     min_actors=1, max_actors=4, catch_up_s=60, upscale_delay_s=10, downscale_delay_s=30, smoothing=1.0
 )
 
@@ -48,14 +49,16 @@ def test_idle_input_scales_down_exactly_after_the_downscale_delay():
 def test_bounds_cap_at_partitions_max_and_capacity():
     heavy = [(0.0, 10_000_000)] * 8
     assert _run(heavy, partitions=3)[0] == [(5, 3)]
-    assert _run(heavy, config=ScalingConfig(max_actors=2, upscale_delay_s=10, smoothing=1.0))[0] == [(5, 2)]
+    assert _run(heavy, config=AutoscaleSettings(max_actors=2, upscale_delay_s=10, smoothing=1.0))[0] == [
+        (5, 2)
+    ]
     changes, decisions = _run(heavy, capacity=2)
     assert changes == [(5, 2)]
     assert decisions[-1].limited_by == "capacity" and decisions[-1].wanted > 2
 
 
 def test_min_actors_holds_even_with_no_load():
-    config = ScalingConfig(min_actors=2, max_actors=4, downscale_delay_s=10, smoothing=1.0)
+    config = AutoscaleSettings(min_actors=2, max_actors=4, downscale_delay_s=10, smoothing=1.0)
     changes, _ = _run([(0.0, 0)] * 20, current=4, config=config)
     assert changes == [(5, 2)]
 
@@ -63,7 +66,7 @@ def test_min_actors_holds_even_with_no_load():
 def test_oscillating_load_does_not_flap():
     # Ingest swings between 150/s and 50/s every tick: the average needs 1 actor with headroom,
     # the peaks 2. Smoothed, with a longer downscale delay, it settles instead of flapping.
-    config = ScalingConfig(max_actors=4, upscale_delay_s=10, downscale_delay_s=60, smoothing=0.3)
+    config = AutoscaleSettings(max_actors=4, upscale_delay_s=10, downscale_delay_s=60, smoothing=0.3)
     loads = [(150.0 if tick % 2 else 50.0, 0) for tick in range(300)]
     changes, _ = _run(loads, current=2, config=config)
     assert len(changes) <= 1
@@ -99,4 +102,4 @@ def test_decision_logs_its_inputs_once_as_plain_fields():
 )
 def test_invalid_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ScalingConfig(**kwargs)
+        AutoscaleSettings(**kwargs)

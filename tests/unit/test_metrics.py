@@ -1,47 +1,61 @@
-"""The driver's metrics endpoint and ``clstream status`` reading it: a real HTTP scrape of a driver
-whose view is set by hand (no Ray, no broker)."""
+"""The driver's metrics endpoint and ``clstream status`` reading it: a real HTTP scrape of what a
+driver publishes, set by hand or driven through the in-memory actor pool (no Ray, no broker)."""
 
 from __future__ import annotations
 
 import urllib.request
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from pipelines.commands.status import parse_metrics, render
 from pipelines.kafka_tools.admin import GroupLag
-from pipelines.streaming.autoscaling import ScalingDecision
-from pipelines.streaming.driver import Driver, _Member
+from pipelines.streaming.driver import Driver
 from pipelines.streaming.metrics import PipelineCollector, serve_metrics
-from pipelines.streaming.view import ActorView, DriverView
-from pipelines.streaming.watchdog import Stall
+from pipelines.streaming.testing import FakeActorPool
+from pipelines.streaming.view import ActorView, CountedStats, DriverView, Totals
 from schemas.settings import Settings
+from workers.actor import loop_counters
 from workers.loop import LATENCY_BUCKETS_S, LoopStats
+from workers.report import ActorReport
 
 
-def _driver() -> Driver:
-    driver = Driver(Settings.load(overrides={"metrics": {"port": 0}}))
+@dataclass
+class _Published:
+    """All the collector reads: a driver's last view and its counted stats."""
+
+    last_view: DriverView | None
+    counted: CountedStats
+
+    def counted_stats(self) -> CountedStats:
+        return self.counted
+
+
+def _published() -> _Published:
     stats = LoopStats(
         consumed=90, classified=80, dead_lettered=10, batches=3, inflight_tokens=512, paused=True
     )
     stats.pauses, stats.resumes = 2, 1
     stats.observe_latencies(np.array([0.02, 0.02, 0.3, 7.0]))
-    member = _Member(name="classifier-0", handle=None, spawned_at=0.0, state="running")
-    member.last = {**stats.snapshot(), "rss_bytes": 300 * 2**20, "padding_efficiency": 0.93}
-    driver.members[member.name] = member
-    driver.retired_totals.update(consumed=10, classified=10)
-    driver.decisions.append(ScalingDecision(at=1.0, current=1, desired=2, wanted=2, reason="lag"))
-    driver.stalls.append(
-        Stall(partitions=(0,), lag={0: 60}, owners={0: None}, stalled_for_s=61, replace=("x",))
+    report = ActorReport(
+        name="classifier-0",
+        state="running",
+        rss_bytes=300 * 2**20,
+        padding_efficiency=0.93,
+        counters=loop_counters(stats),
     )
-    driver.last_view = DriverView(
+    view = DriverView(
         at=1.0,
-        actors=(ActorView(name="classifier-0", state="running"),),
+        actors=(ActorView(name="classifier-0", state="running", report=report),),
         lag=GroupLag(end={0: 100, 1: 50}, committed={0: 40, 1: 50}),
         replaced_total=0,
+        stalls_total=1,
+        desired=2,
+        scaled_up=1,
     )
-    return driver
+    retired = Totals(consumed=10, classified=10)
+    return _Published(view, CountedStats(live=(report,), retired=retired, restarts_by_slot={}))
 
 
 def _scrape(port: int) -> str:
@@ -50,7 +64,7 @@ def _scrape(port: int) -> str:
 
 
 def test_a_scrape_shows_lag_totals_backpressure_and_latency():
-    port = serve_metrics(_driver(), "127.0.0.1", 0)
+    port = serve_metrics(_published(), "127.0.0.1", 0)
     status = parse_metrics(_scrape(port))
 
     assert status.lag_by_partition == {"0": 60.0, "1": 0.0}
@@ -69,7 +83,7 @@ def test_a_scrape_shows_lag_totals_backpressure_and_latency():
 
 
 def test_a_scrape_counts_the_stalls_the_watchdog_acted_on():
-    port = serve_metrics(_driver(), "127.0.0.1", 0)
+    port = serve_metrics(_published(), "127.0.0.1", 0)
     assert "\nclstream_stalls_total 1.0\n" in _scrape(port)
 
 
@@ -85,7 +99,7 @@ def test_latency_observations_land_in_their_buckets():
 def test_status_renders_every_actor_and_partition():
     from rich.console import Console
 
-    port = serve_metrics(_driver(), "127.0.0.1", 0)
+    port = serve_metrics(_published(), "127.0.0.1", 0)
     console = Console(width=160, record=True)
     console.print(render(parse_metrics(_scrape(port)), {"consumed": 12.5}))
     text = console.export_text()
@@ -114,31 +128,28 @@ def _failure_samples(driver: Driver) -> dict[tuple[str, tuple[tuple[str, str], .
     }
 
 
-class _DriverWithoutRay(Driver):
-    def _kill(self, member: _Member) -> None:
-        pass  # no actor behind the member
-
-
-def _actor(name: str, slot: int, **stats: Any) -> _Member:
-    member = _Member(name=name, handle=None, spawned_at=0.0, slot=slot, state="running")
-    member.last = {"state": "running", **stats}
-    return member
+def _driver_on_fake_pool() -> tuple[Driver, FakeActorPool]:
+    pool = FakeActorPool()
+    driver = Driver(Settings.load(overrides={"metrics": {"port": 0}}), pool=pool, clock=lambda: 10.0)
+    return driver, pool
 
 
 def test_failure_counters_and_dead_letters_by_class_never_go_back_when_actors_are_replaced():
-    driver = _DriverWithoutRay(Settings.load(overrides={"metrics": {"port": 0}}))
-    first = _actor(
-        "classifier-0",
-        0,
+    driver, pool = _driver_on_fake_pool()
+    first, retiring = driver._spawn(), driver._spawn()
+    pool.answer(
+        first.name,
         dead_lettered=6,
         delivery_failures=3,
         commit_failures=1,
         unreadable=2,
         dead_letters_by_class={"InvalidJson": 4, "Unreadable": 2},
     )
-    retiring = _actor("classifier-1", 1, dead_lettered=1, dead_letters_by_class={"SchemaError": 1})
-    driver.members[first.name] = first
-    driver._retiring[retiring.name] = (retiring, None)  # draining: its counts still count
+    pool.answer(retiring.name, dead_lettered=1, dead_letters_by_class={"SchemaError": 1})
+    driver.tick()
+    pool.drains_finish = False
+    driver._retire(retiring)  # draining: its counts still count
+    driver.tick()
     before = _failure_samples(driver)
     assert before == {
         ("clstream_delivery_failures_total", ()): 3.0,
@@ -150,13 +161,14 @@ def test_failure_counters_and_dead_letters_by_class_never_go_back_when_actors_ar
         ("clstream_dead_letters_total", (("error_class", "Unreadable"),)): 2.0,
     }
 
-    first.state = "failed"
-    driver._replace(first, now=10.0)
+    pool.die(first.name)
+    driver.tick()
     assert _failure_samples(driver) == {**before, ("clstream_actor_restarts_total", (("slot", "0"),)): 1.0}
 
     # Its replacement counts from 0 again; the totals carry on from where they were.
-    second = _actor("classifier-2", 0, delivery_failures=1, dead_letters_by_class={"InvalidJson": 1})
-    driver.members[second.name] = second
+    (second,) = [m for m in driver.members.values() if m.slot == 0]
+    pool.answer(second.name, delivery_failures=1, dead_letters_by_class={"InvalidJson": 1})
+    driver.tick()
     after = _failure_samples(driver)
     assert after[("clstream_delivery_failures_total", ())] == 4.0
     assert after[("clstream_dead_letters_total", (("error_class", "InvalidJson"),))] == 5.0
@@ -164,12 +176,24 @@ def test_failure_counters_and_dead_letters_by_class_never_go_back_when_actors_ar
 
 
 def test_actors_without_per_class_or_unreadable_counts_export_zero_and_no_classes():
-    driver = Driver(Settings.load(overrides={"metrics": {"port": 0}}))
-    member = _actor("classifier-0", 0, dead_lettered=5, delivery_failures=2, commit_failures=0)
-    driver.members[member.name] = member
+    driver, pool = _driver_on_fake_pool()
+    member = driver._spawn()
+    pool.answer(member.name, dead_lettered=5, delivery_failures=2, commit_failures=0)
+    driver.tick()
     assert _failure_samples(driver) == {
         ("clstream_delivery_failures_total", ()): 2.0,
         ("clstream_commit_failures_total", ()): 0.0,
         ("clstream_unreadable_records_total", ()): 0.0,
         ("clstream_records_dead_lettered_total", ()): 5.0,
     }
+
+
+def test_an_actor_still_loading_its_model_exports_its_memory_but_no_loop_series():
+    driver, pool = _driver_on_fake_pool()
+    member = driver._spawn()
+    driver.tick()  # it answers "starting": no loop, so no counters yet
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(driver))
+    per_actor = {s.name for family in registry.collect() for s in family.samples if "actor" in s.labels}
+    assert per_actor == {"clstream_actor_resident_bytes"}
+    assert driver.last_view is not None and driver.last_view.actors[0].name == member.name

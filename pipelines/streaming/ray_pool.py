@@ -1,0 +1,183 @@
+"""``RayActorPool``: the ``ActorPool`` on Ray, and the only module of the control plane that
+imports Ray.
+
+Each actor is ``ray.remote`` of its kind's plain class (``workers.actor.ClassifierActor``), on one
+GPU share when the cluster has GPUs and the model is not pinned to the CPU, else on
+``workers.cpus`` CPUs. Reports are outstanding Ray calls collected when ready, so one hung actor
+cannot stall the driver's watch of the others. The actors' placement (node id, GPU ids) is read
+inside each actor's process by ``_ray_placement`` and carried in its reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+import structlog
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from pipelines.streaming.pool import ActorGone, ActorKind, ActorSpec
+from schemas.settings import Settings
+from workers.actor import ClassifierActor
+from workers.report import ActorReport, Placement
+
+log = structlog.get_logger("clstream.driver")
+
+#: How long ``report`` waits for an outstanding answer: long enough for a healthy actor's
+#: answer to arrive within the tick it was asked on, short enough that hung ones cost little.
+_REPORT_WAIT_S = 0.05
+#: An answer that is ready is already in the object store: fetching it takes milliseconds.
+_FETCH_TIMEOUT_S = 1.0
+
+_ACTOR_CLASSES: dict[ActorKind, type] = {ActorKind.CLASSIFIER: ClassifierActor}
+
+
+class RayActorPool:
+    """Actors as Ray actors. ``open`` joins ``driver.ray_address`` or starts a local Ray (unless
+    this process already did), and ``close`` stops only a Ray it started."""
+
+    def __init__(self, settings: Settings, instance_id: str) -> None:
+        self._settings = settings
+        self._instance_id = instance_id
+        self._handles: dict[str, Any] = {}
+        #: Each actor's outstanding call: its object ref, and whether it is a drain.
+        self._pending: dict[str, tuple[Any, bool]] = {}
+        self._own_ray = False
+
+    def open(self) -> None:
+        if not ray.is_initialized():
+            init_ray(self._settings)
+            self._own_ray = True
+
+    def close(self) -> None:
+        if self._own_ray:
+            ray.shutdown()
+            self._own_ray = False
+
+    def describe(self) -> Mapping[str, Any]:
+        return dict(ray.cluster_resources())
+
+    def capacity(self, kind: ActorKind) -> int:
+        resources = ray.cluster_resources()
+        workers = self._settings.workers
+        if self._on_gpu(resources):
+            return int(resources["GPU"] / workers.gpu_fraction + 1e-9)
+        return int(resources.get("CPU", 0) / workers.cpus + 1e-9)
+
+    def spawn(self, spec: ActorSpec) -> None:
+        workers = self._settings.workers
+        options: dict[str, Any] = {"num_cpus": workers.cpus, "max_restarts": 0, "max_concurrency": 4}
+        if self._on_gpu(ray.cluster_resources()):
+            options["num_gpus"] = workers.gpu_fraction
+        actor_class: Any = ray.remote(_ACTOR_CLASSES[spec.kind]).options(**options)
+        handle = actor_class.remote(self._settings, spec.name, spec.slot, self._instance_id, _ray_placement)
+        handle.start.remote()
+        self._handles[spec.name] = handle
+        log.info(
+            "actor spawned",
+            actor=spec.name,
+            slot=spec.slot,
+            resources={k: v for k, v in options.items() if k.startswith("num_")},
+        )
+
+    def report(self, name: str) -> ActorReport | None:
+        if name not in self._pending:
+            self._pending[name] = (self._handles[name].report.remote(), False)
+        ref, is_drain = self._pending[name]
+        ready, _ = ray.wait([ref], timeout=_REPORT_WAIT_S)
+        if not ready:
+            return None
+        del self._pending[name]
+        try:
+            report: ActorReport = ray.get(ref, timeout=_FETCH_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError) as exc:
+            raise ActorGone(name, type(exc).__name__) from exc
+        except Exception as exc:
+            if not is_drain:
+                raise  # a health check that raised is a bug in the actor: let it be seen
+            # It died while draining: its batch is uncommitted and will be read again.
+            raise ActorGone(name, type(exc).__name__) from exc
+        return report
+
+    def drain(self, name: str, timeout_s: float) -> None:
+        # Replaces an outstanding health check: the drain's answer is the one the driver awaits.
+        self._pending[name] = (self._handles[name].drain.remote(timeout_s), True)
+
+    def await_reports(self, names: Sequence[str], timeout_s: float) -> Mapping[str, ActorReport | ActorGone]:
+        for name in names:
+            if name not in self._pending:
+                self._pending[name] = (self._handles[name].report.remote(), False)
+        refs = {name: self._pending[name][0] for name in names}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        outcomes: dict[str, ActorReport | ActorGone] = {}
+        for name, ref in refs.items():
+            if ref not in ready:
+                continue
+            del self._pending[name]
+            try:
+                outcomes[name] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to report
+                outcomes[name] = ActorGone(name, type(exc).__name__)
+        return outcomes
+
+    def kill(self, name: str) -> None:
+        self._pending.pop(name, None)
+        handle = self._handles.pop(name, None)
+        if handle is None:
+            return
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 - it may already be gone
+            log.debug("kill failed", actor=name, error=type(exc).__name__)
+
+    def kafka_state(self, names: Sequence[str], timeout_s: float) -> list[dict[str, Any]]:
+        refs = [self._handles[name].kafka_state.remote() for name in names]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        states = []
+        for ref in ready:
+            try:
+                states.append(ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - a dying actor has no state to give
+                states.append({"error": type(exc).__name__})
+        return states
+
+    def handle(self, name: str) -> Any:
+        """The Ray actor handle of ``name``: for tests that run code inside an actor's process."""
+        return self._handles[name]
+
+    def _on_gpu(self, resources: Mapping[str, float]) -> bool:
+        return resources.get("GPU", 0) > 0 and self._settings.model.device != "cpu"
+
+
+def _ray_placement() -> Placement:
+    """Where Ray put the calling actor; runs inside the actor's process (passed to its class)."""
+    return Placement(
+        node_id=ray.get_runtime_context().get_node_id(),
+        gpu_ids=tuple(str(gpu) for gpu in ray.get_gpu_ids()),
+    )
+
+
+def init_ray(settings: Settings) -> None:
+    """Connect to ``driver.ray_address`` or start a local Ray bound to loopback."""
+    driver = settings.driver
+    if driver.ray_address:
+        ray.init(address=driver.ray_address, logging_level=logging.WARNING)
+        return
+    # Ray resolves 127.0.0.1 to the machine's routable address unless it believes it runs on a
+    # single-node-only platform. This switch keeps every Ray port of a local run on loopback: the
+    # env var for Ray's child processes, the constant for this one (read when ray was imported).
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(
+        num_cpus=driver.ray_num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        object_store_memory=driver.ray_object_store_bytes,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )

@@ -1,0 +1,58 @@
+"""The one typed actor report: built by the actor from its loop, light enough for anyone to import."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+from schemas.settings import Settings
+from workers.actor import ClassifierActor
+from workers.loop import ClassifierLoop, LoopStats
+from workers.records import RawRecord
+from workers.report import LoopCounters, Placement
+from workers.testing import InMemorySink, InMemorySource, KeywordClassifier
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_loop_counters_has_exactly_the_loop_stats_fields():
+    # The report copies the loop's counters by name: a field added on one side only would make
+    # every report fail (or be lost), so the two lists must stay the same.
+    assert [f.name for f in dataclasses.fields(LoopCounters)] == [
+        f.name for f in dataclasses.fields(LoopStats)
+    ]
+
+
+def test_an_actor_reports_its_loop_counters_and_its_placement():
+    settings = Settings.load(overrides={"topics": {"input": "in", "output": "out", "dlq": "dlq"}})
+    actor = ClassifierActor(settings, "classifier-0", slot=3, placement=lambda: Placement("node-a", ("0",)))
+    before = actor.report()
+    assert (before.name, before.state, before.counters, before.assignment) == (
+        "classifier-0",
+        "starting",
+        None,
+        None,
+    )
+
+    records = [RawRecord("in", 0, i, None, b'{"id": "%d", "text": "good"}' % i, []) for i in range(3)]
+    actor._loop = ClassifierLoop(InMemorySource(records), InMemorySink(), KeywordClassifier(), settings)
+    actor._loop.step()
+    report = actor.report()
+    assert report.counters is not None
+    assert (report.counters.consumed, report.counters.classified, report.counters.batches) == (3, 3, 1)
+    assert report.counters.latency_counts == tuple(actor._loop.stats.latency_counts)
+    assert report.placement == Placement("node-a", ("0",))
+    assert report.pid is not None and report.rss_bytes > 0
+
+
+def test_the_pool_port_and_the_report_import_neither_ray_nor_torch_nor_kafka():
+    code = (
+        "import sys, pipelines.streaming.pool, workers.report; "
+        "print(sorted(m for m in ('ray', 'torch', 'kafka') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

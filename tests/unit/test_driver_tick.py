@@ -1,0 +1,214 @@
+"""``Driver.tick`` through the in-memory actor pool, a scripted lag and a clock the test moves:
+what the driver asks of the pool and what it publishes, tick by tick (no Ray, no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import pipelines.streaming.driver as driver_module
+from pipelines.streaming.driver import Driver
+from pipelines.streaming.pool import ActorKind
+from pipelines.streaming.testing import FakeActorPool, ScriptedLag
+from schemas.settings import Settings
+
+CLASSIFIER = ActorKind.CLASSIFIER
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def topics_created(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
+    """``start`` asks for its topics here instead of a broker."""
+    asked: list[dict[str, int]] = []
+
+    def ensure_topics(kafka: Any, wanted: dict[str, int]) -> list[str]:
+        asked.append(dict(wanted))
+        return []
+
+    monkeypatch.setattr(driver_module, "ensure_topics", ensure_topics)
+    return asked
+
+
+def _driver(**overrides: Any) -> tuple[Driver, FakeActorPool, ScriptedLag, _Clock]:
+    settings = Settings.load(
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "metrics": {"enabled": False},
+            "driver": {"stall_timeout_s": None},
+            **overrides,
+        }
+    )
+    pool, lag, clock = FakeActorPool(), ScriptedLag(), _Clock()
+    return Driver(settings, pool=pool, clock=clock, lag=lag), pool, lag, clock
+
+
+def _since(pool: FakeActorPool, mark: int) -> list[tuple[Any, ...]]:
+    return pool.calls[mark:]
+
+
+def test_start_spawns_the_configured_actors_and_the_first_tick_publishes_their_reports(topics_created):
+    driver, pool, lag, clock = _driver(workers={"count": 2})
+    driver.start(input_partitions=2)
+
+    assert topics_created == [{"in": 2, "out": 2, "dlq": 1}]
+    assert pool.calls == [
+        ("open",),
+        ("spawn", "classifier-0", 0, CLASSIFIER),
+        ("spawn", "classifier-1", 1, CLASSIFIER),
+    ]
+    pool.answer("classifier-0", consumed=5, classified=4, dead_lettered=1)
+    lag.set(end={0: 10, 1: 10}, committed={0: 5, 1: 10})
+    clock.now = 2.0
+    view = driver.tick()
+
+    assert [(a.name, a.state, a.slot) for a in view.actors] == [
+        ("classifier-0", "running", 0),
+        ("classifier-1", "starting", 1),
+    ]
+    first = view.actors[0]
+    assert (first.consumed, first.classified, first.dead_lettered) == (5, 4, 1)
+    assert first.report is not None and first.report.placement.node_id == "fake-node-0"
+    assert view.lag.by_partition == {0: 5, 1: 0}
+    assert (view.consumed_total, view.replaced_total, view.desired, view.decision) == (5, 0, 2, None)
+    assert len(pool.calls) == 3, "a tick that finds everyone healthy changes nothing"
+
+
+def test_a_dead_actor_is_replaced_in_its_slot_and_a_crash_looping_slot_waits_out_its_back_off(
+    topics_created,
+):
+    driver, pool, _, clock = _driver(workers={"count": 1})
+    driver.start()
+    pool.answer("classifier-0", consumed=30)
+    driver.tick()  # t=0: running
+
+    clock.now = 10.0
+    pool.die("classifier-0")
+    mark = len(pool.calls)
+    view = driver.tick()
+    # The first failure of a streak restarts at once, in the same slot.
+    assert _since(pool, mark) == [("kill", "classifier-0"), ("spawn", "classifier-1", 0, CLASSIFIER)]
+    assert [(a.name, a.state, a.slot) for a in view.actors] == [("classifier-1", "pending", 0)]
+    assert (view.replaced_total, view.consumed_total) == (1, 30), "a dead actor's counts stay counted"
+    assert driver.dead_members == ["classifier-0"] and driver.restarts_by_slot == {0: 1}
+
+    clock.now = 11.0
+    pool.answer("classifier-1")
+    driver.tick()
+    clock.now = 12.0  # dies 1 s after it started running: the second failure in a row, 2 s back-off
+    pool.die("classifier-1", error="GetTimeoutError")
+    mark = len(pool.calls)
+    assert driver.tick().actors == ()
+    assert _since(pool, mark) == [("kill", "classifier-1")]
+
+    clock.now = 13.9
+    view = driver.tick()
+    assert (view.actors, _since(pool, mark)) == ((), [("kill", "classifier-1")]), "no respawn before 14 s"
+
+    clock.now = 14.0
+    view = driver.tick()
+    assert _since(pool, mark)[1:] == [("spawn", "classifier-2", 0, CLASSIFIER)]
+    assert [(a.name, a.state, a.slot) for a in view.actors] == [("classifier-2", "pending", 0)]
+    assert view.replaced_total == 2 and driver.restarts_by_slot == {0: 2}
+
+
+def test_an_actor_that_stops_answering_is_replaced_after_the_health_timeout(topics_created):
+    driver, pool, _, clock = _driver(
+        workers={"count": 1}, driver={"stall_timeout_s": None, "health_timeout_s": 30}
+    )
+    driver.start()
+    pool.answer("classifier-0")
+    driver.tick()
+    pool.hang("classifier-0")
+
+    clock.now = 30.0
+    assert [(a.name, a.state) for a in driver.tick().actors] == [("classifier-0", "running")]
+    clock.now = 30.5
+    view = driver.tick()
+    assert pool.calls[-2:] == [("kill", "classifier-0"), ("spawn", "classifier-1", 0, CLASSIFIER)]
+    assert [a.name for a in view.actors] == ["classifier-1"] and view.replaced_total == 1
+
+
+def test_a_backlog_scales_up_at_once_and_an_idle_input_scales_down_after_the_delay(topics_created):
+    driver, pool, lag, clock = _driver(
+        autoscale={
+            "enabled": True,
+            "min_actors": 1,
+            "max_actors": 3,
+            "catch_up_s": 10,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 4,
+            "smoothing": 1.0,
+        }
+    )
+    driver.start()
+    assert pool.spawned() == [("classifier-0", 0)], "autoscaling starts from min_actors"
+    pool.answer("classifier-0")
+    ends = {p: 10_000 for p in range(4)}
+    lag.set(end=ends, committed=dict.fromkeys(ends, 0))
+
+    clock.now = 1.0
+    mark = len(pool.calls)
+    view = driver.tick()
+    # 40,000 behind, to be gone in 10 s at 100 records/s per actor: 40 actors, capped at 3.
+    assert _since(pool, mark) == [
+        ("spawn", "classifier-1", 1, CLASSIFIER),
+        ("spawn", "classifier-2", 2, CLASSIFIER),
+    ]
+    assert view.decision is not None and (view.decision.current, view.decision.desired) == (1, 3)
+    assert view.decision.limited_by == "max_actors"
+    assert (len(view.actors), view.desired, view.scaled_up, view.scaled_down) == (3, 3, 1, 0)
+
+    pool.answer("classifier-1", consumed=7)
+    pool.answer("classifier-2")
+    lag.set(end=ends, committed=ends)  # the backlog is gone and nothing new arrives
+    clock.now = 2.0
+    mark = len(pool.calls)
+    view = driver.tick()
+    assert view.decision is not None and view.decision.reason.startswith("waiting 4s")
+    assert _since(pool, mark) == [] and view.desired == 3
+
+    clock.now = 6.0
+    view = driver.tick()
+    # The newest two drain; the oldest keeps its warm model and settled partitions.
+    assert _since(pool, mark) == [("drain", "classifier-1"), ("drain", "classifier-2")]
+    assert [a.name for a in view.actors] == ["classifier-0"]
+    assert (view.retiring, view.desired, view.scaled_up, view.scaled_down) == (2, 1, 1, 1)
+    assert view.consumed_total == 0, "the view sums its own actors; the retiring still count in the metrics"
+    assert sum(r.counters.consumed for r in driver.counted_stats().live if r.counters) == 7
+
+    clock.now = 8.0
+    view = driver.tick()
+    assert _since(pool, mark)[2:] == [("kill", "classifier-1"), ("kill", "classifier-2")]
+    assert (view.retiring, view.consumed_total, len(view.actors)) == (0, 7, 1)
+    assert pool.live() == ["classifier-0"]
+
+
+def test_drain_asks_every_actor_to_finish_then_stops_them_all_and_the_pool(topics_created):
+    driver, pool, lag, clock = _driver(workers={"count": 3})
+    driver.start()
+    pool.answer("classifier-0", consumed=3)
+    pool.answer("classifier-1")
+    driver.tick()
+    pool.hang("classifier-1")  # does not finish in time: stopped all the same
+    pool.die("classifier-2")  # nothing left to drain
+
+    mark = len(pool.calls)
+    driver.drain()
+
+    names = ("classifier-0", "classifier-1", "classifier-2")
+    assert _since(pool, mark) == [
+        *[("drain", name) for name in names],
+        ("await_reports", names),
+        *[("kill", name) for name in names],
+        ("close",),
+    ]
+    assert pool.live() == [] and lag.closed and driver.members == {}
+    assert driver.tick().actors == ()
