@@ -52,10 +52,20 @@ class FakeActorPool:
 
     # -- scripting --------------------------------------------------------------------------
 
-    def answer(self, name: str, state: str = "running", error: str | None = None, **counters: Any) -> None:
-        """From now on ``name`` reports ``state``, ``error`` and these ``LoopCounters`` fields (others 0)."""
+    def answer(
+        self,
+        name: str,
+        state: str = "running",
+        error: str | None = None,
+        assignment: tuple[int, ...] | None = None,
+        **counters: Any,
+    ) -> None:
+        """From now on ``name`` reports ``state``, ``error``, the input partitions it owns and these
+        ``LoopCounters`` fields (others 0)."""
         actor = self.actors[name]
-        actor.report = replace(actor.report, state=state, error=error, counters=LoopCounters(**counters))
+        actor.report = replace(
+            actor.report, state=state, error=error, assignment=assignment, counters=LoopCounters(**counters)
+        )
         actor.hung = False
 
     def die(self, name: str, error: str = "RayActorError") -> None:

@@ -119,6 +119,27 @@ def test_a_dead_actor_is_replaced_in_its_slot_and_a_crash_looping_slot_waits_out
     assert view.replaced_total == 2 and driver.restarts_by_slot == {0: 2}
 
 
+@pytest.mark.xfail(strict=True, reason="a stall replacement takes a new slot")
+def test_a_stalled_member_is_replaced_in_its_own_slot(topics_created):
+    driver, pool, lag, clock = _driver(workers={"count": 2}, driver={"stall_timeout_s": 30})
+    driver.start(input_partitions=2)
+    lag.set(end={0: 100, 1: 100}, committed={0: 10, 1: 100})
+    pool.answer("classifier-0", assignment=(0,), consumed=10)
+    pool.answer("classifier-1", assignment=(1,), consumed=90)
+    for now in (0.0, 10.0, 20.0, 29.0):
+        clock.now = now
+        driver.tick()
+    assert driver.stalls == []
+
+    clock.now = 31.0  # partition 0 has lag and its owner has not moved for 30 s
+    mark = len(pool.calls)
+    view = driver.tick()
+    assert len(driver.stalls) == 1
+    spawned = [call for call in _since(pool, mark) if call[0] == "spawn"]
+    assert spawned == [("spawn", "classifier-2", 0, CLASSIFIER)], "the replacement takes slot 0"
+    assert sorted((a.name, a.slot) for a in view.actors) == [("classifier-1", 1), ("classifier-2", 0)]
+
+
 def test_an_actor_that_stops_answering_is_replaced_after_the_health_timeout(topics_created):
     driver, pool, _, clock = _driver(
         workers={"count": 1}, driver={"stall_timeout_s": None, "health_timeout_s": 30}
