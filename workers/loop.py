@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from queue import SimpleQueue
 
 import numpy as np
@@ -422,7 +422,7 @@ class ClassifierLoop:
 
         topics = self.settings.topics
         labels = self.classifier.labels
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         out: list[OutboundRecord] = []
         classified = 0
         rejections: dict[str, int] = {}

@@ -17,10 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from schemas.errors import CommitError, DeliveryError, FencedError, ProducerFencedError
-from schemas.records import Label
+from schemas.records import LABELS
 from workers.ports import OutboundRecord, Partition, RawRecord
-
-LABELS = tuple(label.value for label in Label)
 
 
 class InMemorySource:

@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -196,7 +196,7 @@ def measure_naive(
                 continue
             tweets = [json.loads(r.value) for r in records]
             probs = naive_probabilities(classifier, [t["text"] for t in tweets])
-            now = datetime.now(timezone.utc).isoformat()
+            now = datetime.now(UTC).isoformat()
             for record, tweet, row in zip(records, tweets, probs, strict=True):
                 value = {
                     "id": tweet["id"],

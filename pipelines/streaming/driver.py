@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -28,7 +28,11 @@ from pipelines.streaming.restarts import ActorExit, RestartConfig, SlotHistory, 
 from pipelines.streaming.view import ActorView, CountedStats, DriverView, Totals
 from pipelines.streaming.watchdog import MemberActivity, Stall, StallWatch
 from schemas.settings import Settings
+from workers.offline_hub import keep_hub_offline
 from workers.report import ActorReport, LoopCounters
+
+if TYPE_CHECKING:
+    from pipelines.streaming.metrics import MetricsServer
 
 log = structlog.get_logger("clstream.driver")
 
@@ -133,6 +137,7 @@ class Driver:
         # scrape (another thread) never sees them twice or not at all (``counted_stats``).
         self._counts_lock = threading.Lock()
         self.metrics_port: int | None = None
+        self._metrics_server: MetricsServer | None = None
         timeout = settings.driver.stall_timeout_s
         self._stalls = StallWatch(timeout) if timeout is not None else None
         self.stalls: list[Stall] = []
@@ -150,7 +155,7 @@ class Driver:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, input_partitions: int = 4) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        keep_hub_offline()  # inherited by the actors' processes
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.pool.open()
         topics = self.settings.topics
@@ -172,7 +177,8 @@ class Driver:
         if metrics.enabled:
             from pipelines.streaming.metrics import serve_metrics
 
-            self.metrics_port = serve_metrics(self, metrics.host, metrics.port)
+            self._metrics_server = serve_metrics(self, metrics.host, metrics.port)
+            self.metrics_port = self._metrics_server.port
             log.info("metrics served", url=f"http://{metrics.host}:{self.metrics_port}/metrics")
         autoscale = self.settings.autoscale
         for _ in range(autoscale.min_actors if autoscale.enabled else self.settings.workers.count):
@@ -218,6 +224,9 @@ class Driver:
             self._probe = None
         if self._pool is not None:
             self._pool.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
 
     # -- one tick ----------------------------------------------------------------------------
 
@@ -289,8 +298,11 @@ class Driver:
             kafka_state=self.kafka_state(stall.replace),
         )
         for name in stall.replace:
-            self._retire(self.members[name])
-            self._spawn()
+            member = self.members[name]
+            self._retire(member)
+            # Its slot, not a new one: a slot is a position in the pool (its restart history, its
+            # memory series), and the retiring member only drains there until it stops.
+            self._spawn(member.slot)
 
     def kafka_state(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
         """Each named member's own view of its consumer, for the log; what does not answer in 5 s is skipped."""

@@ -208,9 +208,30 @@ def _latency_histogram(totals: Totals) -> HistogramMetricFamily:
     )
 
 
-def serve_metrics(driver: Observed, host: str, port: int) -> int:
-    """Serve ``/metrics`` for ``driver`` on a daemon thread; returns the bound port (``port=0``: a free one)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(driver))
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    return int(server.server_port)
+class MetricsServer:
+    """``/metrics`` for one driver, served on a daemon thread until ``close()``."""
+
+    def __init__(self, driver: Observed, host: str, port: int) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(PipelineCollector(driver))
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        #: The bound port (``port=0`` asks for a free one).
+        self.port = int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop serving and close the listening socket (idempotent)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_metrics(driver: Observed, host: str, port: int) -> MetricsServer:
+    """Serve ``/metrics`` for ``driver`` on a daemon thread; ``.port`` is the bound port."""
+    return MetricsServer(driver, host, port)

@@ -119,7 +119,6 @@ def test_a_dead_actor_is_replaced_in_its_slot_and_a_crash_looping_slot_waits_out
     assert view.replaced_total == 2 and driver.restarts_by_slot == {0: 2}
 
 
-@pytest.mark.xfail(strict=True, reason="a stall replacement takes a new slot")
 def test_a_stalled_member_is_replaced_in_its_own_slot(topics_created):
     driver, pool, lag, clock = _driver(workers={"count": 2}, driver={"stall_timeout_s": 30})
     driver.start(input_partitions=2)

@@ -64,8 +64,8 @@ def _scrape(port: int) -> str:
 
 
 def test_a_scrape_shows_lag_totals_backpressure_and_latency():
-    port = serve_metrics(_published(), "127.0.0.1", 0)
-    status = parse_metrics(_scrape(port))
+    with serve_metrics(_published(), "127.0.0.1", 0) as server:
+        status = parse_metrics(_scrape(server.port))
 
     assert status.lag_by_partition == {"0": 60.0, "1": 0.0}
     assert status.actors_by_state == {"running": 1.0}
@@ -83,8 +83,8 @@ def test_a_scrape_shows_lag_totals_backpressure_and_latency():
 
 
 def test_a_scrape_counts_the_stalls_the_watchdog_acted_on():
-    port = serve_metrics(_published(), "127.0.0.1", 0)
-    assert "\nclstream_stalls_total 1.0\n" in _scrape(port)
+    with serve_metrics(_published(), "127.0.0.1", 0) as server:
+        assert "\nclstream_stalls_total 1.0\n" in _scrape(server.port)
 
 
 def test_latency_observations_land_in_their_buckets():
@@ -99,9 +99,9 @@ def test_latency_observations_land_in_their_buckets():
 def test_status_renders_every_actor_and_partition():
     from rich.console import Console
 
-    port = serve_metrics(_published(), "127.0.0.1", 0)
     console = Console(width=160, record=True)
-    console.print(render(parse_metrics(_scrape(port)), {"consumed": 12.5}))
+    with serve_metrics(_published(), "127.0.0.1", 0) as server:
+        console.print(render(parse_metrics(_scrape(server.port)), {"consumed": 12.5}))
     text = console.export_text()
     assert "classifier-0" in text and "1 running (desired 2)" in text
     assert "12.5/s" in text and "p50 <= 0.025s, p99 <= 10s" in text

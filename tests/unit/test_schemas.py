@@ -1,6 +1,6 @@
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -36,7 +36,7 @@ def _labeled(**overrides):
         "source_topic": "t",
         "source_partition": 0,
         "source_offset": 5,
-        "classified_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "classified_at": datetime(2026, 1, 1, tzinfo=UTC),
     }
     return LabeledTweet(**{**fields, **overrides})
 
