@@ -174,6 +174,6 @@ def _assignment(loop: Any) -> tuple[int, ...] | None:
 
 def loop_counters(stats: LoopStats) -> LoopCounters:
     """The loop's ``LoopStats`` as a frozen copy (``snapshot`` copies its dicts and lists); a field
-    ``LoopStats`` gains without ``LoopCounters`` fails here, and in ``tests/unit/test_actor_report.py``."""
+    ``LoopStats`` gains without ``LoopCounters`` fails here, and in ``tests/unit/workers/test_actor_report.py``."""
     snapshot = stats.snapshot()
     return replace(LoopCounters(**snapshot), latency_counts=tuple(snapshot["latency_counts"]))

@@ -31,7 +31,7 @@ FLAT_TOLERANCE = 1.1
 FLAT_WINDOW_S = 600.0
 WARM_UP_S = 300.0
 #: The clstream producers' ``linger_ms`` (``workers.kafka_io``), which their delivery timeout
-#: includes; tests/unit/test_soak_rules.py checks the formula against the producer it builds.
+#: includes; tests/unit/pipelines/soak/test_soak_rules.py checks the formula against the producer it builds.
 PRODUCER_LINGER_MS = 5
 
 

@@ -73,7 +73,7 @@ def test_a_partition_paused_with_records_in_hand_is_read_to_the_end_once_resumed
 def test_a_member_that_lost_its_partitions_claims_none_of_them_when_it_rejoins(broker, topic_names):
     """kafka-python's cooperative assignor claims its last assignment at every JoinGroup, even
     after the partitions were lost; a stale claim can leave partitions assigned to nobody (see
-    ``tests/unit/test_assignor.py``). Here a real eviction: the member stops polling past
+    ``tests/unit/workers/test_assignor.py``). Here a real eviction: the member stops polling past
     ``max_poll_interval_ms``, kafka-python leaves the group for it, and it joins again."""
     names = topic_names()
     settings = pipeline_settings(broker, names, workers={"max_poll_interval_ms": 10_000})

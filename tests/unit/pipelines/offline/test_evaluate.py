@@ -26,7 +26,7 @@ from pipelines.offline.metrics import classification_metrics, label_indices
 from pipelines.offline.predictions import require_trained_without
 from pipelines.offline.topic_studies import heldout_topic_folds, seen_topics_reference
 from schemas.errors import ClstreamError
-from tests.unit.test_checkpoints import save_tiny_sequence_classifier
+from tests.unit.workers.test_checkpoints import save_tiny_sequence_classifier
 
 WORDS = {
     "POSITIVE": ["good", "great", "lovely"],

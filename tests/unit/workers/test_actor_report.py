@@ -14,7 +14,7 @@ from workers.records import RawRecord
 from workers.report import LoopCounters, Placement
 from workers.testing import InMemorySink, InMemorySource, KeywordClassifier
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_loop_counters_has_exactly_the_loop_stats_fields():
