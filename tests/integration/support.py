@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from pipelines.kafka_tools.admin import ensure_topics
 from pipelines.kafka_tools.records_io import produce_values, read_topic
+from pipelines.streaming.driver import Driver
 from schemas.settings import KafkaSettings, Settings
 from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
 from workers.loop import ClassifierLoop
@@ -41,6 +43,17 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interv
             return value
         time.sleep(interval_s)
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def running_pipeline(settings: Settings, partitions: int) -> Iterator[Driver]:
+    """A started driver (topics, actors, metrics); drained on the way out, whatever happened."""
+    driver = Driver(settings)
+    try:
+        driver.start(input_partitions=partitions)
+        yield driver
+    finally:
+        driver.drain()
 
 
 def step_until(loop: Any, done: Callable[[], bool], timeout_s: float, what: str) -> None:

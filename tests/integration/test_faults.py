@@ -48,7 +48,7 @@ from pipelines.streaming.driver import Driver
 from schemas.errors import CommitError
 from schemas.settings import Settings, WorkerSettings
 from tests.conftest import TEST_BROKER_PORT
-from tests.integration.support import pipeline_settings, step_until, wait_until
+from tests.integration.support import pipeline_settings, running_pipeline, step_until, wait_until
 from workers.kafka_io import KafkaSink, KafkaSource
 from workers.loop import ClassifierLoop
 from workers.ports import Partition
@@ -221,10 +221,8 @@ def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
     settings = _settings(broker, topic_names(), tiny_model, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 40).start()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    kills = 0
-    try:
+    with running_pipeline(settings, partitions=PARTITIONS) as driver:
+        kills = 0
         for _ in range(3):
             victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
             os.kill(driver.members[victim].last["pid"], signal.SIGKILL)
@@ -232,8 +230,6 @@ def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
             wait_until(lambda v=victim: _noticed_dead(driver, v), 60, f"{victim}'s death noticed")
         producer.join()
         _drive_until_done(driver)
-    finally:
-        driver.drain()
     assert driver.replaced_total >= kills
     _check(report, "actor SIGKILL x3", settings, delivery, kills, started, kills * BOUND[delivery], driver)
 
@@ -397,10 +393,8 @@ def test_members_joining_and_leaving_repeatedly_lose_nothing(
     settings = _settings(broker, topic_names(), tiny_model, count=1, cpus=0.5, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 40).start()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    changes = 0
-    try:
+    with running_pipeline(settings, partitions=PARTITIONS) as driver:
+        changes = 0
         wait_until(lambda: _running_consumer(driver), 180, "the first member consuming")
         for size in (3, 1, 2, 1):
             while len(driver.members) < size:
@@ -418,8 +412,6 @@ def test_members_joining_and_leaving_repeatedly_lose_nothing(
             )
         producer.join()
         _drive_until_done(driver)
-    finally:
-        driver.drain()
     # Joins and drained leaves are clean; a member whose commit a rebalance refused may re-deliver
     # its last batch, so allow one batch per change rather than 0 (exactly-once: 0).
     bound = changes * BATCH if delivery == "at-least-once" else 0
@@ -447,16 +439,12 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
     started = time.monotonic()
     producer = NumberedProducer(settings)
     producer.start().join()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    try:
+    with running_pipeline(settings, partitions=PARTITIONS) as driver:
         wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
         own_broker.kill()
         time.sleep(3)  # the outage itself: clients must ride out a broker that is gone
         own_broker.start()
         _drive_until_done(driver)
-    finally:
-        driver.drain()
     _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery], driver)
 
 
@@ -467,9 +455,7 @@ def test_broker_paused_past_the_session_timeout_loses_nothing(
     settings = _settings(own_broker.bootstrap, topic_names(), tiny_model, delivery=delivery)
     started = time.monotonic()
     NumberedProducer(settings).start().join()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    try:
+    with running_pipeline(settings, partitions=PARTITIONS) as driver:
         wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
         own_broker.pause()
         try:
@@ -478,8 +464,6 @@ def test_broker_paused_past_the_session_timeout_loses_nothing(
         finally:
             own_broker.resume()
         _drive_until_done(driver)
-    finally:
-        driver.drain()
     _check(report, "broker SIGSTOP 10s", settings, delivery, 1, started, BOUND[delivery], driver)
 
 
@@ -531,16 +515,12 @@ def test_a_wedged_member_is_replaced_by_the_stall_watchdog(
     settings = _settings(broker, topic_names(), tiny_model, driver={"stall_timeout_s": 8}, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 30).start()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    try:
+    with running_pipeline(settings, partitions=PARTITIONS) as driver:
         victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
         wedged = ray.get(driver.pool.handle(victim).__ray_call__.remote(WEDGES[fault]), timeout=30)
         assert wedged, f"{victim} owned no partitions to wedge"
         producer.join()
         _drive_until_done(driver)
-    finally:
-        driver.drain()
     assert [stall.replace for stall in driver.stalls] == [(victim,)], driver.stalls
     assert set(driver.stalls[0].partitions) <= set(wedged)
     _check(report, fault, settings, delivery, 1, started, BOUND[delivery], driver)
@@ -673,16 +653,12 @@ def test_a_device_out_of_memory_dead_letters_no_good_record_and_its_actor_is_rep
     settings = _settings(broker, topic_names(), tiny_model, delivery=delivery)
     started = time.monotonic()
     producer = NumberedProducer(settings, rate=RECORDS / 30).start()
-    driver = Driver(settings)
-    driver.start(input_partitions=PARTITIONS)
-    try:
+    with running_pipeline(settings, partitions=PARTITIONS) as driver:
         victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
         ray.get(driver.pool.handle(victim).__ray_call__.remote(_device_runs_out_of_memory), timeout=30)
         wait_until(lambda: _noticed_dead(driver, victim), 120, "the failing actor to be replaced")
         producer.join()
         _drive_until_done(driver)
-    finally:
-        driver.drain()
     verdict = _check(report, "device out of memory", settings, delivery, 1, started, BOUND[delivery], driver)
     assert verdict.dlq_records == 0, "a device error dead-lettered good records"
     assert sum(driver.restarts_by_slot.values()) == 1, driver.restarts_by_slot

@@ -20,6 +20,7 @@ from tests.integration.support import (
     pipeline_settings,
     produce_tweets,
     read_all,
+    running_pipeline,
     topic_size,
     wait_until,
 )
@@ -53,13 +54,9 @@ def test_2000_tweets_with_50_bad_records_all_land_in_output_or_dlq(
     produce_tweets(settings, tweets, bad, partitions=4)
     assert topic_size(settings.kafka, names["input"]) == 2000
 
-    driver = Driver(settings)
-    driver.start(input_partitions=4)
-    try:
+    with running_pipeline(settings, partitions=4) as driver:
         _drive_until_done(driver, expected_in=2000, timeout_s=400)
         final = driver.tick()
-    finally:
-        driver.drain()
 
     assert final.lag.total == 0
     assert final.lag.total_committed == 2000
@@ -101,9 +98,7 @@ def test_killed_actor_is_replaced_and_nothing_is_lost(broker, ray_cluster, topic
     tweets = [(f"id-{i}", f"tweet {i} about something") for i in range(n)]
     produce_tweets(settings, tweets, [], partitions=4)
 
-    driver = Driver(settings)
-    driver.start(input_partitions=4)
-    try:
+    with running_pipeline(settings, partitions=4) as driver:
         # Kill (SIGKILL, no goodbye to the group) an actor that is in the middle of the stream.
         victim = wait_until(
             lambda: next((a for a in driver.tick().actors if a.state == "running" and a.consumed > 0), None),
@@ -114,8 +109,6 @@ def test_killed_actor_is_replaced_and_nothing_is_lost(broker, ray_cluster, topic
         os.kill(victim.report.pid, signal.SIGKILL)
         _drive_until_done(driver, expected_in=n, timeout_s=300)
         final = driver.tick()
-    finally:
-        driver.drain()
 
     assert consumed_before_kill < n, "the kill must happen mid-stream"
     assert final.replaced_total >= 1
@@ -148,9 +141,7 @@ def test_exactly_once_survives_a_killed_actor_without_duplicates(
     bad: list[bytes | None] = [b"not json", None]
     produce_tweets(settings, tweets, bad, partitions=4)
 
-    driver = Driver(settings)
-    driver.start(input_partitions=4)
-    try:
+    with running_pipeline(settings, partitions=4) as driver:
         victim = wait_until(
             lambda: next((a for a in driver.tick().actors if a.state == "running" and a.consumed > 0), None),
             timeout_s=180,
@@ -160,8 +151,6 @@ def test_exactly_once_survives_a_killed_actor_without_duplicates(
         os.kill(victim.report.pid, signal.SIGKILL)
         _drive_until_done(driver, expected_in=n + len(bad), timeout_s=300)
         final = driver.tick()
-    finally:
-        driver.drain()
 
     assert consumed_before_kill < n, "the kill must happen mid-stream"
     assert final.replaced_total >= 1 and final.lag.total == 0

@@ -28,10 +28,9 @@ from pipelines.kafka_tools.verify import (
     parse_output,
     read_committed,
 )
-from pipelines.streaming.driver import Driver
 from schemas.dlq import DlqHeader
 from schemas.records import LabeledTweet
-from tests.integration.support import pipeline_settings, wait_until
+from tests.integration.support import pipeline_settings, running_pipeline, wait_until
 from tests.poison import BAD, CATALOGUE, VALID, PoisonCase
 
 FILLERS = 200
@@ -54,9 +53,7 @@ def test_poison_catalogue_goes_to_the_dlq_once_byte_for_byte_and_valid_records_f
     )
     ensure_topics(settings.kafka, {names["input"]: 2, names["output"]: 2, names["dlq"]: 1})
 
-    driver = Driver(settings)
-    driver.start(input_partitions=2)
-    try:
+    with running_pipeline(settings, partitions=2) as driver:
         wait_until(lambda: any(a.state == "running" for a in driver.tick().actors), 180, "the actor to start")
         sent = _send_catalogue_between_fillers(broker, settings.kafka.client_config(), names["input"])
         sent_at = time.monotonic()
@@ -69,8 +66,6 @@ def test_poison_catalogue_goes_to_the_dlq_once_byte_for_byte_and_valid_records_f
             timer.cancel()
         took = time.monotonic() - sent_at
         assert not stop.is_set(), f"the catalogue was not through within {LATENCY_BOUND_S:.0f}s"
-    finally:
-        driver.drain()
 
     dlq = list(read_committed(settings.kafka, names["dlq"]))
     out = list(read_committed(settings.kafka, names["output"]))
