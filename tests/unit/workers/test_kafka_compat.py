@@ -7,9 +7,10 @@ and a 64 MiB bomb against a 1 MiB limit must peak under 4 MiB.
 
 from __future__ import annotations
 
+import socket
 import struct
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import kafka
 import pytest
@@ -101,9 +102,18 @@ def _batch(magic: int, codec: int, values: list[bytes], offset: int = 0) -> byte
 
 
 @pytest.fixture
-def consumers():
-    """Two consumers (no broker needed: nothing is fetched), bounded at 1 MiB and 8 MiB."""
-    built = [KafkaConsumer(bootstrap_servers="127.0.0.1:1", api_version=(3, 0)) for _ in range(2)]
+def silent_bootstrap() -> Iterator[str]:
+    """An address that accepts connections and never answers. No broker is needed (nothing is
+    fetched), but a refused address would not do: kafka-python leaves the socket of a refused
+    connection open, and the test run fails on unclosed resources."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture
+def consumers(silent_bootstrap):
+    """Two consumers, bounded at 1 MiB and 8 MiB."""
+    built = [KafkaConsumer(bootstrap_servers=silent_bootstrap, api_version=(3, 0)) for _ in range(2)]
     bound_decompression(built[0], MIB)
     bound_decompression(built[1], 8 * MIB)
     yield built
@@ -133,8 +143,8 @@ def test_each_consumer_reads_batches_within_its_own_limit(consumers, magic):
     assert [(r.offset, r.value) for r in records] == [(40, values[0]), (41, values[1])]
 
 
-def test_uncompressed_batches_and_other_consumers_are_left_to_kafka_python(consumers):
-    other = KafkaConsumer(bootstrap_servers="127.0.0.1:1", api_version=(3, 0))
+def test_uncompressed_batches_and_other_consumers_are_left_to_kafka_python(consumers, silent_bootstrap):
+    other = KafkaConsumer(bootstrap_servers=silent_bootstrap, api_version=(3, 0))
     try:
         assert "PartitionRecords" not in vars(other._fetcher)
         data = _batch(2, GZIP, [bytes(2 * MIB)])
