@@ -61,7 +61,7 @@ def pipeline_column(
 
 def _pipeline_padding(driver: Any) -> float | None:
     """Real ÷ computed tokens over all actors, from their last stats (the driver refreshes them)."""
-    values = [m.last.get("padding_efficiency") for m in driver.members.values()]
+    values = [m.report.padding_efficiency for m in driver.members.values() if m.report is not None]
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
@@ -111,7 +111,7 @@ def _stuck_report(driver: Any) -> str:
     lag = dict(view.lag.by_partition) if view is not None else {}
     actors = []
     for member in driver.members.values():
-        last = member.last
+        last = member.flat_report()
         actors.append(
             {
                 "name": member.name,

@@ -143,7 +143,7 @@ class SteadyLoad:
         if driver_rss is not None:
             rss.append(RssSample(now, "driver", os.getpid(), driver_rss))
         for member in list(self.driver.members.values()):
-            pid = int(member.last.get("pid") or 0)
+            pid = member.pid or 0
             value = rss_bytes(pid) if pid and pid not in self._killed else None
             if value is not None:
                 rss.append(RssSample(now, f"actor slot {member.slot}", pid, value))
@@ -153,13 +153,15 @@ class SteadyLoad:
 
     def _kill(self, now: float) -> None:
         victim = pick_victim(
-            Candidate(m.name, m.slot, self._killable(m), int(m.last.get("consumed", 0)))
+            Candidate(m.name, m.slot, self._killable(m), m.counters.consumed)
             for m in self.driver.members.values()
         )
         if victim is None:
             return  # none running yet (a replacement still loading): the next tick tries again
         member = self.driver.members[victim]
-        pid = int(member.last["pid"])
+        pid = member.pid
+        if pid is None:
+            return  # not answered yet: the next tick tries again
         self._killed.add(pid)
         try:
             os.kill(pid, signal.SIGKILL)
@@ -170,7 +172,7 @@ class SteadyLoad:
 
     def _killable(self, member: Any) -> bool:
         # A killed actor stays a member, running, until the driver's next observation of it.
-        return member.state == "running" and member.last.get("pid") not in self._killed
+        return member.state == "running" and member.pid not in self._killed
 
     def _progress(self, now: float, view: Any) -> None:
         latest: dict[str, int] = {}

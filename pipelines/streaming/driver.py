@@ -72,10 +72,12 @@ class _Member:
         return (self.report.counters if self.report is not None else None) or LoopCounters()
 
     @property
-    def last(self) -> dict[str, Any]:
-        """The last report as the flat stats dict it replaced ({} before the first answer), for
-        readers not yet moved to ``report`` (``pipelines/bench``, ``pipelines/soak``, some
-        integration tests). New code reads ``report``."""
+    def pid(self) -> int | None:
+        """The actor's process id, once it has answered."""
+        return self.report.pid if self.report is not None else None
+
+    def flat_report(self) -> dict[str, Any]:
+        """The last report as one flat dict ({} before the first answer), for diagnostics."""
         if self.report is None:
             return {}
         flat = {f.name: getattr(self.report, f.name) for f in dataclasses.fields(self.report)}

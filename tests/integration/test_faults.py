@@ -225,7 +225,7 @@ def test_actors_sigkilled_mid_batch_repeatedly_lose_nothing(
         kills = 0
         for _ in range(3):
             victim = wait_until(lambda: _running_consumer(driver), 180, "an actor consuming")
-            os.kill(driver.members[victim].last["pid"], signal.SIGKILL)
+            os.kill(driver.members[victim].pid, signal.SIGKILL)
             kills += 1
             wait_until(lambda v=victim: _noticed_dead(driver, v), 60, f"{victim}'s death noticed")
         producer.join()
