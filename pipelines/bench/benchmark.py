@@ -13,7 +13,7 @@ thread count for every column:
    random-initialised bert-base-sized encoder as a fraction of the measured bf16 matmul rate.
 
 Prints a table, writes ``--json`` and ``--plot``. Starts the local broker (``--port``) unless
-``--bootstrap-servers`` is given. ``plan`` sizes the run, ``columns`` and ``pipeline_column`` run
+``--bootstrap-servers`` is given, and stops it at the end if it started it. ``plan`` sizes the run, ``columns`` and ``pipeline_column`` run
 the phases (``phases`` says how each number is taken), ``result`` types what they measured and
 ``report`` shows it.
 """
@@ -21,6 +21,7 @@ the phases (``phases`` says how each number is taken), ``result`` types what the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import uuid
@@ -50,17 +51,23 @@ from workers.model import BertClassifier
 def run_bench(args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
     """``clstream bench``; ``make_settings(**overrides)`` gives the settings of the command line
     with the run's own topic names and model."""
-    from pipelines.kafka_tools.broker import LocalBroker
+    from pipelines.kafka_tools.broker import run_broker
     from workers.logs import configure_logging
 
     console = Console()
     configure_logging(args.log_level or "WARNING", "console")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    starting = functools.partial(
+        console.status, f"starting the local Kafka broker on 127.0.0.1:{args.port} ..."
+    )
+    # A broker this run started is stopped when it ends (each one is a JVM of up to 768 MB).
+    with run_broker(args.bootstrap_servers, args.port, starting) as args.bootstrap_servers:
+        return _run_bench(console, args, make_settings)
+
+
+def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
     plan = BenchPlan.sized(args.quick, args.tweets, args.latency_seconds)
     threads = args.threads or default_threads()
-    if args.bootstrap_servers is None:
-        with console.status(f"starting the local Kafka broker on 127.0.0.1:{args.port} ..."):
-            args.bootstrap_servers = LocalBroker(args.port).start()
     run_id = uuid.uuid4().hex[:8]
     settings = make_settings(
         topics__input=f"bench-{run_id}.tweets",

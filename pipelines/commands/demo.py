@@ -41,7 +41,8 @@ def run_demo(args: argparse.Namespace) -> int:
     console = Console(stderr=False)
     # The demo is for people: keep the log quiet and let the progress bar and tables talk.
     configure_logging(args.log_level or "WARNING", "console")
-    if args.bootstrap_servers is None:
+    started_broker = args.bootstrap_servers is None
+    if started_broker:
         with console.status(f"starting the local Kafka broker on 127.0.0.1:{args.port} ..."):
             args.bootstrap_servers = LocalBroker(args.port).start()
         console.print(f"[green]✓[/] Kafka broker at {args.bootstrap_servers}")
@@ -100,6 +101,12 @@ def run_demo(args: argparse.Namespace) -> int:
     dead = list(read_topic(settings.kafka, settings.topics.dlq, idle_timeout_s=2))
     _print_summary(console, out, dead, truth, elapsed, final)
     _print_examples(console, out, {f"tweet-{i}": item.text for i, item in enumerate(sample)})
+    if started_broker:
+        # Left running on purpose: the topics are there to look at (clstream tail ...).
+        console.print(
+            f"The local broker keeps running at {args.bootstrap_servers} "
+            f"(log: {LocalBroker(args.port).log_file}); stop it with: clstream broker stop --port {args.port}"
+        )
     if len({t["id"] for t in out}) != len(sample) or len(dead) != len(_MALFORMED):
         console.print("[red]some records are missing from the output or the DLQ[/]")
         return 1

@@ -19,6 +19,7 @@ a controller quorum, so any one may be killed and restarted while the cluster se
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -539,3 +540,22 @@ def _stop_all(brokers: list[LocalBroker], timeout_s: float) -> int:
                 time.sleep(0.05)
         broker._pid_file.unlink(missing_ok=True)
     return len(running)
+
+
+@contextmanager
+def run_broker(bootstrap: str | None, port: int, starting: Callable[[], Any] | None = None) -> Iterator[str]:
+    """The bootstrap servers of one command's run: ``bootstrap`` when given; otherwise the local
+    broker on ``port``, started here (inside ``starting()``, e.g. a progress spinner) and stopped
+    on the way out if it was not already running, so a run leaves no JVM behind."""
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    broker = LocalBroker(port)
+    was_running = broker.is_running()
+    with starting() if starting is not None else contextlib.nullcontext():
+        address = broker.start()
+    try:
+        yield address
+    finally:
+        if not was_running:
+            broker.stop()

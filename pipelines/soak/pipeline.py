@@ -59,7 +59,15 @@ class WatchedDriver(Driver):
         self.ends: list[ActorEnd] = []
 
     def _replace(self, member: Any, now: float) -> None:
-        self.ends.append(ActorEnd(now, member.name, member.slot, member.state, member.report.error if member.report is not None else None))
+        self.ends.append(
+            ActorEnd(
+                now,
+                member.name,
+                member.slot,
+                member.state,
+                member.report.error if member.report is not None else None,
+            )
+        )
         super()._replace(member, now)
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from pipelines.kafka_tools.admin import admin_client
-from pipelines.kafka_tools.broker import LocalBroker
+from pipelines.kafka_tools.broker import LocalBroker, run_broker
 from schemas.dlq import DlqHeader
 from schemas.settings import Settings
 from tests.conftest import TEST_BROKER_PORT
@@ -49,6 +49,20 @@ def test_broker_start_is_idempotent_and_status_reports_it(broker):
     )
     status = json.loads(out.stdout)
     assert status["running"] is True and status["bootstrap"] == broker and status["pid"] == local.pid()
+
+
+def test_a_run_stops_the_broker_it_started_and_leaves_a_running_one_alone(broker):
+    port = TEST_BROKER_PORT + 7  # apart from the session's broker and the three-node cluster
+    own = LocalBroker(port)
+    assert not own.is_running()
+    with run_broker(None, port) as bootstrap:
+        assert bootstrap == own.bootstrap and own.is_running()
+    assert not own.is_running(), "the broker this run started is stopped"
+    with run_broker(None, TEST_BROKER_PORT) as bootstrap:
+        assert bootstrap == broker
+    assert LocalBroker(TEST_BROKER_PORT).is_running(), "a broker that was already running keeps running"
+    with run_broker("elsewhere:9092", port) as bootstrap:
+        assert bootstrap == "elsewhere:9092" and not own.is_running()
 
 
 def test_clstream_run_labels_what_kcat_produces_and_exits_0_on_sigterm(broker, topic_names, tmp_path):
