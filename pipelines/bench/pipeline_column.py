@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -59,11 +60,18 @@ def pipeline_column(
     )
 
 
-def _pipeline_padding(driver: Any) -> float | None:
-    """Real ÷ computed tokens over all actors, from their last stats (the driver refreshes them)."""
-    values = [m.report.padding_efficiency for m in driver.members.values() if m.report is not None]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+def _pipeline_padding(driver: Any, timeout_s: float = 10.0) -> float | None:
+    """Real ÷ computed tokens over all actors, from their latest reports. A report is collected on
+    a later tick than the one it was asked on, so a short run can end before the first report
+    with a batch in it arrives: tick until one does (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = [m.report.padding_efficiency for m in driver.members.values() if m.report is not None]
+        values = [v for v in values if v is not None]
+        if values or time.monotonic() > deadline:
+            return float(np.mean(values)) if values else None
+        time.sleep(0.25)
+        driver.tick()
 
 
 def _latency(
