@@ -135,3 +135,21 @@ def test_pipelines_has_only_the_known_subpackages():
         "pipelines.soak",
         "pipelines.commands",
     }
+
+
+def test_the_kafka_python_internals_workers_use_are_all_there():
+    """``workers/kafka_compat.py`` is the one module that touches kafka-python's internals; its
+    self-check (also run when it is imported) names any the installed version lacks."""
+    from workers import kafka_compat
+
+    kafka_compat.self_check()
+    private = [
+        f"{module}: {node.attr}"
+        for module, path in _sources().items()
+        if module.startswith("workers.") and module != "workers.kafka_compat"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr
+        in ("_client", "_subscription", "_fetcher", "_coordinator", "_sender", "_transaction_manager")
+    ]
+    assert private == []
