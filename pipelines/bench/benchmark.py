@@ -44,6 +44,7 @@ from pipelines.bench.pipeline_column import pipeline_column
 from pipelines.bench.plan import BenchPlan, bench_texts, default_threads
 from pipelines.bench.report import plot, print_table, progress_bars
 from pipelines.bench.result import BenchResult, PipelineSettings
+from pipelines.kafka_tools.admin import run_topics
 from schemas.settings import Settings
 from workers.model import BertClassifier
 
@@ -70,10 +71,7 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
     threads = args.threads or default_threads()
     run_id = uuid.uuid4().hex[:8]
     settings = make_settings(
-        topics__input=f"bench-{run_id}.tweets",
-        topics__output=f"bench-{run_id}.labeled",
-        topics__dlq=f"bench-{run_id}.dlq",
-        topics__group_id=f"bench-{run_id}",
+        **run_topics("bench", run_id),
         workers__count=1,
         # The actor's torch thread count is its CPU reservation: the same as the bare loop's.
         workers__cpus=float(threads),

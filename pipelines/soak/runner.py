@@ -37,6 +37,7 @@ from typing import Any
 
 from rich.console import Console
 
+from pipelines.kafka_tools.admin import run_topics
 from pipelines.kafka_tools.broker import LocalBroker
 from pipelines.soak.load import rss_bytes
 from pipelines.soak.pipeline import ActorEnd, LoadedPipeline, reader_counts
@@ -207,10 +208,7 @@ def soak_one(
     """One soak run in one delivery mode; returns its summary (``summary["ok"]``)."""
     run_id = uuid.uuid4().hex[:8]
     settings = make_settings(
-        topics__input=f"soak-{run_id}.tweets",
-        topics__output=f"soak-{run_id}.labeled",
-        topics__dlq=f"soak-{run_id}.dlq",
-        topics__group_id=f"soak-{run_id}",
+        **run_topics("soak", run_id),
         workers__delivery=delivery,
         metrics__port=0,  # never collides with a running driver
         **model,
