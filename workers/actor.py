@@ -84,6 +84,8 @@ class ClassifierActor:
             pid=os.getpid(),
             uptime_s=time.time() - self.started_at,
             padding_efficiency=(real / padded) if padded else None,
+            real_tokens=real,
+            forward_s=float(getattr(getattr(classifier, "stats", None), "forward_s", 0.0)),
             rss_bytes=psutil.Process().memory_info().rss,
             assignment=_assignment(loop),
             unfinished_batches=loop.unfinished_batches() if loop is not None else 0,
