@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from pipelines.bench.flops import bert_flops_per_token, matmul_flops_per_s
 from pipelines.bench.phases import (
-    bert_flops_per_token,
-    matmul_flops_per_s,
     measure_bare,
     measure_naive,
     throughput_from_outputs,

@@ -339,31 +339,6 @@ def latencies_ms(
     return [float(done - sent) for sent, done in pairs if sent - first >= skip_ms]
 
 
-# -- model-only FLOP/s on a GPU -------------------------------------------------------------------
-
-
-def matmul_flops_per_s(device: torch.device, n: int = 8192, iters: int = 20) -> float:
-    """Measured bf16 dense matmul rate of ``device`` (FLOP/s): the denominator of MFU."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * n**3 * iters / (time.perf_counter() - started)
-
-
-def bert_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len: float) -> float:
-    """Forward FLOPs per real token of a BERT encoder: the dense layers (QKV, output, FFN) plus
-    attention scores and weighted sums over ``seq_len`` real tokens; embeddings and norms left out."""
-    dense = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
-    attention = 2 * 2 * seq_len * hidden
-    return layers * (dense + attention)
-
-
 # -- what one forward pass costs ----------------------------------------------------------------
 
 #: (rows, width) shapes timed for the pass-cost fit: from a lone short tweet to full batches.
