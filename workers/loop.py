@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
+from typing import Any
 
 import numpy as np
 import orjson
@@ -61,6 +62,7 @@ from workers.ports import (
     Headers,
     OutboundRecord,
     Partition,
+    PreparingClassifier,
     RawRecord,
     Sink,
     Source,
@@ -144,16 +146,21 @@ class _Batch:
     rejected: int = 0
     #: Dead letters of this batch by error class.
     rejections: dict[str, int] = field(default_factory=dict)
-    #: This batch's share of the model thread's time (decode, classify, build the records).
+    #: This batch's share of the model thread's time (its model calls).
     busy_s: float = 0.0
+    #: Per record, decoded on the consumer thread: the tweet, or why it cannot be classified.
+    decoded: list[Tweet | Rejection] = field(default_factory=list)
+    #: The model's inputs of the tweets among ``decoded``, in order (``Classifier.prepare``).
+    inputs: list[Any] = field(default_factory=list)
+    #: Per input, after the model thread: probabilities, or why the model failed on it.
+    outcomes: list[np.ndarray | Rejection] = field(default_factory=list)
 
 
 @dataclass
 class _Group:
-    """Batches classified in one model call, in poll order, and their output and dead letters."""
+    """Batches classified in one model call, in poll order."""
 
     batches: list[_Batch]
-    outbound: list[OutboundRecord]
 
     @property
     def epoch(self) -> int:
@@ -368,7 +375,7 @@ class ClassifierLoop:
             len(r.key or b"") + len(r.value or b"") + sum(len(v or b"") for _, v in r.headers)
             for r in records
         )
-        return _Batch(
+        batch = _Batch(
             records,
             tokens,
             _next_offsets(records),
@@ -376,6 +383,37 @@ class ClassifierLoop:
             group_metadata=self.commits.group_metadata(),
             epoch=self._epoch,
         )
+        self._decode_and_prepare(batch)
+        return batch
+
+    def _prepare(self, texts: list[str]) -> list[Any]:
+        """Model inputs for ``texts``: tokenized here, on the consumer thread, when the classifier
+        can (``PreparingClassifier``), so the model thread only runs the model."""
+        classifier = self.classifier
+        return classifier.prepare(texts) if isinstance(classifier, PreparingClassifier) else texts
+
+    def _run_model(self, inputs: list[Any]) -> np.ndarray:
+        classifier = self.classifier
+        if isinstance(classifier, PreparingClassifier):
+            return classifier.classify_prepared(inputs)
+        return classifier.classify(inputs)
+
+    def _decode_and_prepare(self, batch: _Batch) -> None:
+        """Decode every record and prepare the tweets' model inputs. A text the classifier cannot
+        prepare is dead-lettered alone, like a record the model fails on."""
+        decoded: list[Tweet | Rejection] = [decode_tweet(record) for record in batch.records]
+        texts = [d.text for d in decoded if isinstance(d, Tweet)]
+        try:
+            batch.inputs = self._prepare(texts)
+        except Exception:  # noqa: BLE001 - find the text at fault, one at a time
+            batch.inputs = []
+            for i, tweet in enumerate(decoded):
+                if isinstance(tweet, Tweet):
+                    try:
+                        batch.inputs.extend(self._prepare([tweet.text]))
+                    except Exception as exc:  # noqa: BLE001 - this text's own failure
+                        decoded[i] = _model_rejection(exc, stage="prepare")
+        batch.decoded = decoded
 
     # -- the model thread ---------------------------------------------------------------------
 
@@ -427,28 +465,21 @@ class ClassifierLoop:
             records += len(batch.records)
 
     def _classify(self, batches: list[_Batch]) -> _Group | None:
-        """Decode, classify and build the output of ``batches`` in one model call; None when they
-        are dropped (a rewind will read them again, or the actor is stopping)."""
+        """Run the model over the prepared inputs of ``batches`` in one call; None when they are
+        dropped (a rewind will read them again, or the actor is stopping)."""
         batches = [b for b in batches if not self._skip(b)]
         if not batches:
             return None
         started = time.perf_counter()
-        records = [r for b in batches for r in b.records]
-        outbound, errors = self._process(records)
+        outcomes = self._classify_isolating([item for b in batches for item in b.inputs])
         elapsed = time.perf_counter() - started
+        records = sum(len(b.records) for b in batches)
         start = 0
         for batch in batches:
-            end = start + len(batch.records)
-            rejections: dict[str, int] = {}
-            for error_class in errors[start:end]:
-                if error_class is not None:
-                    rejections[error_class] = rejections.get(error_class, 0) + 1
-            batch.rejections = rejections
-            batch.rejected = sum(rejections.values())
-            batch.classified = len(batch.records) - batch.rejected
-            batch.busy_s = elapsed * len(batch.records) / len(records)
-            start = end
-        return _Group(batches, outbound)
+            batch.outcomes = outcomes[start : start + len(batch.inputs)]
+            batch.busy_s = elapsed * len(batch.records) / records
+            start += len(batch.inputs)
+        return _Group(batches)
 
     def _skip(self, batch: _Batch) -> bool:
         """Drop ``batch`` undelivered if a rewind will read it again or the actor is stopping."""
@@ -531,8 +562,7 @@ class ClassifierLoop:
         batches = [b for g in groups for b in g.batches if not self._skip(b)]
         if not batches:
             return
-        # A group is dropped whole or not at all (its batches share an epoch).
-        outbound = [r for g in groups if not g.batches[0].done.is_set() for r in g.outbound]
+        outbound = [record for batch in batches for record in self._outbound(batch)]
         next_offsets: dict[Partition, int] = {}
         for batch in batches:
             next_offsets.update(batch.next_offsets)
@@ -598,29 +628,23 @@ class ClassifierLoop:
             self._deliver([group])
         return self._commit_finished()
 
-    def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], list[str | None]]:
-        """One output or dead-letter record per input record, in order, and per record the
-        dead letter's error class (None: classified)."""
-        decoded = [decode_tweet(record) for record in records]
-        valid = [i for i, d in enumerate(decoded) if isinstance(d, Tweet)]
-        texts = [decoded[i].text for i in valid]  # type: ignore[union-attr]
-        outcomes: list[np.ndarray | Rejection | Tweet] = list(decoded)
-        for i, outcome in zip(valid, self._classify_isolating(texts), strict=True):
-            outcomes[i] = outcome
-
+    def _outbound(self, batch: _Batch) -> list[OutboundRecord]:
+        """One output or dead-letter record per input record of ``batch``, in order; counts them."""
         topics = self.settings.topics
         labels = self.classifier.labels
         model_id, pooling = self.classifier.model_id, self.classifier.pooling
         now = datetime.now(UTC).isoformat()
+        outcomes = iter(batch.outcomes)
         out: list[OutboundRecord] = []
-        errors: list[str | None] = []
-        for record, tweet, outcome in zip(records, decoded, outcomes, strict=True):
+        rejections: dict[str, int] = {}
+        for record, tweet in zip(batch.records, batch.decoded, strict=True):
+            outcome = next(outcomes) if isinstance(tweet, Tweet) else tweet
             if isinstance(outcome, Rejection):
-                errors.append(outcome.error_class)
+                rejections[outcome.error_class] = rejections.get(outcome.error_class, 0) + 1
                 out.append(_dead_letter(record, outcome, topics.dlq, now, topics.dlq_max_record_bytes))
                 continue
             assert isinstance(tweet, Tweet)
-            probs = outcome.tolist()  # type: ignore[union-attr]
+            probs = outcome.tolist()
             best = max(range(len(labels)), key=probs.__getitem__)
             value = orjson.dumps(
                 {
@@ -637,11 +661,14 @@ class ClassifierLoop:
                 }
             )
             out.append(OutboundRecord(topics.output, record.key or tweet.id.encode(), value))
-            errors.append(None)
-        return out, errors
+        batch.rejections = rejections
+        batch.rejected = sum(rejections.values())
+        batch.classified = len(batch.records) - batch.rejected
+        return out
 
-    def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
-        """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone.
+    def _classify_isolating(self, texts: list[Any]) -> list[np.ndarray | Rejection]:
+        """Classify ``texts`` (prepared inputs); if the model fails on a batch, split it until the
+        bad record is alone.
 
         A device error (``workers.devices.is_device_failure``) is not the records' fault: a
         smaller batch may fit, so it splits too, but a single record that still fails is retried,
@@ -649,7 +676,7 @@ class ClassifierLoop:
         if not texts:
             return []
         try:
-            return list(self.classifier.classify(texts))
+            return list(self._run_model(texts))
         except Exception as exc:  # noqa: BLE001 - any model failure is isolated, never fatal
             if len(texts) == 1:
                 if is_device_failure(exc):
@@ -658,7 +685,7 @@ class ClassifierLoop:
             half = len(texts) // 2
             return self._classify_isolating(texts[:half]) + self._classify_isolating(texts[half:])
 
-    def _retry_on_device(self, texts: list[str], error: Exception) -> list[np.ndarray | Rejection | Tweet]:
+    def _retry_on_device(self, texts: list[Any], error: Exception) -> list[np.ndarray | Rejection]:
         """Retry one record after a device error, with a backoff; ``DeviceError`` if it persists."""
         retries = self.settings.workers.device_retries
         for attempt in range(retries):
@@ -666,7 +693,7 @@ class ClassifierLoop:
             if self._abandon.wait(min(_MAX_BACKOFF_S, 0.5 * 2**attempt)):
                 break
             try:
-                return list(self.classifier.classify(texts))
+                return list(self._run_model(texts))
             except Exception as exc:  # noqa: BLE001 - sorted below: device or record
                 if not is_device_failure(exc):
                     return [_model_rejection(exc)]
@@ -678,9 +705,9 @@ class ClassifierLoop:
         ) from error
 
 
-def _model_rejection(exc: Exception) -> Rejection:
+def _model_rejection(exc: Exception, stage: str = "classify") -> Rejection:
     reason = f"the model failed on this record: {type(exc).__name__}: {str(exc)[:200]}"
-    return Rejection("ClassificationFailed", reason, stage="classify")
+    return Rejection("ClassificationFailed", reason, stage=stage)
 
 
 def _dead_letter(

@@ -266,18 +266,25 @@ class BertClassifier:
         model_id = f"{meta.encoder_id}{lora}+head-{meta.pooling}@{sha[:12]}"
         return cls(encoder, head, model_id=model_id, batch_size=batch_size, max_tokens=max_tokens)
 
-    @torch.inference_mode()
     def classify(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
+        return self.classify_prepared(self.prepare(list(texts)))
+
+    def prepare(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text (``workers.ports.PreparingClassifier``); thread-safe."""
+        return self.encoder.token_ids(texts) if texts else []
+
+    @torch.inference_mode()
+    def classify_prepared(self, ids: list[list[int]]) -> np.ndarray:
+        """Probabilities from ``prepare``'s token ids. Not thread-safe."""
+        if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        ids = self.encoder.token_ids(texts)
         started = time.perf_counter()
         encoded = self.encoder.encode_ids_on_device(ids, self.batch_size, self.max_tokens)
         # The head runs where the vectors are; one copy of the probabilities back to the host
         # (on CUDA it waits for the device, so the time below is the device's).
         probs = self.head(encoded.vectors).cpu().numpy().astype(np.float32)
         self.stats.add(
-            len(texts),
+            len(ids),
             encoded.batches,
             encoded.real_tokens,
             encoded.padded_tokens,
