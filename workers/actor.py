@@ -10,6 +10,7 @@ States: starting -> running -> draining -> stopped, or failed (with ``error``) f
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -156,6 +157,9 @@ class ClassifierActor:
         else:
             sink = KafkaSink(self.settings, client_id=client_id)
         source = KafkaSource(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
+        # The model and the clients live as long as the actor: out of the cyclic collector's way,
+        # so its full passes (which hold the GIL, stalling the model) scan only per-batch objects.
+        gc.freeze()
         return ClassifierLoop(source, sink, classifier, self.settings)
 
     def _close(self) -> None:
