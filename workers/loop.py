@@ -241,10 +241,12 @@ class ClassifierLoop:
     def _poll_and_dispatch(self) -> None:
         workers = self.settings.workers
         timeout_ms = workers.poll_timeout_ms
-        if self.stats.paused:
-            # Nothing can be fetched: wait for a batch to finish (its credit comes back) rather
-            # than for a poll to time out, then poll without waiting, for the group's sake.
-            self._finished.wait(timeout_ms / 1000)
+        if self.stats.paused and self._finished.wait(timeout_ms / 1000):
+            # Nothing could be fetched and a batch finished (its credit comes back): commit and
+            # resume at once rather than when a poll times out. When nothing finished, the poll
+            # gets its full timeout: a rejoin under way completes only inside a poll that waits
+            # for it (with no wait kafka-python returns before touching it, and the member
+            # stays half joined; tests/integration/test_pipeline.py found that).
             timeout_ms = 0
         self._finished.clear()
         records = self.source.poll(timeout_ms=timeout_ms, max_records=workers.max_batch_records)
