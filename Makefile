@@ -17,7 +17,7 @@ SOAK_OUT ?= out/soak
 SOAK_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: kcat help venv demo test test-unit check fmt lint types soak broker-start broker-stop clean
+.PHONY: kcat help venv demo test test-unit check fmt lint types soak gpu-carry broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ types: venv
 kcat: ## the integration tests use kcat as an independent Kafka client
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "kcat is missing and could not be installed (Debian package kcat)"; exit 1; }
+
+# What a lent GPU machine needs (torch and transformers only, at most 64 MiB carried): docs/gpu.md.
+gpu-carry: venv ## write out/gpu-carry for pipelines/bench/gpu_model_only.py measure on a GPU machine
+	$(BIN)/python -m pipelines.bench.gpu_model_only prepare --carry out/gpu-carry
 
 broker-start: venv ## start the local broker on 127.0.0.1:9092
 	$(BIN)/clstream broker start

@@ -165,7 +165,15 @@ class WorkerSettings(BaseModel):
     #: a CUDA error) after the batch was split down to it; then the actor stops and is replaced,
     #: its batch uncommitted. A device error never dead-letters a record.
     device_retries: int = Field(default=2, ge=0, le=10)
+    #: Longest a poll waits for records when nothing is fetched. A batch finishing wakes a
+    #: paused member at once, so this bounds only idle waits and how soon a stop is noticed.
     poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
+    #: Longest the broker holds a fetch open waiting for new records (kafka-python's
+    #: fetch_max_wait_ms, 500 by default there). It is the added latency of a record that arrives
+    #: just after an empty fetch was answered; lower costs more empty fetches when idle.
+    fetch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    #: How long the producer waits to fill a produce request (linger.ms): latency for fewer requests.
+    producer_linger_ms: int = Field(default=2, ge=0, le=10_000)
     #: How long to wait for the output and DLQ records of a batch to be acknowledged.
     produce_timeout_s: float = Field(default=30.0, gt=0)
     #: GPU share per actor when the cluster has GPUs (0.5 packs two actors per GPU).
@@ -179,12 +187,12 @@ class WorkerSettings(BaseModel):
     #: token credit it bounds an actor's memory whatever the record sizes (a token estimate of
     #: a 1 MB record that the loop rejects unread says little about the bytes it holds).
     max_inflight_bytes: int = Field(default=64 * 1024**2, ge=1024**2)
-    #: At most this many polled batches waiting for or in the model; with one batch of producer
-    #: sends outstanding at a time, this bounds an actor's memory.
+    #: At most this many polled batches waiting for, in or after the model and not yet
+    #: committed; with the token and byte credits, this bounds an actor's memory.
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
     #: at-least-once: commit offsets after the batch's output is acknowledged (a crash may repeat
     #: the batches in flight). exactly-once: output, DLQ records and offsets in one transaction
-    #: per batch; readers use isolation_level=read_committed.
+    #: (one or more micro-batches, see transaction_linger_ms); readers use read_committed.
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     #: What the input consumer reads. read_committed: never records of aborted (or still open)
     #: upstream transactions, and a new partition owner's offset fetch waits until the previous
@@ -198,6 +206,10 @@ class WorkerSettings(BaseModel):
     #: times the broker's default ``max.message.bytes``, more than text compresses by, yet small
     #: against an actor's memory. Between 1 MiB (less refuses ordinary batches) and 1 GiB.
     max_decompressed_batch_bytes: int = 64 * 1024**2
+    #: exactly-once: how long a transaction stays open for more micro-batches once it has one.
+    #: 0 commits what is waiting when the transaction starts (under load that is already several
+    #: micro-batches); more means fewer transactions under light load, at up to this much latency.
+    transaction_linger_ms: int = Field(default=0, ge=0, le=10_000)
     #: How long the broker keeps a transaction of a vanished producer open (exactly-once only).
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
     session_timeout_ms: int = Field(default=30_000, ge=6_000)

@@ -10,6 +10,7 @@ States: starting -> running -> draining -> stopped, or failed (with ``error``) f
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -84,6 +85,8 @@ class ClassifierActor:
             pid=os.getpid(),
             uptime_s=time.time() - self.started_at,
             padding_efficiency=(real / padded) if padded else None,
+            real_tokens=real,
+            forward_s=float(getattr(getattr(classifier, "stats", None), "forward_s", 0.0)),
             rss_bytes=psutil.Process().memory_info().rss,
             assignment=_assignment(loop),
             unfinished_batches=loop.unfinished_batches() if loop is not None else 0,
@@ -154,6 +157,9 @@ class ClassifierActor:
         else:
             sink = KafkaSink(self.settings, client_id=client_id)
         source = KafkaSource(self.settings, client_id=f"{self.settings.kafka.client_id}-{self.name}")
+        # The model and the clients live as long as the actor: out of the cyclic collector's way,
+        # so its full passes (which hold the GIL, stalling the model) scan only per-batch objects.
+        gc.freeze()
         return ClassifierLoop(source, sink, classifier, self.settings)
 
     def _close(self) -> None:

@@ -96,23 +96,29 @@ class BatchStats:
 
     ``real_tokens`` counts tokens of the texts themselves (special tokens included),
     ``computed_tokens`` the padded slots the encoder actually ran; their ratio is the padding
-    efficiency (1.0: no padding at all).
+    efficiency (1.0: no padding at all). ``forward_s`` is the wall time from token ids to
+    probabilities on the host (padding, copies, forward passes, head; not tokenization): the
+    time the device is busy, for ``device_busy_fraction``.
     """
 
     texts: int = 0
     batches: int = 0
     real_tokens: int = 0
     computed_tokens: int = 0
+    forward_s: float = 0.0
 
     @property
     def padding_efficiency(self) -> float | None:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else None
 
-    def add(self, texts: int, batches: int, real_tokens: int, computed_tokens: int) -> None:
+    def add(
+        self, texts: int, batches: int, real_tokens: int, computed_tokens: int, forward_s: float = 0.0
+    ) -> None:
         self.texts += texts
         self.batches += batches
         self.real_tokens += real_tokens
         self.computed_tokens += computed_tokens
+        self.forward_s += forward_s
 
     def snapshot(self) -> dict[str, float | int | None]:
         return {
@@ -121,6 +127,7 @@ class BatchStats:
             "real_tokens": self.real_tokens,
             "computed_tokens": self.computed_tokens,
             "padding_efficiency": self.padding_efficiency,
+            "forward_s": self.forward_s,
         }
 
 

@@ -24,14 +24,13 @@ import torch
 from schemas.errors import ModelLoadError
 from schemas.records import LABELS, label_named
 from workers.batching import BatchStats
+from workers.forward import forward_in_batches, token_ids
 from workers.model import (
     BertClassifier,
-    forward_in_batches,
     load_hf_model,
     resolve_device,
     resolve_precision,
     safetensors_weights,
-    token_ids,
     weights_sha256,
 )
 from workers.offline_hub import keep_hub_offline

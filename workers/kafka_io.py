@@ -36,8 +36,6 @@ log = structlog.get_logger("clstream.kafka")
 
 #: kafka-python's default request limit, kept unless the DLQ's record limit needs more.
 _MAX_REQUEST_BYTES = 1_048_576
-#: A little lingering lets one poll's worth of results share a few produce requests.
-_LINGER_MS = 5
 
 
 class KafkaSource:
@@ -64,6 +62,7 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level=settings.workers.isolation_level,
+            fetch_max_wait_ms=settings.workers.fetch_max_wait_ms,
             max_poll_records=settings.workers.max_batch_records,
             session_timeout_ms=settings.workers.session_timeout_ms,
             # Kafka's advice: heartbeat at most a third of the session timeout.
@@ -256,14 +255,14 @@ def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer
         **{**settings.kafka.client_config(), "client_id": client_id},
         acks="all",
         enable_idempotence=True,
-        linger_ms=_LINGER_MS,
+        linger_ms=settings.workers.producer_linger_ms,
         retries=2**31 - 1,
         # Room for the largest dead-letter copy (the loop cuts bigger ones to fit) and its batch.
         max_request_size=max(_MAX_REQUEST_BYTES, settings.topics.dlq_max_record_bytes + 16_384),
         # kafka-python insists on delivery_timeout > linger + request_timeout.
         delivery_timeout_ms=max(
             int(settings.workers.produce_timeout_s * 1000),
-            settings.kafka.request_timeout_ms + _LINGER_MS + 1_000,
+            settings.kafka.request_timeout_ms + settings.workers.producer_linger_ms + 1_000,
         ),
         **extra,
     )

@@ -1,11 +1,21 @@
 """The per-actor loop: poll -> decode -> classify -> deliver -> commit, with backpressure.
 
-Two threads share the work. The *consumer thread* (``run``) owns the Kafka consumer: it polls,
-hands batches to the *model thread*, commits finished batches in order, and pauses every
-assigned partition while the in-flight credit is spent, so it keeps polling (and so stays in the
-group, however long inference takes) without taking more records. The *model thread* decodes,
-classifies and delivers one batch at a time, waiting for every output and DLQ record to be
-acknowledged, so at most one batch of producer sends is ever outstanding.
+Three threads share the work, each the only one doing its part:
+
+- the *consumer thread* (``run``) owns the Kafka consumer: it polls, queues each poll as a batch
+  for the model, commits finished batches in order, and pauses every assigned partition while
+  the in-flight credit is spent. It keeps polling while paused (so it stays in the group however
+  long inference takes) but takes no records; a finished batch wakes it at once, so the credit
+  comes back without waiting for a poll to time out.
+- the *model thread* takes every batch that is waiting when the model is free (continuous
+  batching: one model call for all of them, up to ``workers.max_batch_records`` records), decodes,
+  classifies and builds the output and dead-letter records, and hands them on. It never waits
+  for Kafka: while one group is being delivered, the next is classified.
+- the *delivery thread* delivers the groups in order, waiting for every record to be
+  acknowledged (at-least-once) or the transaction to commit (exactly-once). It takes every group
+  waiting when it starts, so one delivery (one flush, or one transaction) may span several
+  micro-batches; with ``workers.transaction_linger_ms`` an exactly-once transaction also waits
+  that long for more (fewer transactions under light load, at that latency).
 
 Offsets are committed in exactly one place, ``_commit_finished``, on the consumer thread, and
 only for batches whose records were all acknowledged, in the order they were polled, through the
@@ -17,11 +27,11 @@ says why; nothing is skipped.
 
 Credit is counted in tokens, estimated from each record's size before tokenization, and in bytes.
 
-With ``workers.delivery = "exactly-once"`` the model thread commits each batch's output, DLQ
-records and offsets in one Kafka transaction (``ExactlyOnceCommits``), and the consumer thread's
-commit has nothing left to do. A batch whose transaction is fenced (the group moved on) is not
-retried: the consumer thread drops it and every batch after it and reads them again from the
-last committed offsets.
+With ``workers.delivery = "exactly-once"`` the delivery thread commits the output, DLQ records
+and offsets in one Kafka transaction (``ExactlyOnceCommits``), and the consumer thread's commit
+has nothing left to do. A batch whose transaction is fenced (the group moved on), or that ends
+undelivered for any reason, halts the model and delivery threads: every later batch is dropped
+undelivered, and the consumer thread reads them all again from the first undelivered offsets.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
+from typing import Any
 
 import numpy as np
 import orjson
@@ -51,6 +62,7 @@ from workers.ports import (
     Headers,
     OutboundRecord,
     Partition,
+    PreparingClassifier,
     RawRecord,
     Sink,
     Source,
@@ -117,6 +129,8 @@ class LoopStats:
 
 @dataclass
 class _Batch:
+    """The records of one poll: committed together, in poll order."""
+
     records: list[RawRecord]
     tokens: int
     next_offsets: dict[Partition, int]
@@ -132,7 +146,29 @@ class _Batch:
     rejected: int = 0
     #: Dead letters of this batch by error class.
     rejections: dict[str, int] = field(default_factory=dict)
+    #: This batch's share of the model thread's time (its model calls).
     busy_s: float = 0.0
+    #: Per record, decoded on the consumer thread: the tweet, or why it cannot be classified.
+    decoded: list[Tweet | Rejection] = field(default_factory=list)
+    #: The model's inputs of the tweets among ``decoded``, in order (``Classifier.prepare``).
+    inputs: list[Any] = field(default_factory=list)
+    #: Per input, after the model thread: probabilities, or why the model failed on it.
+    outcomes: list[np.ndarray | Rejection] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    """Batches classified in one model call, in poll order."""
+
+    batches: list[_Batch]
+
+    @property
+    def epoch(self) -> int:
+        return self.batches[0].epoch
+
+    @property
+    def group_metadata(self) -> GroupMetadata | None:
+        return self.batches[0].group_metadata
 
 
 class ClassifierLoop:
@@ -154,14 +190,18 @@ class ClassifierLoop:
         self.stats = LoopStats()
         self._inflight: deque[_Batch] = deque()
         self._work: SimpleQueue[_Batch | None] = SimpleQueue()
+        self._deliveries: SimpleQueue[_Group | None] = SimpleQueue()
         # Set when retries must give up (drain deadline passed): the batch stays uncommitted.
         self._abandon = threading.Event()
+        # Set whenever a batch finishes (delivered or dropped): wakes a paused consumer thread.
+        self._finished = threading.Event()
         self._epoch = 0
-        # Set by the model thread when a batch is fenced: it skips every later batch until the
-        # consumer thread has rewound, so no transaction commits offsets past an undelivered batch.
+        # Set by the model or delivery thread when a batch ends undelivered (fenced, given up,
+        # failed unexpectedly): both skip every later batch until the consumer thread has
+        # rewound, so no delivery (no transaction) commits offsets past an undelivered batch.
         self._halted = False
-        #: Set by the model thread when the actor cannot go on (``FatalWorkerError``): ``run``
-        #: stops polling, commits nothing past the failed batch and raises it.
+        #: Set when the actor cannot go on (``FatalWorkerError``): ``run`` stops polling, commits
+        #: nothing past the failed batch and raises it.
         self._fatal: FatalWorkerError | None = None
 
     # -- the threaded loop (consumer thread) ---------------------------------------------------
@@ -174,8 +214,12 @@ class ClassifierLoop:
             settled=self._settled,
             timeout_s=self.settings.workers.max_poll_interval_ms / 2000,
         )
-        model_thread = threading.Thread(target=self._model_loop, name="clstream-model", daemon=True)
-        model_thread.start()
+        threads = [
+            threading.Thread(target=self._model_loop, name="clstream-model", daemon=True),
+            threading.Thread(target=self._delivery_loop, name="clstream-delivery", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             while not stop.is_set() and self._fatal is None:
                 self._poll_and_dispatch()
@@ -185,8 +229,10 @@ class ClassifierLoop:
                 self._finish_inflight(timeout_s=drain_timeout_s)
         finally:
             self._abandon.set()
-            self._work.put(None)
-            model_thread.join(timeout=drain_timeout_s)
+            self._work.put(None)  # the model thread passes it on to the delivery thread
+            deadline = time.monotonic() + drain_timeout_s
+            for thread in threads:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
             # Batches given up at the deadline: rewind to them, so the loop can be run again.
             self._commit_finished()
         if self._fatal is not None:
@@ -194,7 +240,16 @@ class ClassifierLoop:
 
     def _poll_and_dispatch(self) -> None:
         workers = self.settings.workers
-        records = self.source.poll(timeout_ms=workers.poll_timeout_ms, max_records=workers.max_batch_records)
+        timeout_ms = workers.poll_timeout_ms
+        if self.stats.paused and self._finished.wait(timeout_ms / 1000):
+            # Nothing could be fetched and a batch finished (its credit comes back): commit and
+            # resume at once rather than when a poll times out. When nothing finished, the poll
+            # gets its full timeout: a rejoin under way completes only inside a poll that waits
+            # for it (with no wait kafka-python returns before touching it, and the member
+            # stays half joined; tests/integration/test_pipeline.py found that).
+            timeout_ms = 0
+        self._finished.clear()
+        records = self.source.poll(timeout_ms=timeout_ms, max_records=workers.max_batch_records)
         if records:
             batch = self._new_batch(records)
             self._inflight.append(batch)
@@ -322,7 +377,7 @@ class ClassifierLoop:
             len(r.key or b"") + len(r.value or b"") + sum(len(v or b"") for _, v in r.headers)
             for r in records
         )
-        return _Batch(
+        batch = _Batch(
             records,
             tokens,
             _next_offsets(records),
@@ -330,70 +385,232 @@ class ClassifierLoop:
             group_metadata=self.commits.group_metadata(),
             epoch=self._epoch,
         )
+        self._decode_and_prepare(batch)
+        return batch
+
+    def _prepare(self, texts: list[str]) -> list[Any]:
+        """Model inputs for ``texts``: tokenized here, on the consumer thread, when the classifier
+        can (``PreparingClassifier``), so the model thread only runs the model."""
+        classifier = self.classifier
+        return classifier.prepare(texts) if isinstance(classifier, PreparingClassifier) else texts
+
+    def _run_model(self, inputs: list[Any]) -> np.ndarray:
+        classifier = self.classifier
+        if isinstance(classifier, PreparingClassifier):
+            return classifier.classify_prepared(inputs)
+        return classifier.classify(inputs)
+
+    def _decode_and_prepare(self, batch: _Batch) -> None:
+        """Decode every record and prepare the tweets' model inputs. A text the classifier cannot
+        prepare is dead-lettered alone, like a record the model fails on."""
+        decoded: list[Tweet | Rejection] = [decode_tweet(record) for record in batch.records]
+        texts = [d.text for d in decoded if isinstance(d, Tweet)]
+        try:
+            batch.inputs = self._prepare(texts)
+        except Exception:  # noqa: BLE001 - find the text at fault, one at a time
+            batch.inputs = []
+            for i, tweet in enumerate(decoded):
+                if isinstance(tweet, Tweet):
+                    try:
+                        batch.inputs.extend(self._prepare([tweet.text]))
+                    except Exception as exc:  # noqa: BLE001 - this text's own failure
+                        decoded[i] = _model_rejection(exc, stage="prepare")
+        batch.decoded = decoded
 
     # -- the model thread ---------------------------------------------------------------------
 
     def _model_loop(self) -> None:
         failures = 0
-        while (batch := self._work.get()) is not None:
+        waiting: _Batch | None = None
+        running = True
+        while running:
+            first = waiting if waiting is not None else self._work.get()
+            if first is None:
+                break
+            batches, waiting, running = self._take_waiting(first)
             try:
-                self._run_batch(batch)
+                group = self._classify(batches)
+                if group is not None:
+                    self._deliveries.put(group)
                 failures = 0
             except FatalWorkerError as exc:
-                # Every later batch is skipped; the consumer thread stops and ``run`` raises it.
-                self._fatal = exc
-                self._halted = True
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("the actor must stop", error=self.stats.last_error)
-                batch.done.set()
+                self._stop_fatally(exc, batches)
             except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("batch failed unexpectedly; it will be read again", error=self.stats.last_error)
-                self._halted = True
-                batch.done.set()
+                self._halt_unexpectedly(exc, batches)
                 # The same records will come back after the rewind: do not spin on them.
                 failures += 1
                 self._abandon.wait(min(_MAX_BACKOFF_S, 0.1 * 2**failures))
+        self._deliveries.put(None)
 
-    def _run_batch(self, batch: _Batch) -> None:
-        """Classify and deliver one batch, retrying delivery until it succeeds or is abandoned."""
-        if self._halted or self._fatal is not None or batch.epoch != self._epoch:
-            # Dropped by a rewind (it will be polled again), or the actor is stopping.
-            batch.done.set()
-            return
+    def _take_waiting(self, first: _Batch) -> tuple[list[_Batch], _Batch | None, bool]:
+        """``first`` and the batches queued behind it that can share its model call: same epoch
+        and group membership, at most ``workers.max_batch_records`` records in all (``first``
+        always goes). Returns them, a batch taken that could not join (it goes next), and
+        whether the loop goes on (False: the stop sentinel was taken)."""
+        batches, records = [first], len(first.records)
+        limit = self.settings.workers.max_batch_records
+        while True:
+            try:
+                batch = self._work.get_nowait()
+            except Empty:
+                return batches, None, True
+            if batch is None:
+                return batches, None, False
+            joins = (
+                batch.epoch == first.epoch
+                and batch.group_metadata == first.group_metadata
+                and records + len(batch.records) <= limit
+            )
+            if not joins:
+                return batches, batch, True
+            batches.append(batch)
+            records += len(batch.records)
+
+    def _classify(self, batches: list[_Batch]) -> _Group | None:
+        """Run the model over the prepared inputs of ``batches`` in one call; None when they are
+        dropped (a rewind will read them again, or the actor is stopping)."""
+        batches = [b for b in batches if not self._skip(b)]
+        if not batches:
+            return None
         started = time.perf_counter()
-        outbound, batch.classified, batch.rejections = self._process(batch.records)
-        batch.rejected = sum(batch.rejections.values())
+        outcomes = self._classify_isolating([item for b in batches for item in b.inputs])
+        elapsed = time.perf_counter() - started
+        records = sum(len(b.records) for b in batches)
+        start = 0
+        for batch in batches:
+            batch.outcomes = outcomes[start : start + len(batch.inputs)]
+            batch.busy_s = elapsed * len(batch.records) / records
+            start += len(batch.inputs)
+        return _Group(batches)
+
+    def _skip(self, batch: _Batch) -> bool:
+        """Drop ``batch`` undelivered if a rewind will read it again or the actor is stopping."""
+        if self._halted or self._fatal is not None or batch.epoch != self._epoch:
+            self._finish(batch)
+            return True
+        return False
+
+    def _finish(self, batch: _Batch) -> None:
+        batch.done.set()
+        self._finished.set()
+
+    def _stop_fatally(self, exc: FatalWorkerError, batches: list[_Batch]) -> None:
+        # Every later batch is skipped; the consumer thread stops and ``run`` raises it.
+        self._fatal = exc
+        self._halted = True
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("the actor must stop", error=self.stats.last_error)
+        for batch in batches:
+            self._finish(batch)
+
+    def _halt_unexpectedly(self, exc: Exception, batches: list[_Batch]) -> None:
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("batch failed unexpectedly; it will be read again", error=self.stats.last_error)
+        self._halted = True
+        for batch in batches:
+            self._finish(batch)
+
+    # -- the delivery thread ------------------------------------------------------------------
+
+    def _delivery_loop(self) -> None:
+        failures = 0
+        waiting: _Group | None = None
+        running = True
+        while running:
+            first = waiting if waiting is not None else self._deliveries.get()
+            if first is None:
+                break
+            groups, waiting, running = self._take_deliveries(first)
+            try:
+                self._deliver(groups)
+                failures = 0
+            except FatalWorkerError as exc:
+                self._stop_fatally(exc, [b for g in groups for b in g.batches])
+            except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
+                self._halt_unexpectedly(exc, [b for g in groups for b in g.batches])
+                failures += 1
+                self._abandon.wait(min(_MAX_BACKOFF_S, 0.1 * 2**failures))
+
+    def _take_deliveries(self, first: _Group) -> tuple[list[_Group], _Group | None, bool]:
+        """``first`` and the groups that can share its delivery (same epoch and membership):
+        those already waiting, and in exactly-once mode those that arrive within
+        ``workers.transaction_linger_ms``. Same return shape as ``_take_waiting``."""
+        groups = [first]
+        linger_s = (
+            self.settings.workers.transaction_linger_ms / 1000
+            if self.settings.workers.delivery == "exactly-once"
+            else 0.0
+        )
+        deadline = time.monotonic() + linger_s
+        while True:
+            try:
+                remaining = deadline - time.monotonic()
+                group = (
+                    self._deliveries.get(timeout=remaining)
+                    if remaining > 0
+                    else self._deliveries.get_nowait()
+                )
+            except Empty:
+                return groups, None, True
+            if group is None:
+                return groups, None, False
+            if group.epoch != first.epoch or group.group_metadata != first.group_metadata:
+                return groups, group, True
+            groups.append(group)
+
+    def _deliver(self, groups: list[_Group]) -> None:
+        """Deliver ``groups`` at once, retrying until delivered or abandoned; then their batches
+        are finished, delivered or not."""
+        batches = [b for g in groups for b in g.batches if not self._skip(b)]
+        if not batches:
+            return
+        outbound = [record for batch in batches for record in self._outbound(batch)]
+        next_offsets: dict[Partition, int] = {}
+        for batch in batches:
+            next_offsets.update(batch.next_offsets)
+        delivered = self._deliver_with_retries(
+            outbound, next_offsets, batches[0].group_metadata, len(batches)
+        )
+        delivered_at = time.time()
+        if not delivered:
+            # Fenced or given up: no later batch may be delivered (its transaction would commit
+            # offsets past this one) until the consumer thread has rewound to it.
+            self._halted = True
+        for batch in batches:
+            batch.delivered, batch.delivered_at = delivered, delivered_at
+            self._finish(batch)
+
+    def _deliver_with_retries(
+        self,
+        outbound: list[OutboundRecord],
+        next_offsets: dict[Partition, int],
+        group_metadata: GroupMetadata | None,
+        batches: int,
+    ) -> bool:
         backoff = 0.0
         timeout_s = self.settings.workers.produce_timeout_s
         while True:
             try:
-                self.commits.deliver(outbound, batch.next_offsets, batch.group_metadata, timeout_s)
-                batch.delivered, batch.delivered_at = True, time.time()
-                break
+                self.commits.deliver(outbound, next_offsets, group_metadata, timeout_s)
+                return True
             except FencedError as exc:
                 self.stats.delivery_failures += 1
                 self.stats.last_error = str(exc)
                 log.warning("transaction fenced; the batch will be read again", error=str(exc))
-                break
+                return False
             except DeliveryError as exc:
                 self.stats.delivery_failures += 1
                 self.stats.last_error = str(exc)
                 backoff = min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
                 log.warning(
                     "batch not delivered; retrying",
-                    records=len(batch.records),
+                    records=len(outbound),
+                    batches=batches,
                     backoff_s=backoff,
                     error=str(exc),
                 )
                 if self._abandon.wait(backoff):
-                    break
-        batch.busy_s = time.perf_counter() - started
-        if not batch.delivered:
-            # Fenced or given up: no later batch may be delivered (its transaction would commit
-            # offsets past this one) until the consumer thread has rewound to it.
-            self._halted = True
-        batch.done.set()
+                    return False
 
     # -- one batch synchronously ----------------------------------------------------------------
 
@@ -408,31 +625,28 @@ class ClassifierLoop:
             return 0
         batch = self._new_batch(records)
         self._inflight.append(batch)
-        self._run_batch(batch)
+        group = self._classify([batch])
+        if group is not None:
+            self._deliver([group])
         return self._commit_finished()
 
-    def _process(self, records: Sequence[RawRecord]) -> tuple[list[OutboundRecord], int, dict[str, int]]:
-        """The batch's output and dead-letter records, the count classified, dead letters by class."""
-        decoded = [decode_tweet(record) for record in records]
-        valid = [i for i, d in enumerate(decoded) if isinstance(d, Tweet)]
-        texts = [decoded[i].text for i in valid]  # type: ignore[union-attr]
-        outcomes: list[np.ndarray | Rejection | Tweet] = list(decoded)
-        for i, outcome in zip(valid, self._classify_isolating(texts), strict=True):
-            outcomes[i] = outcome
-
+    def _outbound(self, batch: _Batch) -> list[OutboundRecord]:
+        """One output or dead-letter record per input record of ``batch``, in order; counts them."""
         topics = self.settings.topics
         labels = self.classifier.labels
+        model_id, pooling = self.classifier.model_id, self.classifier.pooling
         now = datetime.now(UTC).isoformat()
+        outcomes = iter(batch.outcomes)
         out: list[OutboundRecord] = []
-        classified = 0
         rejections: dict[str, int] = {}
-        for record, tweet, outcome in zip(records, decoded, outcomes, strict=True):
+        for record, tweet in zip(batch.records, batch.decoded, strict=True):
+            outcome = next(outcomes) if isinstance(tweet, Tweet) else tweet
             if isinstance(outcome, Rejection):
                 rejections[outcome.error_class] = rejections.get(outcome.error_class, 0) + 1
                 out.append(_dead_letter(record, outcome, topics.dlq, now, topics.dlq_max_record_bytes))
                 continue
             assert isinstance(tweet, Tweet)
-            probs = outcome.tolist()  # type: ignore[union-attr]
+            probs = outcome.tolist()
             best = max(range(len(labels)), key=probs.__getitem__)
             value = orjson.dumps(
                 {
@@ -440,8 +654,8 @@ class ClassifierLoop:
                     "id": tweet.id,
                     "label": labels[best],
                     "scores": dict(zip(labels, probs, strict=True)),
-                    "model_id": self.classifier.model_id,
-                    "pooling": self.classifier.pooling,
+                    "model_id": model_id,
+                    "pooling": pooling,
                     "source_topic": record.topic,
                     "source_partition": record.partition,
                     "source_offset": record.offset,
@@ -449,11 +663,14 @@ class ClassifierLoop:
                 }
             )
             out.append(OutboundRecord(topics.output, record.key or tweet.id.encode(), value))
-            classified += 1
-        return out, classified, rejections
+        batch.rejections = rejections
+        batch.rejected = sum(rejections.values())
+        batch.classified = len(batch.records) - batch.rejected
+        return out
 
-    def _classify_isolating(self, texts: list[str]) -> list[np.ndarray | Rejection | Tweet]:
-        """Classify ``texts``; if the model fails on a batch, split it until the bad record is alone.
+    def _classify_isolating(self, texts: list[Any]) -> list[np.ndarray | Rejection]:
+        """Classify ``texts`` (prepared inputs); if the model fails on a batch, split it until the
+        bad record is alone.
 
         A device error (``workers.devices.is_device_failure``) is not the records' fault: a
         smaller batch may fit, so it splits too, but a single record that still fails is retried,
@@ -461,7 +678,7 @@ class ClassifierLoop:
         if not texts:
             return []
         try:
-            return list(self.classifier.classify(texts))
+            return list(self._run_model(texts))
         except Exception as exc:  # noqa: BLE001 - any model failure is isolated, never fatal
             if len(texts) == 1:
                 if is_device_failure(exc):
@@ -470,7 +687,7 @@ class ClassifierLoop:
             half = len(texts) // 2
             return self._classify_isolating(texts[:half]) + self._classify_isolating(texts[half:])
 
-    def _retry_on_device(self, texts: list[str], error: Exception) -> list[np.ndarray | Rejection | Tweet]:
+    def _retry_on_device(self, texts: list[Any], error: Exception) -> list[np.ndarray | Rejection]:
         """Retry one record after a device error, with a backoff; ``DeviceError`` if it persists."""
         retries = self.settings.workers.device_retries
         for attempt in range(retries):
@@ -478,7 +695,7 @@ class ClassifierLoop:
             if self._abandon.wait(min(_MAX_BACKOFF_S, 0.5 * 2**attempt)):
                 break
             try:
-                return list(self.classifier.classify(texts))
+                return list(self._run_model(texts))
             except Exception as exc:  # noqa: BLE001 - sorted below: device or record
                 if not is_device_failure(exc):
                     return [_model_rejection(exc)]
@@ -490,9 +707,9 @@ class ClassifierLoop:
         ) from error
 
 
-def _model_rejection(exc: Exception) -> Rejection:
+def _model_rejection(exc: Exception, stage: str = "classify") -> Rejection:
     reason = f"the model failed on this record: {type(exc).__name__}: {str(exc)[:200]}"
-    return Rejection("ClassificationFailed", reason, stage="classify")
+    return Rejection("ClassificationFailed", reason, stage=stage)
 
 
 def _dead_letter(

@@ -8,9 +8,8 @@ Weights load from safetensors only, never with ``trust_remote_code``.
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import torch
 
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
 from workers.adapter import LoraAdapter, load_adapter, merge_adapter
-from workers.batching import BatchStats, pad_group, pass_cost_tokens, plan_batches
+from workers.batching import BatchStats
+from workers.forward import Encoded, forward_in_batches, token_ids
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.offline_hub import keep_hub_offline
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
@@ -67,18 +67,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device=cuda was asked for but torch sees no CUDA GPU")
     return torch.device(device)
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Pooled sentence vectors for a list of texts, in input order."""
-
-    vectors: (
-        torch.Tensor
-    )  # [n, dim], float32; on CPU from ``encode``, on the device from ``encode_on_device``
-    real_tokens: int
-    padded_tokens: int
-    batches: int = 0
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -160,11 +148,17 @@ class BertEncoder:
             encoded.vectors.float().cpu(), encoded.real_tokens, encoded.padded_tokens, encoded.batches
         )
 
-    @torch.inference_mode()
     def encode_on_device(
         self, texts: Sequence[str], batch_size: int = 64, max_tokens: int | None = None
     ) -> Encoded:
         """Like ``encode`` but the vectors stay on the model's device (no synchronisation on CUDA)."""
+        return self.encode_ids_on_device(self.token_ids(texts), batch_size, max_tokens)
+
+    @torch.inference_mode()
+    def encode_ids_on_device(
+        self, ids: list[list[int]], batch_size: int = 64, max_tokens: int | None = None
+    ) -> Encoded:
+        """``encode_on_device`` from token ids (``token_ids``)."""
         all_layers = self.pooling in NEEDS_ALL_LAYERS
 
         def pooled(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -173,7 +167,7 @@ class BertEncoder:
             return self._pool(hidden, mask, getattr(out, "pooler_output", None))
 
         return forward_in_batches(
-            self.token_ids(texts),
+            ids,
             pooled,
             width=self.hidden_size,
             pad_id=self.pad_id,
@@ -182,61 +176,6 @@ class BertEncoder:
             batch_size=batch_size,
             max_tokens=max_tokens,
         )
-
-
-def token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text (special tokens included, truncated to ``max_length``), unpadded: the
-    batch planner pads each group to its own longest text, not the tokenizer."""
-    batch = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )
-    return batch["input_ids"]
-
-
-@torch.inference_mode()
-def forward_in_batches(
-    ids: list[list[int]],
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    *,
-    width: int,
-    pad_id: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    batch_size: int,
-    max_tokens: int | None,
-) -> Encoded:
-    """``forward(input_ids, attention_mask)`` over every text of ``ids``; one float32 row of
-    ``width`` per text, in input order, left on ``device`` (no synchronisation on CUDA).
-
-    ``workers.batching.plan_batches`` groups the texts by length, at most ``batch_size`` texts and
-    (when given) ``max_tokens`` padded token slots per pass; each group is padded to its own
-    longest text and moved to the device in one copy. ``forward`` runs under autocast to
-    ``autocast_dtype`` (None: float32) and returns ``[len(group), width]``.
-    """
-    lengths = [len(row) for row in ids]
-    groups = plan_batches(
-        lengths, max_tokens or sys.maxsize, batch_size, pass_cost_tokens(device.type, max_tokens)
-    )
-    cuda = device.type == "cuda"
-    rows = torch.empty((len(ids), width), dtype=torch.float32, device=device)
-    padded = 0
-    for group in groups:
-        host = torch.from_numpy(pad_group(ids, group, pad_id))
-        padded += host.shape[1] * host.shape[2]
-        # One pinned buffer, one asynchronous copy: ids and mask travel together. On CUDA the
-        # groups are launched without waiting, so padding the next one overlaps this one's work.
-        packed = host.pin_memory().to(device, non_blocking=True) if cuda else host
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
-            result = forward(packed[0], packed[1])
-        rows.index_copy_(0, torch.tensor(group, device=device), result.float())
-    return Encoded(vectors=rows, real_tokens=sum(lengths), padded_tokens=padded, batches=len(groups))
 
 
 def load_hf_model(auto_class: Any, directory: Path) -> Any:
@@ -327,12 +266,28 @@ class BertClassifier:
         model_id = f"{meta.encoder_id}{lora}+head-{meta.pooling}@{sha[:12]}"
         return cls(encoder, head, model_id=model_id, batch_size=batch_size, max_tokens=max_tokens)
 
-    @torch.inference_mode()
     def classify(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
+        return self.classify_prepared(self.prepare(list(texts)))
+
+    def prepare(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text (``workers.ports.PreparingClassifier``); thread-safe."""
+        return self.encoder.token_ids(texts) if texts else []
+
+    @torch.inference_mode()
+    def classify_prepared(self, ids: list[list[int]]) -> np.ndarray:
+        """Probabilities from ``prepare``'s token ids. Not thread-safe."""
+        if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = self.encoder.encode_on_device(texts, self.batch_size, self.max_tokens)
-        self.stats.add(len(texts), encoded.batches, encoded.real_tokens, encoded.padded_tokens)
-        # The head runs where the vectors are; one copy of the probabilities back to the host.
-        probs = self.head(encoded.vectors)
-        return probs.cpu().numpy().astype(np.float32)
+        started = time.perf_counter()
+        encoded = self.encoder.encode_ids_on_device(ids, self.batch_size, self.max_tokens)
+        # The head runs where the vectors are; one copy of the probabilities back to the host
+        # (on CUDA it waits for the device, so the time below is the device's).
+        probs = self.head(encoded.vectors).cpu().numpy().astype(np.float32)
+        self.stats.add(
+            len(ids),
+            encoded.batches,
+            encoded.real_tokens,
+            encoded.padded_tokens,
+            time.perf_counter() - started,
+        )
+        return probs

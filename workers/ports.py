@@ -139,3 +139,18 @@ class Classifier(Protocol):
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         """Return ``[len(texts), len(labels)]`` float32 probabilities, rows summing to 1."""
         ...
+
+
+@runtime_checkable
+class PreparingClassifier(Classifier, Protocol):
+    """A ``Classifier`` whose CPU-side preparation (tokenization) can run apart from the model:
+    the loop prepares each poll on its consumer thread, so the model thread only runs the model.
+    ``classify_prepared(prepare(texts))`` must equal ``classify(texts)``."""
+
+    def prepare(self, texts: list[str]) -> list[Any]:
+        """One model input per text, in order (for a BERT classifier: its token ids)."""
+        ...
+
+    def classify_prepared(self, inputs: list[Any]) -> np.ndarray:
+        """``classify`` from ``prepare``'s inputs, or any sublist of them."""
+        ...

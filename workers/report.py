@@ -66,6 +66,10 @@ class ActorReport:
     uptime_s: float = 0.0
     #: Real tokens / computed tokens so far; None before the first batch.
     padding_efficiency: float | None = None
+    #: Tokens of the texts classified so far (special tokens included, padding not).
+    real_tokens: int = 0
+    #: Seconds the model spent from token ids to probabilities (the device's busy time).
+    forward_s: float = 0.0
     rss_bytes: int = 0
     #: Input partitions owned after the last poll; None until the member has joined.
     assignment: tuple[int, ...] | None = None

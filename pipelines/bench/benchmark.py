@@ -5,12 +5,17 @@ thread count for every column:
 
 1. bare model loop (texts in memory, the best batch policy: whole-set length bucketing);
 2. naive kafka-python loop (batches of 32 in arrival order, padded to the longest);
-3. the clstream pipeline (Driver + Ray actors, Kafka topic to Kafka topic);
-4. end-to-end latency of the pipeline at a steady load of half its measured maximum;
+3. the clstream pipeline (Driver + Ray actors, Kafka topic to Kafka topic), at-least-once and
+   exactly-once, each on topics of its own;
+4. end-to-end latency of the pipeline at a steady load of half the bare loop's rate;
 5. bare throughput against the batch token budget (the plot's third panel), and what one
    forward pass costs beyond its tokens (the batch planner's ``pass_cost``);
 6. bf16-vs-fp32 label agreement on the bench device; on CUDA, model-only FLOP/s of a
    random-initialised bert-base-sized encoder as a fraction of the measured bf16 matmul rate.
+
+Then the ceiling (``--ceiling-tweets``, 0 to skip): the bare loop and both pipelines again with a
+model that costs almost nothing (``columns.zero_cost_model``), so the rate is what the data plane
+itself carries. Every column reports ``real_tokens_per_s`` and ``device_busy_fraction``.
 
 Prints a table, writes ``--json`` and ``--plot``. Starts the local broker (``--port``) unless
 ``--bootstrap-servers`` is given, and stops it at the end if it started it. ``plan`` sizes the run, ``columns`` and ``pipeline_column`` run
@@ -24,11 +29,14 @@ import argparse
 import functools
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.progress import Progress
 
 from pipelines.bench.columns import (
     bare_column,
@@ -38,12 +46,13 @@ from pipelines.bench.columns import (
     naive_column,
     preload,
     token_budget_sweep,
+    zero_cost_model,
 )
 from pipelines.bench.phases import measure_pass_cost
 from pipelines.bench.pipeline_column import pipeline_column
 from pipelines.bench.plan import BenchPlan, bench_texts, default_threads
 from pipelines.bench.report import plot, print_table, progress_bars
-from pipelines.bench.result import BenchResult, PipelineSettings
+from pipelines.bench.result import BenchResult, Ceiling, PipelineSettings
 from pipelines.kafka_tools.admin import run_topics
 from schemas.settings import Settings
 from workers.model import BertClassifier
@@ -67,7 +76,7 @@ def run_bench(args: argparse.Namespace, make_settings: Callable[..., Settings]) 
 
 
 def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
-    plan = BenchPlan.sized(args.quick, args.tweets, args.latency_seconds)
+    plan = BenchPlan.sized(args.quick, args.tweets, args.latency_seconds, args.ceiling_tweets)
     threads = args.threads or default_threads()
     run_id = uuid.uuid4().hex[:8]
     settings = make_settings(
@@ -86,17 +95,27 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
         f"clstream bench: {plan.tweets} tweets, model {classifier.model_id}, device {device}, "
         f"{threads} torch threads, {settings.workers.count} actor(s)"
     )
+    exactly_once = make_settings(
+        **run_topics("bench", f"{run_id}-eo"),
+        workers__count=1,
+        workers__cpus=float(threads),
+        workers__delivery="exactly-once",
+        metrics__port=0,
+    )
     with progress_bars(console) as progress:
         bare = bare_column(progress, classifier, texts)
         preload(settings, texts, plan.partitions)
         naive = naive_column(progress, settings, classifier, len(texts), run_id)
-        pipeline = pipeline_column(progress, settings, texts, plan)
+        pipeline = pipeline_column(progress, settings, texts, plan, bare.tweets_per_s / 2)
+        preload(exactly_once, texts, plan.partitions)
+        pipeline_eo = pipeline_column(progress, exactly_once, texts, plan, bare.tweets_per_s / 2)
         sweep = token_budget_sweep(progress, classifier, texts[: plan.sweep_tweets], plan.budgets)
         agreement = bf16_agreement(progress, classifier, texts[: plan.agreement_tweets])
         task = progress.add_task("cost of one forward pass", total=1)
         pass_cost = measure_pass_cost(classifier)
         progress.update(task, completed=1)
         gpu = gpu_model_only(progress, classifier, texts) if classifier.device.type == "cuda" else None
+        ceiling = _ceiling(progress, plan, make_settings, run_id, threads) if plan.ceiling_tweets else None
     workers = settings.workers
     result = BenchResult(
         device=device,
@@ -114,6 +133,8 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
         bare=bare,
         naive=naive,
         pipeline=pipeline,
+        exactly_once=pipeline_eo,
+        ceiling=ceiling,
         sweep=sweep,
         agreement=agreement,
         pass_cost=pass_cost,
@@ -128,6 +149,44 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
         plot(result, args.plot)
         console.print(f"wrote {args.plot}")
     return 0
+
+
+def _ceiling(
+    progress: Progress, plan: BenchPlan, make_settings: Callable[..., Settings], run_id: str, threads: int
+) -> Ceiling:
+    """The bare loop and both pipelines again, with the zero-cost model on topics of their own."""
+    texts = bench_texts(plan.ceiling_tweets)
+    with tempfile.TemporaryDirectory(prefix="clstream-zero-cost-") as directory:
+        encoder, head = zero_cost_model(Path(directory))
+        runs = [
+            make_settings(
+                **run_topics("bench", f"{run_id}-{suffix}"),
+                workers__count=1,
+                workers__cpus=float(threads),
+                workers__delivery=delivery,
+                metrics__port=0,
+                model__encoder=encoder,
+                model__head=head,
+            )
+            for suffix, delivery in (("zc", "at-least-once"), ("zc-eo", "exactly-once"))
+        ]
+        classifier = _classifier(runs[0])
+        bare = bare_column(progress, classifier, texts, label="bare model loop (zero-cost model)")
+        pipelines = []
+        for settings in runs:
+            preload(settings, texts, plan.partitions)
+            pipelines.append(
+                pipeline_column(
+                    progress, settings, texts, plan, bare.tweets_per_s / 2, label="pipeline (zero-cost model)"
+                )
+            )
+    return Ceiling(
+        model="save_tiny_bert: 2 layers, 32-d, random weights, default tokenizer; random head",
+        tweets=len(texts),
+        bare=bare,
+        pipeline=pipelines[0],
+        exactly_once=pipelines[1],
+    )
 
 
 def _classifier(settings: Settings) -> BertClassifier:

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from pipelines.bench.flops import bert_flops_per_token, matmul_flops_per_s
 from pipelines.bench.phases import (
-    bert_flops_per_token,
-    matmul_flops_per_s,
     measure_bare,
     measure_naive,
     throughput_from_outputs,
@@ -33,13 +32,16 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def bare_column(progress: Progress, classifier: BertClassifier, texts: list[str]) -> Column:
-    task = progress.add_task("bare model loop", total=len(texts))
+def bare_column(
+    progress: Progress, classifier: BertClassifier, texts: list[str], label: str = "bare model loop"
+) -> Column:
+    task = progress.add_task(label, total=len(texts))
     # Best policy for texts in memory: bucket across large chunks, so groups are nearly uniform.
-    rate, efficiency, meter = measure_bare(
+    rate, efficiency, meter, work = measure_bare(
         classifier, texts, chunk=2048, progress=lambda n: progress.update(task, completed=n)
     )
-    return Column(rate.tweets_per_s, meter.cpu_percent, meter.gpu_percent, efficiency)
+    tokens_per_s, busy = work.per_second(rate.seconds)
+    return Column(rate.tweets_per_s, meter.cpu_percent, meter.gpu_percent, efficiency, tokens_per_s, busy)
 
 
 def preload(settings: Settings, texts: Sequence[str], partitions: int) -> None:
@@ -64,7 +66,7 @@ def naive_column(
     output = f"bench-{run_id}.naive-labeled"
     ensure_topics(settings.kafka, {output: 4})
     task = progress.add_task("naive consumer loop", total=expected)
-    outputs, meter = measure_naive(
+    outputs, meter, work = measure_naive(
         settings.kafka,
         settings.topics.input,
         output,
@@ -75,7 +77,9 @@ def naive_column(
         progress=lambda n: progress.update(task, completed=n),
     )
     rate = throughput_from_outputs(outputs)
-    return Column(rate.tweets_per_s, meter.cpu_percent, meter.gpu_percent)
+    # The model's work over all tweets, against the time all of them take at the measured rate.
+    tokens_per_s, busy = work.per_second(expected / rate.tweets_per_s)
+    return Column(rate.tweets_per_s, meter.cpu_percent, meter.gpu_percent, None, tokens_per_s, busy)
 
 
 def token_budget_sweep(
@@ -93,7 +97,7 @@ def token_budget_sweep(
             def advance(n: int, done_before: int = done_before) -> None:
                 progress.update(task, completed=done_before + n)
 
-            rate, efficiency, _ = measure_bare(classifier, texts, chunk=256, progress=advance)
+            rate, efficiency, _, _ = measure_bare(classifier, texts, chunk=256, progress=advance)
             points.append(SweepPoint(budget, rate.tweets_per_s, efficiency))
     finally:
         classifier.max_tokens = saved
@@ -161,3 +165,12 @@ def gpu_model_only(progress: Progress, classifier: BertClassifier, texts: list[s
         mean_tokens_per_tweet=mean_len,
         padding_efficiency=encoded.real_tokens / encoded.padded_tokens,
     )
+
+
+def zero_cost_model(directory: Path) -> tuple[Path, Path]:
+    """The ceiling columns' model under ``directory``: ``save_tiny_bert`` (2 layers, 32-d, random
+    weights, the default tokenizer) and a random head; returns (encoder, head) directories."""
+    from workers.testing import save_random_head, save_tiny_bert
+
+    encoder = save_tiny_bert(directory / "encoder")
+    return encoder, save_random_head(directory / "head", encoder)

@@ -66,6 +66,19 @@ class Throughput:
     seconds: float
 
 
+@dataclass(frozen=True)
+class ModelWork:
+    """What the model did in a phase: tokens of the texts (not padding), and the seconds it was
+    busy from token ids to probabilities (``BatchStats.forward_s``)."""
+
+    real_tokens: int
+    forward_s: float
+
+    def per_second(self, seconds: float) -> tuple[float, float]:
+        """``real_tokens_per_s`` and ``device_busy_fraction`` over ``seconds`` of wall time."""
+        return self.real_tokens / seconds, min(1.0, self.forward_s / seconds)
+
+
 # -- rules --------------------------------------------------------------------------------------
 
 
@@ -121,8 +134,8 @@ class CpuMeter:
 
 def measure_bare(
     classifier: BertClassifier, texts: Sequence[str], chunk: int, progress: Progress | None = None
-) -> tuple[Throughput, float | None, CpuMeter]:
-    """Classify ``texts`` from memory in ``chunk``-sized calls; returns the rate, padding, CPU."""
+) -> tuple[Throughput, float | None, CpuMeter, ModelWork]:
+    """Classify ``texts`` from memory in ``chunk``-sized calls; the rate, padding, CPU, model work."""
     classifier.classify(texts[:64])  # first pass allocates; not part of the rate
     before = classifier.stats.snapshot()
     meter = CpuMeter().start()
@@ -139,10 +152,12 @@ def measure_bare(
     after = classifier.stats.snapshot()
     computed = int(after["computed_tokens"] or 0) - int(before["computed_tokens"] or 0)
     real = int(after["real_tokens"] or 0) - int(before["real_tokens"] or 0)
+    forward_s = float(after["forward_s"] or 0) - float(before["forward_s"] or 0)
     return (
         Throughput(len(texts) / seconds, len(texts), seconds),
         (real / computed if computed else None),
         meter,
+        ModelWork(real, forward_s),
     )
 
 
@@ -150,16 +165,25 @@ def measure_bare(
 
 
 @torch.inference_mode()
-def naive_probabilities(classifier: BertClassifier, texts: list[str]) -> np.ndarray:
-    """The same encoder, pooling and head, but one pass padded to the longest text, in order."""
+def naive_probabilities(
+    classifier: BertClassifier, texts: list[str], work: list[float] | None = None
+) -> np.ndarray:
+    """The same encoder, pooling and head, but one pass padded to the longest text, in order.
+
+    ``work``, when given, accumulates ``[real tokens, seconds from ids to probabilities]``."""
     encoder = classifier.encoder
     batch = encoder.tokenizer(
         texts, padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt"
     )
+    started = time.perf_counter()
     batch = {name: tensor.to(encoder.device) for name, tensor in batch.items()}
     out = encoder.model(**batch)
     pooled = encoder._pool((out.last_hidden_state,), batch["attention_mask"], None)
-    return classifier.head(pooled.float()).cpu().numpy()
+    probs = classifier.head(pooled.float()).cpu().numpy()
+    if work is not None:
+        work[0] += int(batch["attention_mask"].sum())
+        work[1] += time.perf_counter() - started
+    return probs
 
 
 def measure_naive(
@@ -171,7 +195,7 @@ def measure_naive(
     expected: int,
     timeout_s: float,
     progress: Progress | None = None,
-) -> tuple[list[OutputRecord], CpuMeter]:
+) -> tuple[list[OutputRecord], CpuMeter, ModelWork]:
     """Run the naive loop over ``input_topic`` until ``expected`` records are done."""
     consumer = KafkaConsumer(
         input_topic,
@@ -184,6 +208,7 @@ def measure_naive(
     producer = KafkaProducer(**kafka.client_config())
     labels = classifier.labels
     meter = CpuMeter().start()
+    work = [0.0, 0.0]
     done = 0
     deadline = time.monotonic() + timeout_s
     try:
@@ -195,7 +220,7 @@ def measure_naive(
             if not records:
                 continue
             tweets = [json.loads(r.value) for r in records]
-            probs = naive_probabilities(classifier, [t["text"] for t in tweets])
+            probs = naive_probabilities(classifier, [t["text"] for t in tweets], work)
             now = datetime.now(UTC).isoformat()
             for record, tweet, row in zip(records, tweets, probs, strict=True):
                 value = {
@@ -217,7 +242,7 @@ def measure_naive(
         meter.stop()
         consumer.close(autocommit=False)
         producer.close()
-    return read_outputs(kafka, output_topic, expected), meter
+    return read_outputs(kafka, output_topic, expected), meter, ModelWork(int(work[0]), work[1])
 
 
 # -- reading topics back ------------------------------------------------------------------------
@@ -312,31 +337,6 @@ def latencies_ms(
         return []
     first = min(sent for sent, _ in pairs)
     return [float(done - sent) for sent, done in pairs if sent - first >= skip_ms]
-
-
-# -- model-only FLOP/s on a GPU -------------------------------------------------------------------
-
-
-def matmul_flops_per_s(device: torch.device, n: int = 8192, iters: int = 20) -> float:
-    """Measured bf16 dense matmul rate of ``device`` (FLOP/s): the denominator of MFU."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * n**3 * iters / (time.perf_counter() - started)
-
-
-def bert_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len: float) -> float:
-    """Forward FLOPs per real token of a BERT encoder: the dense layers (QKV, output, FFN) plus
-    attention scores and weighted sums over ``seq_len`` real tokens; embeddings and norms left out."""
-    dense = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
-    attention = 2 * 2 * seq_len * hidden
-    return layers * (dense + attention)
 
 
 # -- what one forward pass costs ----------------------------------------------------------------

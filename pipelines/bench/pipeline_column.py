@@ -14,6 +14,7 @@ from rich.progress import Progress
 from pipelines.bench.phases import (
     BenchError,
     CpuMeter,
+    ModelWork,
     latencies_ms,
     percentile_ms,
     produce_at_rate,
@@ -27,12 +28,19 @@ from schemas.settings import Settings
 
 
 def pipeline_column(
-    progress: Progress, settings: Settings, texts: list[str], plan: BenchPlan
+    progress: Progress,
+    settings: Settings,
+    texts: list[str],
+    plan: BenchPlan,
+    offered_rate: float,
+    label: str = "clstream pipeline",
 ) -> PipelineColumn:
+    """The pipeline over the pre-loaded ``texts``, then its latency at ``offered_rate`` tweets/s
+    (half the bare loop's rate in this run)."""
     from pipelines.streaming.driver import Driver
 
     total = len(texts)
-    task = progress.add_task("clstream pipeline", total=total)
+    task = progress.add_task(f"{label} ({settings.workers.delivery})", total=total)
     driver = Driver(settings)
     meter = CpuMeter()
     started = {"consuming": False}
@@ -49,15 +57,30 @@ def pipeline_column(
         _run_until(driver, until, timeout_s=600, what="the pipeline to classify the pre-loaded tweets")
         meter.stop()
         efficiency = _pipeline_padding(driver)
+        work = _model_work(driver, total)
         outputs = read_outputs(settings.kafka, settings.topics.output, total)
         rate = throughput_from_outputs(outputs)
         stalls = len(driver.stalls)  # a replaced actor's wait is inside the measured time
-        latency = _latency(progress, driver, settings, texts, rate.tweets_per_s / 2, plan.latency_s)
+        latency = _latency(progress, driver, settings, texts, offered_rate, plan.latency_s)
     finally:
         driver.drain()
-    return PipelineColumn(
-        Column(rate.tweets_per_s, meter.cpu_percent, meter.gpu_percent, efficiency), stalls, latency
-    )
+    # The actors' model work over all tweets, against the time all of them take at the measured rate.
+    tokens_per_s, busy = work.per_second(total / rate.tweets_per_s)
+    column = Column(rate.tweets_per_s, meter.cpu_percent, meter.gpu_percent, efficiency, tokens_per_s, busy)
+    return PipelineColumn(column, stalls, latency, settings.workers.delivery)
+
+
+def _model_work(driver: Any, total: int, timeout_s: float = 10.0) -> ModelWork:
+    """Real tokens and model seconds summed over the actors' reports, once they account for
+    ``total`` records (reports arrive a tick after they are asked for), or at ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reports = [m.report for m in driver.members.values() if m.report is not None]
+        consumed = sum(r.counters.consumed for r in reports if r.counters is not None)
+        if consumed >= total or time.monotonic() > deadline:
+            return ModelWork(sum(r.real_tokens for r in reports), sum(r.forward_s for r in reports))
+        time.sleep(0.25)
+        driver.tick()
 
 
 def _pipeline_padding(driver: Any, timeout_s: float = 10.0) -> float | None:

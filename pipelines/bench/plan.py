@@ -18,13 +18,29 @@ class BenchPlan:
     budgets: tuple[int, ...]
     sweep_tweets: int
     agreement_tweets: int
+    #: Tweets for the zero-cost-model (ceiling) columns; 0 skips them.
+    ceiling_tweets: int = 0
     partitions: int = 4
 
     @classmethod
-    def sized(cls, quick: bool, tweets: int | None = None, latency_s: float | None = None) -> BenchPlan:
-        """The quick or the full plan; ``tweets`` and ``latency_s`` (when given) override its sizes."""
+    def sized(
+        cls,
+        quick: bool,
+        tweets: int | None = None,
+        latency_s: float | None = None,
+        ceiling_tweets: int | None = None,
+    ) -> BenchPlan:
+        """The quick or the full plan; ``tweets``, ``latency_s`` and ``ceiling_tweets`` (when
+        given) override its sizes."""
         plan = (
-            cls(tweets=1000, latency_s=10, budgets=(256, 1024, 4096), sweep_tweets=300, agreement_tweets=200)
+            cls(
+                tweets=1000,
+                latency_s=10,
+                budgets=(256, 1024, 4096),
+                sweep_tweets=300,
+                agreement_tweets=200,
+                ceiling_tweets=10_000,
+            )
             if quick
             else cls(
                 tweets=6000,
@@ -32,8 +48,11 @@ class BenchPlan:
                 budgets=(128, 256, 512, 1024, 2048, 4096, 8192),
                 sweep_tweets=2000,
                 agreement_tweets=2000,
+                ceiling_tweets=40_000,
             )
         )
+        if ceiling_tweets is not None:
+            plan = replace(plan, ceiling_tweets=ceiling_tweets)
         if tweets is not None:
             plan = replace(
                 plan,

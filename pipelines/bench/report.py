@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.bench.result import BenchResult
+from pipelines.bench.result import BenchResult, Column, Latency
 
 
 @contextmanager
@@ -26,25 +26,54 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _column_row(table: Table, name: str, column: Column) -> None:
+    busy = column.device_busy_fraction
+    table.add_row(
+        name,
+        _fmt(column.tweets_per_s),
+        _fmt(column.real_tokens_per_s, 0),
+        "-" if busy is None else f"{busy:.1%}",
+        _fmt(column.cpu_percent, 0),
+    )
+
+
+def _latency_row(table: Table, name: str, latency: Latency) -> None:
+    table.add_row(
+        f"{name}: latency p50 / p99 at {_fmt(latency.offered_tweets_per_s, 0)} tweets/s",
+        f"{_fmt(latency.p50_ms, 0)} / {_fmt(latency.p99_ms, 0)} ms",
+    )
+
+
 def print_table(console: Console, result: BenchResult) -> None:
-    bare, naive, pipeline = result.bare, result.naive, result.pipeline.throughput
-    latency = result.pipeline.latency
     table = Table(title=f"clstream bench on {result.device}, {result.torch_threads} torch threads")
-    table.add_column("column")
-    table.add_column("tweets/s", justify="right")
-    table.add_column("CPU % (system)", justify="right")
-    table.add_row("bare model loop", _fmt(bare.tweets_per_s), _fmt(bare.cpu_percent, 0))
-    table.add_row("clstream pipeline", _fmt(pipeline.tweets_per_s), _fmt(pipeline.cpu_percent, 0))
-    table.add_row("naive consumer loop", _fmt(naive.tweets_per_s), _fmt(naive.cpu_percent, 0))
+    for name in ("column", "tweets/s", "real tokens/s", "device busy", "CPU % (system)"):
+        table.add_column(name, justify="left" if name == "column" else "right")
+    _column_row(table, "bare model loop", result.bare)
+    _column_row(table, "clstream pipeline, at-least-once", result.pipeline.throughput)
+    if result.exactly_once is not None:
+        _column_row(table, "clstream pipeline, exactly-once", result.exactly_once.throughput)
+    _column_row(table, "naive consumer loop", result.naive)
+    ceiling = result.ceiling
+    if ceiling is not None:
+        _column_row(table, "zero-cost model: bare loop", ceiling.bare)
+        _column_row(table, "zero-cost model: pipeline, at-least-once", ceiling.pipeline.throughput)
+        _column_row(table, "zero-cost model: pipeline, exactly-once", ceiling.exactly_once.throughput)
     console.print(table)
+    pipeline = result.pipeline.throughput
     summary = Table(show_header=False)
     summary.add_row("pipeline_vs_bare", _fmt(result.pipeline_vs_bare, 3))
     summary.add_row("pipeline_vs_naive", _fmt(result.pipeline_vs_naive, 3))
     summary.add_row("padding_efficiency (pipeline)", _fmt(pipeline.padding_efficiency, 3))
-    summary.add_row(
-        f"latency p50 / p99 at {_fmt(latency.offered_tweets_per_s, 0)} tweets/s",
-        f"{_fmt(latency.p50_ms, 0)} / {_fmt(latency.p99_ms, 0)} ms",
-    )
+    _latency_row(summary, "at-least-once", result.pipeline.latency)
+    if result.exactly_once is not None:
+        _latency_row(summary, "exactly-once", result.exactly_once.latency)
+    if ceiling is not None:
+        summary.add_row("ceiling_vs_bare (zero-cost model)", _fmt(ceiling.ceiling_vs_bare, 3))
+        summary.add_row(
+            "exactly-once ÷ at-least-once (zero-cost model)", _fmt(ceiling.exactly_once_vs_at_least_once, 3)
+        )
+        _latency_row(summary, "zero-cost model, at-least-once", ceiling.pipeline.latency)
+        _latency_row(summary, "zero-cost model, exactly-once", ceiling.exactly_once.latency)
     agreement = result.agreement
     summary.add_row(f"bf16 vs fp32 label agreement ({agreement.device})", _fmt(agreement.label_agreement, 4))
     for point in result.sweep:
@@ -75,35 +104,63 @@ def print_table(console: Console, result: BenchResult) -> None:
 
 
 def plot(result: BenchResult, path: Path) -> None:
-    """Three panels: throughput per column, the latency histogram, throughput per token budget."""
+    """Four panels: throughput per column, the latency histograms, throughput per token budget,
+    and the zero-cost-model (ceiling) columns."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    latency = result.pipeline.latency
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    names = ["bare model", "clstream pipeline", "naive loop"]
-    rates = [result.bare.tweets_per_s, result.pipeline.throughput.tweets_per_s, result.naive.tweets_per_s]
-    bars = axes[0].bar(names, rates, color=["#888888", "#1f77b4", "#d62728"])
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    names, rates = (
+        ["bare model", "pipeline ALO"],
+        [result.bare.tweets_per_s, result.pipeline.throughput.tweets_per_s],
+    )
+    if result.exactly_once is not None:
+        names.append("pipeline EO")
+        rates.append(result.exactly_once.throughput.tweets_per_s)
+    names.append("naive loop")
+    rates.append(result.naive.tweets_per_s)
+    bars = axes[0].bar(names, rates, color=["#888888", "#1f77b4", "#2ca02c", "#d62728"][-len(names) :])
     axes[0].bar_label(bars, fmt="%.0f")
     axes[0].set_ylabel("tweets/s")
     axes[0].set_title(f"throughput ({result.device})")
-    if latency.samples_ms:
-        axes[1].hist(latency.samples_ms, bins=40, color="#1f77b4")
-        for q, style in ((latency.p50_ms, "--"), (latency.p99_ms, ":")):
-            axes[1].axvline(q, color="black", linestyle=style)
+    runs = [("at-least-once", result.pipeline.latency, "#1f77b4")]
+    if result.exactly_once is not None:
+        runs.append(("exactly-once", result.exactly_once.latency, "#2ca02c"))
+    for name, latency, color in runs:
+        if latency.samples_ms:
+            axes[1].hist(
+                latency.samples_ms, bins=40, color=color, alpha=0.6,
+                label=f"{name}: p50 {_fmt(latency.p50_ms, 0)}, p99 {_fmt(latency.p99_ms, 0)} ms",
+            )  # fmt: skip
+    axes[1].legend(fontsize=7)
     axes[1].set_xlabel("end-to-end latency (ms)")
-    axes[1].set_title(
-        f"latency at {latency.offered_tweets_per_s:.0f} tweets/s: "
-        f"p50 {_fmt(latency.p50_ms, 0)}, p99 {_fmt(latency.p99_ms, 0)} ms"
-    )
+    axes[1].set_title(f"latency at {result.pipeline.latency.offered_tweets_per_s:.0f} tweets/s")
     sweep = result.sweep
     axes[2].plot([p.max_batch_tokens for p in sweep], [p.tweets_per_s for p in sweep], marker="o")
     axes[2].set_xscale("log", base=2)
     axes[2].set_xlabel("max_batch_tokens (bare loop, 256-tweet polls)")
     axes[2].set_ylabel("tweets/s")
     axes[2].set_title("throughput vs token budget")
+    ceiling = result.ceiling
+    if ceiling is not None:
+        bars = axes[3].bar(
+            ["bare", "pipeline ALO", "pipeline EO"],
+            [ceiling.bare.tweets_per_s, ceiling.pipeline.throughput.tweets_per_s,
+             ceiling.exactly_once.throughput.tweets_per_s],
+            color=["#888888", "#1f77b4", "#2ca02c"],
+        )  # fmt: skip
+        axes[3].bar_label(bars, fmt="%.0f")
+        latency = ceiling.pipeline.latency
+        axes[3].set_title(
+            f"zero-cost model: ceiling {ceiling.ceiling_vs_bare:.2f} of bare; "
+            f"p50/p99 {_fmt(latency.p50_ms, 0)}/{_fmt(latency.p99_ms, 0)} ms",
+            fontsize=9,
+        )
+        axes[3].set_ylabel("tweets/s")
+    else:
+        axes[3].set_axis_off()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)

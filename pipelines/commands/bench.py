@@ -29,6 +29,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tweets", type=int, help="tweets per column (default: 1000 quick, 6000 full)")
     parser.add_argument("--latency-seconds", type=float, help="how long to offer the steady load")
     parser.add_argument(
+        "--ceiling-tweets",
+        type=int,
+        help="tweets for the zero-cost-model (data plane ceiling) columns; 0 skips them "
+        "(default: 10000 quick, 40000 full)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads for every column (default: half the cores)"
     )
     parser.add_argument(

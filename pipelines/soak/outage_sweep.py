@@ -37,7 +37,6 @@ from pipelines.kafka_tools.admin import run_topics
 from pipelines.kafka_tools.broker import LocalBroker
 from pipelines.soak.pipeline import LoadedPipeline, SoakError, reader_counts
 from pipelines.soak.rules import (
-    PRODUCER_LINGER_MS,
     Delivery,
     Outage,
     duplicate_bound,
@@ -196,7 +195,7 @@ def _sweep_mode(
         driver__watch_interval_s=0.5,
         **model,
     )
-    timeouts = outage_timeouts(settings, PRODUCER_LINGER_MS)
+    timeouts = outage_timeouts(settings)
     plan = outage_plan(timeouts, args.outage_factors, args.max_outage_s)
     console.rule(f"clstream outage sweep: {delivery}")
     console.print(

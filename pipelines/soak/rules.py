@@ -30,9 +30,6 @@ FLAT_TOLERANCE = 1.1
 #: The windows the rule compares, for a run long enough to hold them (30 minutes: 5-15 and 20-30).
 FLAT_WINDOW_S = 600.0
 WARM_UP_S = 300.0
-#: The clstream producers' ``linger_ms`` (``workers.kafka_io``), which their delivery timeout
-#: includes; tests/unit/pipelines/soak/test_soak_rules.py checks the formula against the producer it builds.
-PRODUCER_LINGER_MS = 5
 
 
 # -- duplicates --------------------------------------------------------------------------------
@@ -169,21 +166,23 @@ class Timeout:
     seconds: float
 
 
-def delivery_timeout_ms(settings: Settings, linger_ms: int = PRODUCER_LINGER_MS) -> int:
-    """The producers' ``delivery_timeout_ms``, as ``workers.kafka_io`` sets it (a unit test checks)."""
+def delivery_timeout_ms(settings: Settings) -> int:
+    """The producers' ``delivery_timeout_ms``, as ``workers.kafka_io`` sets it (a unit test checks
+    the formula against the producer it builds)."""
     return max(
-        int(settings.workers.produce_timeout_s * 1000), settings.kafka.request_timeout_ms + linger_ms + 1_000
+        int(settings.workers.produce_timeout_s * 1000),
+        settings.kafka.request_timeout_ms + settings.workers.producer_linger_ms + 1_000,
     )
 
 
-def outage_timeouts(settings: Settings, linger_ms: int = PRODUCER_LINGER_MS) -> list[Timeout]:
+def outage_timeouts(settings: Settings) -> list[Timeout]:
     """The timeouts a broker outage can outlast, in seconds: the Kafka clients' four, then the
     driver's two that watch actors through it (an actor that does not answer for the health
     timeout is replaced; lag standing for the stall timeout gets its owners replaced)."""
     timeouts = [
         Timeout("workers.session_timeout_ms", settings.workers.session_timeout_ms / 1000),
         Timeout("kafka.request_timeout_ms", settings.kafka.request_timeout_ms / 1000),
-        Timeout("producer delivery_timeout_ms", delivery_timeout_ms(settings, linger_ms) / 1000),
+        Timeout("producer delivery_timeout_ms", delivery_timeout_ms(settings) / 1000),
         Timeout("workers.transaction_timeout_ms", settings.workers.transaction_timeout_ms / 1000),
         Timeout("driver.health_timeout_s", settings.driver.health_timeout_s),
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipelines.commands.cli import main
 
 REQUIRED_KEYS = {
@@ -16,6 +18,17 @@ REQUIRED_KEYS = {
     "latency_p50_ms",
     "latency_p99_ms",
     "device",
+    "pipeline_real_tokens_per_s",
+    "pipeline_device_busy_fraction",
+    "exactly_once_tweets_per_s",
+    "exactly_once_vs_at_least_once",
+    "exactly_once_latency_p99_ms",
+    "ceiling_tweets_per_s",
+    "ceiling_vs_bare",
+    "ceiling_latency_p50_ms",
+    "ceiling_latency_p99_ms",
+    "ceiling_exactly_once_tweets_per_s",
+    "ceiling_exactly_once_vs_at_least_once",
 }
 
 
@@ -24,7 +37,7 @@ def test_quick_bench_writes_every_number_and_the_plot(broker, ray_cluster, tiny_
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(
         [
-            "bench", "--quick", "--tweets", "300", "--latency-seconds", "3",
+            "bench", "--quick", "--tweets", "300", "--latency-seconds", "3", "--ceiling-tweets", "600",
             "--bootstrap-servers", broker, "--encoder", str(encoder), "--head", str(head),
             "--device", "cpu", "--json", str(out), "--plot", str(plot),
         ]
@@ -45,6 +58,18 @@ def test_quick_bench_writes_every_number_and_the_plot(broker, ray_cluster, tiny_
     assert isinstance(result["pipeline_stalls"], int)  # actors the watchdog replaced mid-measurement
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
     assert result["device"].startswith("cpu")
+    for prefix in ("bare_", "pipeline_", "naive_", "ceiling_", "exactly_once_", "ceiling_exactly_once_"):
+        assert result[f"{prefix}real_tokens_per_s"] > 0
+        assert 0 < result[f"{prefix}device_busy_fraction"] <= 1
+    assert result["ceiling_vs_bare"] == pytest.approx(
+        result["ceiling_tweets_per_s"] / result["ceiling_bare_tweets_per_s"], abs=1e-3
+    )
+    # Half load is half the bare loop's rate, for both models.
+    assert result["latency_offered_tweets_per_s"] == pytest.approx(result["bare_tweets_per_s"] / 2, abs=1e-3)
+    assert result["ceiling_latency_offered_tweets_per_s"] == pytest.approx(
+        result["ceiling_bare_tweets_per_s"] / 2, abs=1e-3
+    )
+    assert result["ceiling_exactly_once_latency_samples"] > 0
     assert result["tweets"] == 300
     assert [p["max_batch_tokens"] for p in result["sweep"]] == [256, 1024, 4096]
     assert 0 <= result["bf16_label_agreement"] <= 1

@@ -310,8 +310,15 @@ def test_driver_sigkilled_at_random_points_then_restarted_loses_nothing(
             process = _start_driver(cmd, log)
             try:
                 before = _committed(probe)
-                wait_until(lambda b=before: _committed(probe) > b, 180, "the restarted driver to commit")
-                time.sleep(rng.uniform(0.0, 0.5))  # a random point of the stream, not a synchronization
+                wait_until(
+                    lambda b=before: _committed(probe) > b,
+                    180,
+                    "the restarted driver to commit",
+                    interval_s=0.02,
+                )
+                # A random point of the stream, not a synchronization. The window is short: one
+                # actor with the tiny model works off a life's 2,500 records in about a second.
+                time.sleep(rng.uniform(0.0, 0.1))
                 mid_stream += _committed(probe) < (life + 1) * (RECORDS // 4)
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)

@@ -122,12 +122,13 @@ def test_pad_group_packs_ids_and_mask_right_padded():
 def test_batch_stats_report_padding_efficiency():
     stats = BatchStats()
     assert stats.padding_efficiency is None
-    stats.add(texts=4, batches=2, real_tokens=90, computed_tokens=100)
+    stats.add(texts=4, batches=2, real_tokens=90, computed_tokens=100, forward_s=0.25)
     assert stats.snapshot() == {
         "texts": 4,
         "batches": 2,
         "real_tokens": 90,
         "computed_tokens": 100,
+        "forward_s": 0.25,
         "padding_efficiency": 0.9,
     }
 

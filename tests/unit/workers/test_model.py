@@ -48,3 +48,19 @@ def test_head_trained_for_another_pooling_is_refused(tiny_model):
     encoder_dir, head_dir = tiny_model
     with pytest.raises(ModelLoadError, match="trained for 'cls' pooling, not 'mean'"):
         BertClassifier.load(encoder_dir, head_dir, pooling="mean", device="cpu")
+
+
+def test_token_ids_through_the_fast_backend_equal_the_wrappers():
+    from transformers import AutoTokenizer
+
+    from pipelines.bench.plan import bench_texts
+    from workers.forward import token_ids
+    from workers.model import default_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_encoder_path()), local_files_only=True)
+    texts = [*bench_texts(2000), "", " ", "x" * 5000, "é" * 3000, "\u200b", "😀" * 200]
+    for max_length in (128, 16):
+        wrapper = tokenizer(
+            texts, truncation=True, max_length=max_length, padding=False, return_attention_mask=False
+        )["input_ids"]
+        assert token_ids(tokenizer, texts, max_length) == wrapper

@@ -105,7 +105,7 @@ def test_the_outage_plan_straddles_each_default_timeout():
     assert [(t.name, t.seconds) for t in timeouts] == [
         ("workers.session_timeout_ms", 30.0),
         ("kafka.request_timeout_ms", 30.0),
-        ("producer delivery_timeout_ms", 31.005),
+        ("producer delivery_timeout_ms", 31.002),
         ("workers.transaction_timeout_ms", 60.0),
         ("driver.health_timeout_s", 30.0),
         ("driver.stall_timeout_s", 60.0),
@@ -116,7 +116,7 @@ def test_the_outage_plan_straddles_each_default_timeout():
     assert plan[0].straddles == (
         "0.52 × workers.session_timeout_ms (30 s)",
         "0.52 × kafka.request_timeout_ms (30 s)",
-        "0.5 × producer delivery_timeout_ms (31.005 s)",
+        "0.5 × producer delivery_timeout_ms (31.002 s)",
         "0.52 × driver.health_timeout_s (30 s)",
     )
     assert plan[-1].straddles == (
@@ -141,9 +141,10 @@ def test_the_delivery_timeout_is_the_one_the_pipeline_producers_get(monkeypatch)
         Settings(),
         Settings.load(overrides={"workers": {"produce_timeout_s": 90}}),
         Settings.load(overrides={"kafka": {"request_timeout_ms": 5_000}}),
+        Settings.load(overrides={"workers": {"producer_linger_ms": 50}}),
     ):
         kafka_io._producer(settings, "probe")
-        assert built["linger_ms"] == 5
+        assert built["linger_ms"] == settings.workers.producer_linger_ms
         assert built["delivery_timeout_ms"] == delivery_timeout_ms(settings)
 
 

@@ -1,0 +1,47 @@
+"""The GPU script end to end on the CPU: ``prepare`` writes a carry that fits a device run, and
+``measure`` reads it with nothing of clstream but ``workers.forward`` and ``workers.batching``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.bench.gpu_model_only import main
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+def test_prepare_then_measure_writes_every_figure(tmp_path):
+    carry, out = tmp_path / "carry", tmp_path / "out"
+    assert main(["prepare", "--carry", str(carry), "--tweets", "48"]) == 0
+    size = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
+    assert size < 60 * 1024**2, f"the carry is {size / 1e6:.0f} MB; a device run carries at most 64 MiB"
+    assert not list(carry.rglob("*.bin")), "safetensors only"
+    assert (
+        main(
+            ["measure", "--carry", str(carry), "--out", str(out), "--seconds", "0", "--agreement-tweets", "8"]
+        )
+        == 0
+    )
+    result = json.loads((out / "gpu-model-only.json").read_text())
+    assert result["cuda"] is False and result["matmul_bf16_tflops"] is None
+    assert result["tweets"] == 48 and result["tokenizer_tweets_per_s_one_core"] > 0
+    runs = {(run["model"].split()[0], run["call_size"]) for run in result["runs"]}
+    assert runs == {("default", 256), ("default", 4096), ("bert-base-sized", 256), ("bert-base-sized", 4096)}
+    for run in result["runs"]:
+        assert run["tweets_per_s"] > 0 and 0 < run["padding_efficiency"] <= 1
+        assert run["feeder_cores_per_device"] > 0
+    assert "RANDOM weights" in result["runs"][-1]["model"]
+
+
+def test_measure_imports_nothing_a_bare_gpu_machine_lacks():
+    # The device has torch and transformers, not pydantic, kafka, ray or structlog.
+    code = (
+        "import sys, pipelines.bench.gpu_model_only\n"
+        "bad = sorted(m for m in ('pydantic', 'kafka', 'ray', 'structlog', 'schemas') if m in sys.modules)\n"
+        "print(','.join(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
