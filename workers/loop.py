@@ -2,16 +2,16 @@
 
 Three threads share the work, each the only one doing its part:
 
-- the *consumer thread* (``run``) owns the Kafka consumer: it polls, decodes and tokenizes each
-  poll (``PreparingClassifier.prepare``), queues it as a batch for the model, commits finished batches in order, and pauses every assigned partition while
+- the *consumer thread* (``run``) owns the Kafka consumer: it polls, queues each poll as a batch
+  for the model, commits finished batches in order, and pauses every assigned partition while
   the in-flight credit is spent. It keeps polling while paused (so it stays in the group however
   long inference takes) but takes no records; a finished batch wakes it at once, so the credit
   comes back without waiting for a poll to time out.
 - the *model thread* takes every batch that is waiting when the model is free (continuous
-  batching: one model call for all of them, up to ``workers.max_batch_records`` records), runs
-  the model and hands them on. It never waits for Kafka: while one group is being delivered, the
-  next is classified.
-- the *delivery thread* builds the output and dead-letter records and delivers them in order, waiting for every record to be
+  batching: one model call for all of them, up to ``workers.max_batch_records`` records), decodes,
+  classifies and builds the output and dead-letter records, and hands them on. It never waits
+  for Kafka: while one group is being delivered, the next is classified.
+- the *delivery thread* delivers the groups in order, waiting for every record to be
   acknowledged (at-least-once) or the transaction to commit (exactly-once). It takes every group
   waiting when it starts, so one delivery (one flush, or one transaction) may span several
   micro-batches; with ``workers.transaction_linger_ms`` an exactly-once transaction also waits
@@ -39,7 +39,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
@@ -420,64 +420,51 @@ class ClassifierLoop:
     # -- the model thread ---------------------------------------------------------------------
 
     def _model_loop(self) -> None:
-        def run(batches: list[_Batch]) -> None:
-            group = self._classify(batches)
-            if group is not None:
-                self._deliveries.put(group)
-
-        def joins(batches: list[_Batch], batch: _Batch) -> bool:
-            records = sum(len(b.records) for b in batches) + len(batch.records)
-            return records <= self.settings.workers.max_batch_records
-
-        # Every batch waiting when the model is free, up to max_batch_records records in all.
-        self._stage(self._work, joins, 0.0, run, lambda batches: batches)
-        self._deliveries.put(None)
-
-    def _stage(
-        self,
-        queue: SimpleQueue[Any],
-        joins: Callable[[list[Any], Any], bool],
-        linger_s: float,
-        run: Callable[[list[Any]], None],
-        batches_of: Callable[[list[Any]], list[_Batch]],
-    ) -> None:
-        """One stage of the pipeline (the model thread's, the delivery thread's): take the next
-        item and those behind it that can share its work (same epoch and group membership, and
-        ``joins``), waiting up to ``linger_s`` for more; ``run`` them. A failure finishes their
-        batches undelivered: a ``FatalWorkerError`` stops the actor, anything else halts both
-        stages until the rewind, with a backoff (the same records come back)."""
         failures = 0
-        waiting: Any = None
-        stopping = False
-        while not stopping:
-            first = waiting if waiting is not None else queue.get()
+        waiting: _Batch | None = None
+        running = True
+        while running:
+            first = waiting if waiting is not None else self._work.get()
             if first is None:
                 break
-            items, waiting = [first], None
-            deadline = time.monotonic() + linger_s
-            while True:
-                remaining = deadline - time.monotonic()
-                try:
-                    item = queue.get(timeout=remaining) if remaining > 0 else queue.get_nowait()
-                except Empty:
-                    break
-                if item is None:
-                    stopping = True  # the stop sentinel: run what was taken, then stop
-                    break
-                shared = item.epoch == first.epoch and item.group_metadata == first.group_metadata
-                if not shared or not joins(items, item):
-                    waiting = item  # it goes first next time
-                    break
-                items.append(item)
+            batches, waiting, running = self._take_waiting(first)
             try:
-                run(items)
+                group = self._classify(batches)
+                if group is not None:
+                    self._deliveries.put(group)
                 failures = 0
             except FatalWorkerError as exc:
-                self._stop_fatally(exc, batches_of(items))
+                self._stop_fatally(exc, batches)
             except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
-                self._halt_unexpectedly(exc, batches_of(items))
+                self._halt_unexpectedly(exc, batches)
+                # The same records will come back after the rewind: do not spin on them.
                 failures += 1
                 self._abandon.wait(min(_MAX_BACKOFF_S, 0.1 * 2**failures))
+        self._deliveries.put(None)
+
+    def _take_waiting(self, first: _Batch) -> tuple[list[_Batch], _Batch | None, bool]:
+        """``first`` and the batches queued behind it that can share its model call: same epoch
+        and group membership, at most ``workers.max_batch_records`` records in all (``first``
+        always goes). Returns them, a batch taken that could not join (it goes next), and
+        whether the loop goes on (False: the stop sentinel was taken)."""
+        batches, records = [first], len(first.records)
+        limit = self.settings.workers.max_batch_records
+        while True:
+            try:
+                batch = self._work.get_nowait()
+            except Empty:
+                return batches, None, True
+            if batch is None:
+                return batches, None, False
+            joins = (
+                batch.epoch == first.epoch
+                and batch.group_metadata == first.group_metadata
+                and records + len(batch.records) <= limit
+            )
+            if not joins:
+                return batches, batch, True
+            batches.append(batch)
+            records += len(batch.records)
 
     def _classify(self, batches: list[_Batch]) -> _Group | None:
         """Run the model over the prepared inputs of ``batches`` in one call; None when they are
@@ -526,17 +513,50 @@ class ClassifierLoop:
     # -- the delivery thread ------------------------------------------------------------------
 
     def _delivery_loop(self) -> None:
-        # Every group waiting when delivery is free; exactly-once also those arriving within
-        # workers.transaction_linger_ms, so one transaction spans them all.
-        workers = self.settings.workers
-        linger_s = workers.transaction_linger_ms / 1000 if workers.delivery == "exactly-once" else 0.0
-        self._stage(
-            self._deliveries,
-            lambda groups, group: True,
-            linger_s,
-            self._deliver,
-            lambda groups: [b for g in groups for b in g.batches],
+        failures = 0
+        waiting: _Group | None = None
+        running = True
+        while running:
+            first = waiting if waiting is not None else self._deliveries.get()
+            if first is None:
+                break
+            groups, waiting, running = self._take_deliveries(first)
+            try:
+                self._deliver(groups)
+                failures = 0
+            except FatalWorkerError as exc:
+                self._stop_fatally(exc, [b for g in groups for b in g.batches])
+            except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer thread
+                self._halt_unexpectedly(exc, [b for g in groups for b in g.batches])
+                failures += 1
+                self._abandon.wait(min(_MAX_BACKOFF_S, 0.1 * 2**failures))
+
+    def _take_deliveries(self, first: _Group) -> tuple[list[_Group], _Group | None, bool]:
+        """``first`` and the groups that can share its delivery (same epoch and membership):
+        those already waiting, and in exactly-once mode those that arrive within
+        ``workers.transaction_linger_ms``. Same return shape as ``_take_waiting``."""
+        groups = [first]
+        linger_s = (
+            self.settings.workers.transaction_linger_ms / 1000
+            if self.settings.workers.delivery == "exactly-once"
+            else 0.0
         )
+        deadline = time.monotonic() + linger_s
+        while True:
+            try:
+                remaining = deadline - time.monotonic()
+                group = (
+                    self._deliveries.get(timeout=remaining)
+                    if remaining > 0
+                    else self._deliveries.get_nowait()
+                )
+            except Empty:
+                return groups, None, True
+            if group is None:
+                return groups, None, False
+            if group.epoch != first.epoch or group.group_metadata != first.group_metadata:
+                return groups, group, True
+            groups.append(group)
 
     def _deliver(self, groups: list[_Group]) -> None:
         """Deliver ``groups`` at once, retrying until delivered or abandoned; then their batches

@@ -56,7 +56,8 @@ def pipeline_column(
         driver.start(input_partitions=plan.partitions)
         _run_until(driver, until, timeout_s=600, what="the pipeline to classify the pre-loaded tweets")
         meter.stop()
-        efficiency, work = _final_reports(driver, total)
+        efficiency = _pipeline_padding(driver)
+        work = _model_work(driver, total)
         outputs = read_outputs(settings.kafka, settings.topics.output, total)
         rate = throughput_from_outputs(outputs)
         stalls = len(driver.stalls)  # a replaced actor's wait is inside the measured time
@@ -69,22 +70,31 @@ def pipeline_column(
     return PipelineColumn(column, stalls, latency, settings.workers.delivery)
 
 
-def _final_reports(driver: Any, total: int, timeout_s: float = 10.0) -> tuple[float | None, ModelWork]:
-    """Padding efficiency (real ÷ computed tokens, mean over actors) and the model's work (real
-    tokens, model seconds, summed), from the actors' reports once they account for ``total``
-    records. A report is collected on a later tick than the one it was asked on, so a short run
-    can end before the last one arrives: tick until it does (or ``timeout_s``)."""
+def _model_work(driver: Any, total: int, timeout_s: float = 10.0) -> ModelWork:
+    """Real tokens and model seconds summed over the actors' reports, once they account for
+    ``total`` records (reports arrive a tick after they are asked for), or at ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         reports = [m.report for m in driver.members.values() if m.report is not None]
         consumed = sum(r.counters.consumed for r in reports if r.counters is not None)
         if consumed >= total or time.monotonic() > deadline:
-            break
+            return ModelWork(sum(r.real_tokens for r in reports), sum(r.forward_s for r in reports))
         time.sleep(0.25)
         driver.tick()
-    padding = [r.padding_efficiency for r in reports if r.padding_efficiency is not None]
-    work = ModelWork(sum(r.real_tokens for r in reports), sum(r.forward_s for r in reports))
-    return (float(np.mean(padding)) if padding else None), work
+
+
+def _pipeline_padding(driver: Any, timeout_s: float = 10.0) -> float | None:
+    """Real ÷ computed tokens over all actors, from their latest reports. A report is collected on
+    a later tick than the one it was asked on, so a short run can end before the first report
+    with a batch in it arrives: tick until one does (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = [m.report.padding_efficiency for m in driver.members.values() if m.report is not None]
+        values = [v for v in values if v is not None]
+        if values or time.monotonic() > deadline:
+            return float(np.mean(values)) if values else None
+        time.sleep(0.25)
+        driver.tick()
 
 
 def _latency(
