@@ -215,6 +215,17 @@ class WorkerSettings(BaseModel):
     session_timeout_ms: int = Field(default=30_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
 
+    @model_validator(mode="after")
+    def _transaction_outlives_its_wait(self) -> WorkerSettings:
+        if self.delivery == "exactly-once" and self.transaction_timeout_ms <= self.produce_timeout_s * 1000:
+            raise ValueError(
+                f"transaction_timeout_ms ({self.transaction_timeout_ms}) must exceed produce_timeout_s "
+                f"({self.produce_timeout_s:g} s) in milliseconds: an actor awaits a transaction up to "
+                "produce_timeout_s, and the broker aborts one open longer than transaction_timeout_ms, "
+                "which fences the actor's producer and stops the actor"
+            )
+        return self
+
     @field_validator("max_decompressed_batch_bytes")
     @classmethod
     def _decompression_bound(cls, value: int) -> int:

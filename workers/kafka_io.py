@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import structlog
 from kafka import (
     AsyncConsumerRebalanceListener,
+    KafkaAdminClient,
     KafkaConsumer,
     KafkaProducer,
     OffsetAndMetadata,
@@ -355,7 +357,12 @@ class KafkaTransactionalSink:
 
     A commit whose acknowledgement misses the deadline is not aborted (it may have landed): as
     with the Java client's ``commitTransaction``, the caller's retry of the same batch awaits that
-    commit's outcome instead of producing the batch again.
+    commit's outcome instead of producing the batch again. kafka-python 3.0.12 can lose track of
+    a commit whose coordinator died (its result never completes), so the wait ends once the
+    transaction is past ``workers.transaction_timeout_ms``: by then the coordinator has committed
+    or aborted it whether or not this client hears back. A new producer's ``init_transactions``
+    waits for that outcome, and the group's committed offsets say which it was (they commit in
+    the same transaction as the output): the batch is then done, or produced afresh.
     """
 
     def __init__(self, settings: Settings, client_id: str, transactional_id: str) -> None:
@@ -363,9 +370,11 @@ class KafkaTransactionalSink:
         self._producer = self._new_producer()
         #: The commit request of a batch whose acknowledgement missed its deadline, and the
         #: batch's offsets (a retry of the same batch awaits it).
-        self._pending_commit: tuple[Any, dict[Partition, int]] | None = None
+        self._pending_commit: _PendingCommit | None = None
         #: A newer producer fenced this one (``ProducerFencedError``): it sends nothing more.
         self._superseded = False
+        #: The producer was closed and its replacement could not be initialized yet.
+        self._closed = False
 
     def _new_producer(self) -> KafkaProducer:
         producer = _producer(
@@ -388,7 +397,10 @@ class KafkaTransactionalSink:
             raise ProducerFencedError(
                 f"transactional id {self._transactional_id!r} belongs to a newer producer: this one stopped"
             )
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        deadline = began + timeout_s
+        if self._closed:
+            self._replace_producer()
         if self._pending_commit is not None and self._settle_pending_commit(dict(next_offsets), deadline):
             return
         producer = self._producer
@@ -396,19 +408,33 @@ class KafkaTransactionalSink:
         kafka_compat.forget_refused_txn_offsets(producer)
         try:
             producer.begin_transaction()
-            for r in map(producible, records):
+            sent = [
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
+                for r in map(producible, records)
+            ]
             offsets = kafka_compat.send_offsets_to_transaction(
                 producer, _kafka_offsets(next_offsets), group_metadata
             )
             self._await(offsets, deadline, "offsets")
-            commit = kafka_compat.begin_commit(producer)
+            # kafka-python 3.0.12 commits a transaction whose record batch expired (to it a
+            # delivery timeout is retriable, so the transaction stays committable): the offsets
+            # would commit without that output. Every record is acknowledged before the commit.
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+            failures = _failures(sent)
+            if failures:
+                raise failures[0]
+            commit = self._begin_commit(producer)
         except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of it may ever commit
             self._fail(exc, len(records), deadline + timeout_s)
         try:
             self._await(commit, deadline, "commit")
         except kafka_errors.KafkaTimeoutError as exc:
-            self._pending_commit = (commit, dict(next_offsets))
+            self._pending_commit = _PendingCommit(
+                commit,
+                dict(next_offsets),
+                group_metadata.group_id,
+                settled_by=began + self._settings.workers.transaction_timeout_ms / 1000,
+            )
             raise DeliveryError(
                 f"commit of {len(records)} records not acknowledged within {timeout_s:.0f}s; "
                 "the retry awaits it (it may have landed)"
@@ -416,28 +442,63 @@ class KafkaTransactionalSink:
         except Exception as exc:  # noqa: BLE001 - the commit failed: the transaction did not land
             self._fail(exc, len(records), deadline + timeout_s)
 
-    def _settle_pending_commit(self, next_offsets: dict[Partition, int], deadline: float) -> bool:
-        """Await the commit left pending by a timeout. True: it was this batch's and it landed.
+    def _begin_commit(self, producer: KafkaProducer) -> Any:
+        """Send the open transaction's commit; its result, to await."""
+        return kafka_compat.begin_commit(producer)
 
-        A different batch (the loop rewound after a fence) only proceeds once the old commit is
-        settled either way; a producer whose commit never settles is replaced, which makes the
-        coordinator complete or abort it before the new producer may begin."""
-        assert self._pending_commit is not None
-        commit, offsets = self._pending_commit
-        try:
-            self._await(commit, deadline, "pending commit")
-        except kafka_errors.KafkaTimeoutError as exc:
-            if offsets == next_offsets:
-                raise DeliveryError("an earlier commit of this batch is still not acknowledged") from exc
-            self._pending_commit = None
-            self._replace_producer()
-            return False
-        except Exception:  # noqa: BLE001 - it failed: the batch did not land; send it afresh
-            self._pending_commit = None
-            self._replace_producer()
-            return False
+    def _settle_pending_commit(self, next_offsets: dict[Partition, int], deadline: float) -> bool:
+        """Settle the commit left pending by a timeout. True: it was this batch's and it landed.
+
+        Its result is awaited until the transaction is past its timeout; after that the producer
+        is replaced (the coordinator has settled the transaction, and ``init_transactions`` waits
+        for it) and the group's committed offsets say whether it landed. A different batch (the
+        loop rewound) only proceeds once the old commit is settled either way."""
+        pending = self._pending_commit
+        assert pending is not None
+        if pending.result is not None:
+            try:
+                self._await(pending.result, min(deadline, pending.settled_by), "pending commit")
+            except kafka_errors.KafkaTimeoutError as exc:
+                if pending.offsets == next_offsets and time.monotonic() < pending.settled_by:
+                    raise DeliveryError("an earlier commit of this batch is still not acknowledged") from exc
+                log.warning(
+                    "a commit still not acknowledged past the transaction timeout: replacing the "
+                    "producer and reading the group's offsets to learn whether it landed",
+                    transactional_id=self._transactional_id,
+                )
+                pending.result = None
+                self._replace_producer()
+            except Exception:  # noqa: BLE001 - it failed: the batch did not land; send it afresh
+                self._pending_commit = None
+                self._replace_producer()
+                return False
+            else:
+                self._pending_commit = None
+                return pending.offsets == next_offsets
+        landed = self._landed(pending)
         self._pending_commit = None
-        return offsets == next_offsets
+        log.info("an unacknowledged commit settled", landed=landed, partitions=len(pending.offsets))
+        return landed and pending.offsets == next_offsets
+
+    def _landed(self, pending: _PendingCommit) -> bool:
+        """Whether ``pending`` committed: its offsets are the group's committed offsets (or later
+        ones: a new owner went on from them). Raises ``DeliveryError`` if they cannot be read."""
+        partitions = [TopicPartition(t, p) for t, p in pending.offsets]
+        try:
+            admin = KafkaAdminClient(**self._settings.kafka.client_config())
+            try:
+                committed = admin.list_group_offsets({pending.group_id: partitions}).get(pending.group_id, {})
+            finally:
+                admin.close()
+        except Exception as exc:  # noqa: BLE001 - no answer yet: the retry asks again
+            raise DeliveryError(
+                "whether an unacknowledged commit landed is not known yet: the group's committed "
+                f"offsets could not be read ({type(exc).__name__}: {exc})"
+            ) from exc
+        return all(
+            tp in committed and committed[tp].offset >= pending.offsets[(tp.topic, tp.partition)]
+            for tp in partitions
+        )
 
     def _fail(self, exc: Exception, count: int, deadline: float) -> NoReturn:
         """Abort the open transaction and raise ``FencedError`` or ``DeliveryError`` for ``exc``,
@@ -488,10 +549,31 @@ class KafkaTransactionalSink:
         """init_transactions on the same transactional id fences the old producer and aborts
         (or completes) whatever it left open. Never for a producer a newer one has fenced."""
         self._stop_if_superseded("the producer was not replaced")
+        if not self._closed:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=0)
+            self._closed = True
         try:
-            self._producer.close(timeout=0)
-        finally:
             self._producer = self._new_producer()
+        except Exception as exc:  # noqa: BLE001 - a coordinator that cannot be reached yet: retry
+            raise DeliveryError(
+                f"the transactional producer could not be initialized ({type(exc).__name__}: {exc})"
+            ) from exc
+        self._closed = False
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        if not self._closed:
+            self._producer.close(timeout=5)
+
+
+@dataclass
+class _PendingCommit:
+    """A transaction whose commit was sent but not acknowledged in time."""
+
+    #: kafka-python's result of the commit; None once its producer was replaced.
+    result: Any | None
+    #: The consumed offsets the transaction commits (the batch's next offsets).
+    offsets: dict[Partition, int]
+    group_id: str
+    #: ``time.monotonic()`` past the transaction's timeout: the coordinator has settled it by then.
+    settled_by: float

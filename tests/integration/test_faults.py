@@ -82,7 +82,14 @@ def _settings(
         driver=driver or {},
         # A killed producer's open transaction is fenced by its replacement (same transactional
         # id); the timeout is the backstop that unblocks read_committed readers if none comes.
-        workers={"count": ACTORS, "max_batch_records": BATCH, "transaction_timeout_ms": 20_000, **workers},
+        # A transaction is awaited up to produce_timeout_s, which must stay below it.
+        workers={
+            "count": ACTORS,
+            "max_batch_records": BATCH,
+            "transaction_timeout_ms": 20_000,
+            "produce_timeout_s": 15,
+            **workers,
+        },
     )
 
 

@@ -134,7 +134,7 @@ def test_exactly_once_survives_a_killed_actor_without_duplicates(
         broker,
         names,
         model={"encoder": encoder, "head": head},
-        workers={"delivery": "exactly-once", "transaction_timeout_ms": 20_000},
+        workers={"delivery": "exactly-once", "transaction_timeout_ms": 20_000, "produce_timeout_s": 15},
     )
     n = 6000
     tweets = [(f"id-{i}", f"tweet {i} about something") for i in range(n)]

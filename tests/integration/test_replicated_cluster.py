@@ -19,18 +19,24 @@ import time
 from collections import Counter
 
 import orjson
+import pytest
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
+from pipelines.kafka_tools.admin import LagProbe
 from pipelines.kafka_tools.broker import LocalCluster
+from pipelines.kafka_tools.records_io import read_topic
 from pipelines.kafka_tools.verify import verify_topics
 from pipelines.streaming.driver import Driver
+from schemas.errors import DeliveryError
 from schemas.settings import Settings
-from tests.integration.support import pipeline_settings, wait_until
+from tests.integration.support import pipeline_settings, produce_tweets, wait_until
 from tests.integration.test_faults import _wait_for_no_open_transactions
 from tests.integration.test_pipeline import _drive_until_done
-from tests.integration.test_transactions import _kcat_values
+from tests.integration.test_transactions import _deliver_until_done, _kcat_values
 from workers.actor import transactional_id
+from workers.kafka_io import KafkaSource, KafkaTransactionalSink
+from workers.records import OutboundRecord
 
 PARTITIONS = 3
 ACTORS = 2
@@ -146,6 +152,9 @@ def test_exactly_once_survives_sigkilled_partition_leaders_and_coordinators(
             "count": ACTORS,
             "max_batch_records": BATCH,
             "transaction_timeout_ms": 20_000,
+            # Below it: a transaction still awaited when the broker aborts it for its timeout
+            # fences the producer, which stops the actor.
+            "produce_timeout_s": 15,
         },
     )
     started = time.monotonic()
@@ -205,3 +214,68 @@ def test_exactly_once_survives_sigkilled_partition_leaders_and_coordinators(
     assert _kcat_values(kafka_cluster.bootstrap, names["dlq"], "read_committed") == []
     internal = ["__consumer_offsets", "__transaction_state"]
     assert _replication(kafka_cluster, internal) == {t: ({3}, "2") for t in internal}
+
+
+def test_a_transaction_whose_output_expired_commits_none_of_its_offsets(kafka_cluster, topic_names):
+    """kafka-python 3.0.12 treats a record batch that expired (its delivery timeout passed) as a
+    retriable failure and leaves the transaction committable; its commit then committed the
+    batch's offsets without that output (100 ids lost in the three-node test above). The output
+    partition here lives on one node only, which is SIGKILLed while the transaction coordinator
+    and the group coordinator (other nodes) go on answering: the batch's records expire, and the
+    transaction must abort, not commit. Its retry, once the node is back, delivers it once."""
+    names = topic_names()
+    settings = pipeline_settings(
+        kafka_cluster.bootstrap,
+        names,
+        # Longer than the controller takes to drop the dead node from the internal topics' ISRs
+        # (their writes wait for it until then); the producer's delivery timeout is 16 s.
+        kafka={"request_timeout_ms": 15_000},
+        workers={"delivery": "exactly-once", "produce_timeout_s": 16},
+    )
+    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
+    topic, group_id = names["input"], names["group_id"]
+    transactional = f"{group_id}-expiry"
+    source = KafkaSource(settings, "expiry-test")
+    sink = KafkaTransactionalSink(settings, "expiry-test", transactional)
+    probe = LagProbe(settings.kafka, topic, group_id)
+    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
+    killed: int | None = None
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        metadata = source.group_metadata()
+        busy = {
+            kafka_cluster.transaction_coordinator(transactional),
+            kafka_cluster.group_coordinator(group_id),
+        }
+        victim = min(set(kafka_cluster.nodes) - busy)
+        admin = KafkaAdminClient(**kafka_cluster.client_config())  # type: ignore[arg-type]
+        try:
+            admin.create_topics(
+                [
+                    NewTopic(
+                        names["output"],
+                        replica_assignments={0: [victim]},
+                        topic_configs={"min.insync.replicas": "1"},
+                    )
+                ],
+                wait_for_metadata=True,
+            )
+        finally:
+            admin.close()
+        killed = victim
+        kafka_cluster.kill(victim)
+        with pytest.raises(DeliveryError, match="Expiring"):
+            sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=40)
+        kafka_cluster.restart(victim)
+        killed = None
+        _deliver_until_done(sink, batch, {(topic, 0): 5}, metadata, timeout_s=120)
+        committed = probe.measure().committed
+    finally:
+        if killed is not None:
+            kafka_cluster.restart(killed)
+        probe.close()
+        source.close()
+        sink.close()
+    assert committed[0] == 5
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"the batch's output"], "the batch was lost or committed twice"

@@ -199,6 +199,101 @@ def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names
     assert values == [b"the batch's output"], "the batch was committed twice"
 
 
+class _CommitNeverAcknowledged(KafkaTransactionalSink):
+    """The real sink, except that its first commit lands but is never acknowledged (kafka-python
+    3.0.12 lost track of a commit whose transaction coordinator was SIGKILLed mid-commit, and the
+    actor awaited it for minutes: tests/integration/test_replicated_cluster.py)."""
+
+    def _await(self, result, deadline, what):
+        if what == "commit":
+            super()._await(result, time.monotonic() + 30, what)  # the commit lands...
+            raise KafkaTimeoutError("injected: commit not acknowledged")  # ...the client never hears
+        if what == "pending commit":
+            time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
+            raise KafkaTimeoutError("injected: commit still not acknowledged")
+        super()._await(result, deadline, what)
+
+
+class _LostResult:
+    """The result of a commit request that never reaches the coordinator."""
+
+    def wait(self, timeout_ms=None):
+        time.sleep(min(timeout_ms or 0, 200) / 1000)
+        return False
+
+
+class _CommitNeverSent(KafkaTransactionalSink):
+    """The real sink, except that its first commit never reaches the coordinator: the transaction
+    stays open with its records in the log until the producer is replaced."""
+
+    lost = 1
+
+    def _begin_commit(self, producer):
+        if self.lost:
+            self.lost -= 1
+            return _LostResult()
+        return super()._begin_commit(producer)
+
+
+def _deliver_until_done(sink, batch, offsets, metadata, timeout_s: float = 90) -> int:
+    """Retry ``deliver_atomically`` as the loop does until it returns; how many attempts failed."""
+    failed, deadline = 0, time.monotonic() + timeout_s
+    while True:
+        try:
+            sink.deliver_atomically(batch, offsets, metadata, timeout_s=3)
+            return failed
+        except DeliveryError:
+            failed += 1
+            assert time.monotonic() < deadline, f"still not delivered after {failed} attempts"
+            time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    ("sink_class", "copies_written"),
+    [(_CommitNeverAcknowledged, 1), (_CommitNeverSent, 2)],
+    ids=["landed", "never-sent"],
+)
+def test_a_commit_never_acknowledged_is_settled_after_the_transaction_timeout(
+    broker, topic_names, sink_class, copies_written
+):
+    """A commit whose result never comes is awaited only until the transaction is past its
+    timeout; then the producer is replaced (the coordinator has committed or aborted it) and the
+    group's committed offsets say which: a commit that landed is done, one that did not is
+    produced afresh. Either way a read_committed reader sees the batch's output exactly once."""
+    names = topic_names()
+    settings = pipeline_settings(
+        broker,
+        names,
+        workers={"delivery": "exactly-once", "transaction_timeout_ms": 5_000, "produce_timeout_s": 3},
+    )
+    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
+    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
+    source = KafkaSource(settings, "lost-commit-test")
+    sink = sink_class(settings, "lost-commit-test", f"{names['group_id']}-lost")
+    first_producer = sink._producer
+    topic = names["input"]
+    probe = LagProbe(settings.kafka, topic, names["group_id"])
+    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
+    started = time.monotonic()
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        metadata = source.group_metadata()
+        failed = _deliver_until_done(sink, batch, {(topic, 0): 5}, metadata)
+        took = time.monotonic() - started
+        committed = probe.measure().committed
+    finally:
+        probe.close()
+        source.close()
+        sink.close()
+    assert failed >= 1 and sink._producer is not first_producer, "the producer was not replaced"
+    assert took < 60, f"settled after {took:.0f}s, well past the 5 s transaction timeout"
+    assert committed[0] == 5
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"the batch's output"], "the batch was lost or committed twice"
+    written = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=False)]
+    assert written == [b"the batch's output"] * copies_written
+
+
 def test_a_producer_fenced_by_its_replacement_stops_and_never_fences_it_back(broker, topic_names):
     """Two producers with one transactional id: the older (a zombie: an actor the driver already
     replaced, or another driver's) must stop with ``ProducerFencedError`` and never re-initialize,

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from schemas.settings import Settings
+from schemas.settings import Settings, WorkerSettings
 
 
 def test_precedence_is_flags_then_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -72,3 +72,12 @@ def test_secrets_never_appear_in_log_fields_or_repr():
     assert "hunter2-canary" not in str(settings.to_log_fields())
     assert "hunter2-canary" not in repr(settings)
     assert settings.kafka.client_config()["sasl_plain_password"] == "hunter2-canary"
+
+
+def test_an_exactly_once_transaction_must_outlive_the_wait_for_it():
+    with pytest.raises(
+        ValidationError, match=r"transaction_timeout_ms \(20000\) must exceed produce_timeout_s \(30 s\)"
+    ):
+        WorkerSettings(delivery="exactly-once", transaction_timeout_ms=20_000)
+    assert WorkerSettings(delivery="exactly-once", transaction_timeout_ms=20_000, produce_timeout_s=15)
+    assert WorkerSettings(delivery="at-least-once", transaction_timeout_ms=20_000)  # no transactions
