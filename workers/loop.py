@@ -2,20 +2,22 @@
 
 Three threads share the work, each the only one doing its part:
 
-- the *consumer thread* (``run``) owns the Kafka consumer: it polls, queues each poll as a batch
-  for the model, commits finished batches in order, and pauses every assigned partition while
-  the in-flight credit is spent. It keeps polling while paused (so it stays in the group however
-  long inference takes) but takes no records; a finished batch wakes it at once, so the credit
-  comes back without waiting for a poll to time out.
+- the *consumer thread* (``run``) owns the Kafka consumer: it polls, decodes and tokenizes each
+  poll (``PreparingClassifier.prepare``), queues it as a batch for the model, commits finished
+  batches in order, and pauses every assigned partition while the in-flight credit is spent. It
+  keeps polling while paused (so it stays in the group however long inference takes) but takes
+  no records; a finished batch wakes it at once, so the credit comes back without waiting for a
+  poll to time out.
 - the *model thread* takes every batch that is waiting when the model is free (continuous
-  batching: one model call for all of them, up to ``workers.max_batch_records`` records), decodes,
-  classifies and builds the output and dead-letter records, and hands them on. It never waits
-  for Kafka: while one group is being delivered, the next is classified.
-- the *delivery thread* delivers the groups in order, waiting for every record to be
-  acknowledged (at-least-once) or the transaction to commit (exactly-once). It takes every group
-  waiting when it starts, so one delivery (one flush, or one transaction) may span several
-  micro-batches; with ``workers.transaction_linger_ms`` an exactly-once transaction also waits
-  that long for more (fewer transactions under light load, at that latency).
+  batching: one model call for all of them, up to ``workers.max_batch_records`` records), runs
+  only the model, and hands the labels on. It never waits for Kafka: while one group is being
+  delivered, the next is classified.
+- the *delivery thread* builds the output and dead-letter records and delivers the groups in
+  order, waiting for every record to be acknowledged (at-least-once) or the transaction to commit
+  (exactly-once). It takes every group waiting when it starts, so one delivery (one flush, or one
+  transaction) may span several micro-batches; with ``workers.transaction_linger_ms`` an
+  exactly-once transaction also waits that long for more (fewer transactions under light load,
+  at that latency).
 
 Offsets are committed in exactly one place, ``_commit_finished``, on the consumer thread, and
 only for batches whose records were all acknowledged, in the order they were polled, through the

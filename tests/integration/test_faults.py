@@ -264,6 +264,7 @@ _RUN_ENV = {
     "CLSTREAM_WORKERS__MAX_BATCH_RECORDS": str(BATCH),
     "CLSTREAM_DRIVER__WATCH_INTERVAL_S": "0.5",
     "CLSTREAM_WORKERS__TRANSACTION_TIMEOUT_MS": "20000",
+    "CLSTREAM_WORKERS__PRODUCE_TIMEOUT_S": "15",  # below it (settings refuse otherwise)
     # One name across restarts: a restarted driver's actors fence the killed ones' transactions.
     "CLSTREAM_DRIVER__INSTANCE_ID": "fault-driver",
     "CLSTREAM_LOG__FORMAT": "json",
