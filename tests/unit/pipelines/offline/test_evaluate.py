@@ -97,7 +97,7 @@ def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path:
     data = tmp_path / "tweets.jsonl"
     data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(20)))
     out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
-    argv = ["eval", "--data", str(data), "--encoder", str(encoder_dir), "--pooling", "cls,mean"]
+    argv = ["eval", "--data", str(data), "--split", "--encoder", str(encoder_dir), "--pooling", "cls,mean"]
     argv += ["--default", "--head", str(head_dir)]
     argv += ["--checkpoint", str(checkpoint), "--json", str(out_json), "--plot", str(out_png)]
     argv += ["--device", "cpu", "--no-progress", "--no-vector-cache"]
@@ -111,6 +111,7 @@ def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path:
         "default (cls head)",
         "finetuned",
         "tfidf",
+        "vader",
     ]
     for metrics in result["classifiers"].values():
         assert {"accuracy", "macro_f1", "per_class", "confusion", "labels"} <= set(metrics)
