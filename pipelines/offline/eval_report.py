@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from schemas.records import LABELS
 
-
-def results_table(classifiers: dict[str, dict[str, Any]]) -> str:
-    header = ["classifier", "n", "accuracy", "macro-F1", *(f"F1 {label.lower()[:3]}" for label in LABELS)]
-    width = max(12, *(len(name) for name in classifiers))
+def results_table(
+    classifiers: dict[str, dict[str, Any]], not_applicable: dict[str, str] | None = None
+) -> str:
+    """One row per classifier; a baseline in ``not_applicable`` gets a row saying why it has no scores."""
+    labels = next(iter(classifiers.values()))["labels"]
+    header = ["classifier", "n", "accuracy", "macro-F1", *(f"F1 {label.lower()[:3]}" for label in labels)]
+    width = max(12, *(len(name) for name in [*classifiers, *(not_applicable or {})]))
     rows = [[f"{header[0]:<{width}}", *(f"{cell:>9}" for cell in header[1:])]]
     for name, m in classifiers.items():
         cells = [m["n"], f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}"]
         cells += [f"{m['per_class'][label]['f1']:.4f}" for label in m["labels"]]
         rows.append([f"{name:<{width}}", *(f"{cell:>9}" for cell in cells)])
+    for name, why in (not_applicable or {}).items():
+        rows.append([f"{name:<{width}}", why])
     return "\n".join("  ".join(row) for row in rows)
+
+
+def confusion_table(name: str, metrics: dict[str, Any]) -> str:
+    """``metrics["confusion"]`` as text: a row per true label, a column per predicted label."""
+    short = [label.lower()[:3] for label in metrics["labels"]]
+    lines = [f"{name}: confusion matrix (rows: true label, columns: predicted)"]
+    lines.append("       " + "".join(f"{label:>8}" for label in short))
+    for label, counts in zip(short, metrics["confusion"], strict=True):
+        lines.append(f"  {label:<5}" + "".join(f"{count:>8}" for count in counts))
+    return "\n".join(lines)
 
 
 def heldout_table(heldout: dict[str, Any]) -> str:
@@ -73,10 +88,12 @@ def plot_results(
     path: Path,
     reference: dict[str, Any] | None = None,
     scored_on: str = "test split",
+    notes: list[str] | None = None,
 ) -> None:
     """A PNG: one row-normalised confusion matrix per classifier (cells show counts), a bar chart
-    of accuracy and macro-F1, per-topic macro-F1 bars when held-out topics were evaluated, and
-    without/with-the-topics macro-F1 bars for ``seen_topics_reference``'s tweets."""
+    of accuracy and macro-F1, per-topic macro-F1 bars when held-out topics were evaluated,
+    without/with-the-topics macro-F1 bars for ``seen_topics_reference``'s tweets, and ``notes``
+    (e.g. a baseline that was not applicable) as the figure's title."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
@@ -90,14 +107,18 @@ def plot_results(
     grid = figure.add_gridspec(
         matrix_rows + chart_rows, columns, height_ratios=[1] * matrix_rows + [0.9] * chart_rows
     )
-    short = [label[:3].lower() for label in LABELS]
+    if notes:
+        # ~12 characters an inch at 8 points: each note wrapped to the figure's width.
+        figure.suptitle("\n".join(textwrap.fill(note, 11 * 4 * columns) for note in notes), fontsize=8)
     for index, name in enumerate(names):
+        labels = classifiers[name]["labels"]
+        short = [label[:3].lower() for label in labels]
         axes = figure.add_subplot(grid[index // columns, index % columns])
         counts = np.array(classifiers[name]["confusion"], dtype=float)
         share = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
         axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(LABELS)):
-            for j in range(len(LABELS)):
+        for i in range(len(labels)):
+            for j in range(len(labels)):
                 axes.text(
                     j,
                     i,
@@ -107,8 +128,8 @@ def plot_results(
                     fontsize=9,
                     color="white" if share[i, j] > 0.6 else "black",
                 )
-        axes.set_xticks(range(len(LABELS)), short)
-        axes.set_yticks(range(len(LABELS)), short)
+        axes.set_xticks(range(len(labels)), short)
+        axes.set_yticks(range(len(labels)), short)
         axes.set_xlabel("predicted")
         axes.set_ylabel("true")
         axes.set_title(f"{name}\nmacro-F1 {classifiers[name]['macro_f1']:.3f}", fontsize=10)

