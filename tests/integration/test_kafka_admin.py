@@ -35,8 +35,10 @@ def test_created_topics_get_the_clusters_default_replication_factor(kafka_cluste
 
     assert ensure_topics(kafka, {topic: 2}) == [topic]
 
-    # default.replication.factor=3 on every node of the test cluster.
-    assert _replicas(kafka_cluster, topic) == [3, 3]
+    # default.replication.factor=3 on every node of the test cluster. The node that answers may
+    # not know the new topic's partitions yet (metadata reaches the nodes one by one).
+    replicas = wait_until(lambda: _replicas(kafka_cluster, topic), 30, "the new topic's partitions")
+    assert replicas == [3, 3]
 
 
 def _committed_total(probe: LagProbe) -> int | None:
