@@ -73,7 +73,7 @@ class RayActorPool:
         if self._on_gpu(ray.cluster_resources()):
             options["num_gpus"] = workers.gpu_fraction
         actor_class: Any = ray.remote(_ACTOR_CLASSES[spec.kind]).options(**options)
-        handle = actor_class.remote(self._settings, spec.name, spec.slot, self._instance_id, _ray_placement)
+        handle = actor_class.remote(*actor_arguments(self._settings, spec, self._instance_id))
         handle.start.remote()
         self._handles[spec.name] = handle
         log.info(
@@ -150,6 +150,11 @@ class RayActorPool:
 
     def _on_gpu(self, resources: Mapping[str, float]) -> bool:
         return resources.get("GPU", 0) > 0 and self._settings.model.device != "cpu"
+
+
+def actor_arguments(settings: Settings, spec: ActorSpec, instance_id: str) -> tuple[Any, ...]:
+    """The arguments of an actor's class, as Ray pickles them into the actor's creation task."""
+    return (settings, spec.name, spec.slot, instance_id, _ray_placement)
 
 
 def _ray_placement() -> Placement:
