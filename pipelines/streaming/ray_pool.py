@@ -179,6 +179,9 @@ def init_ray(settings: Settings) -> None:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
+        # A new Ray of its own: with no address, ray.init joins $RAY_ADDRESS or the newest Ray
+        # started on this machine (ray_current_cluster), whoever started it.
+        address="local",
         num_cpus=driver.ray_num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
         object_store_memory=driver.ray_object_store_bytes,
