@@ -1,4 +1,5 @@
-"""Security against real processes: a SCRAM-SHA-512 broker, logs at DEBUG, Ray's bind address.
+"""Security against real processes: a SCRAM-SHA-512 broker, logs at DEBUG, Ray's bind address,
+where Kafka secrets travel on their way to the actors.
 
 The SCRAM broker is our own (``TEST_BROKER_PORT + 100``), formatted with two users; the session
 broker is never touched.
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -31,8 +33,11 @@ from workers.loop import ClassifierLoop
 from workers.testing import KeywordClassifier
 
 CANARY_PASSWORD = "canary-pw-3b7e0c"
+CANARY_SSL_PASSWORD = "canary-7f3a9d-ssl"
 CANARY_TEXT = "canary-tweet-f91d2a"
 SCRAM_PORT = TEST_BROKER_PORT + 100
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECRET_VARIABLES = ("CLSTREAM_KAFKA__SASL_PASSWORD", "CLSTREAM_KAFKA__SSL_PASSWORD")
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +173,69 @@ def test_local_ray_binds_to_loopback(ray_cluster):
     nodes = ray.nodes()
     assert nodes and {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the settings, secrets and all, are pickled into the actor's arguments",
+)
+def test_a_local_run_gives_actors_the_secrets_through_the_environment_only(
+    broker, topic_names, tiny_model, tmp_path
+):
+    """A driver whose secrets come from its TOML file starts its own local Ray: the actor holds
+    the same secrets, yet neither is in the actor's pickled arguments, a runtime_env, the job's
+    config, the GCS job and actor tables or Ray's logs. The broker needs no password: this test
+    follows where the secrets travel, not what the broker makes of them."""
+    encoder, head = tiny_model
+    names = topic_names()
+    ensure_topics(
+        Settings.load(overrides={"kafka": {"bootstrap_servers": broker}}).kafka,
+        {names["input"]: 1, names["output"]: 1, names["dlq"]: 1},
+    )
+    config = tmp_path / "clstream.toml"
+    config.write_text(
+        f'[kafka]\nsasl_password = "{CANARY_PASSWORD}"\nssl_password = "{CANARY_SSL_PASSWORD}"\n'
+    )
+    overrides = {
+        "kafka": {"bootstrap_servers": broker},
+        "topics": names,
+        "model": {"encoder": str(encoder), "head": str(head)},
+        "workers": {"session_timeout_ms": 6_000},
+        "driver": {"ray_num_cpus": 1},
+    }
+    env = {k: v for k, v in os.environ.items() if k not in (*SECRET_VARIABLES, "RAY_ADDRESS")}
+    out = tmp_path / "canary.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.canary_process",
+            str(config),
+            json.dumps(overrides),
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(out.read_text())
+
+    assert (result["state"], result["error"]) == ("running", None)
+    assert result["places"] == [
+        "actor arguments",
+        "actor runtime_env",
+        "actor table",
+        "driver runtime_env",
+        "job config",
+        "job table",
+        "ray logs",
+    ]
+    assert result["leaks"] == []
+    assert result["actor_secrets"] == result["driver_secrets"]
+    assert None not in result["actor_secrets"].values()
+    assert CANARY_PASSWORD not in run.stdout + run.stderr
+    assert CANARY_SSL_PASSWORD not in run.stdout + run.stderr
