@@ -9,6 +9,7 @@ ClstreamError
 ├── CommitError             offsets not committed (``retriable`` while the group rebalances)
 ├── DecompressionBombError  an input batch would decompress past workers.max_decompressed_batch_bytes
 ├── ActorFailedError        a classifier actor stopped with an error (the driver replaces it)
+├── MissingSecretError      a secret of the driver's settings is not in the actor's environment
 └── FatalWorkerError        this actor cannot go on safely; it stops and the driver replaces it
     ├── ProducerFencedError     a newer producer owns this transactional id: this one is a zombie
     └── DeviceError             the model's device failed (out of memory, CUDA error), not a record
@@ -74,6 +75,11 @@ class DecompressionBombError(ClstreamError):
 
 class ActorFailedError(ClstreamError):
     pass
+
+
+class MissingSecretError(ClstreamError):
+    """The driver's settings hold a secret that this actor's process environment lacks: secrets
+    never travel with an actor's arguments, each actor reads them from its node's environment."""
 
 
 class FatalWorkerError(ClstreamError):

@@ -3,17 +3,24 @@
 Sources, highest priority first: explicit overrides (CLI flags), ``CLSTREAM_*`` environment
 variables (nested with ``__``, e.g. ``CLSTREAM_KAFKA__BOOTSTRAP_SERVERS``), a TOML file, defaults.
 Secrets are ``SecretStr``: ``to_log_fields()`` is the only view that is ever logged.
+
+Secrets never travel to an actor with its arguments: the driver sends ``without_secrets`` and
+the actor fills them in with ``with_secrets_from`` from its own process environment, under the
+variable names users already set (``CLSTREAM_KAFKA__SASL_PASSWORD``, ...).
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from schemas.errors import MissingSecretError
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -353,6 +360,71 @@ class Settings(BaseSettings):
     def to_log_fields(self) -> dict[str, Any]:
         """The settings as logged once at start: secrets masked by SecretStr."""
         return self.model_dump(mode="json")
+
+    def secret_environment(self) -> dict[str, str]:
+        """The secrets these settings hold (empty ones are none), by the environment variable
+        each is read from."""
+        environment = {}
+        for section, name in SECRET_SETTINGS:
+            secret: SecretStr | None = getattr(getattr(self, section), name)
+            if secret:
+                environment[secret_variable(section, name)] = secret.get_secret_value()
+        return environment
+
+    def without_secrets(self) -> tuple[Settings, tuple[str, ...]]:
+        """A copy with every secret removed, for an actor on any node, and the environment
+        variables that actor must fill them from (``with_secrets_from``).
+
+        The copy is not validated again: with SASL it lacks ``sasl_password``, which the
+        validator would refuse; only ``with_secrets_from`` should read it."""
+        variables = tuple(self.secret_environment())
+        by_variable = _secrets_by_variable()
+        return _replaced(self, {by_variable[v]: None for v in variables}), variables
+
+    def with_secrets_from(self, variables: Sequence[str], environ: Mapping[str, str]) -> Settings:
+        """These settings with each secret of ``variables`` read from ``environ`` (an actor's
+        ``os.environ``). Raises ``MissingSecretError`` naming the first variable that is unset or
+        empty there: an actor never connects without the credentials its driver was given."""
+        by_variable = _secrets_by_variable()
+        filled: dict[tuple[str, str], SecretStr] = {}
+        for variable in variables:
+            section, name = by_variable[variable]
+            value = environ.get(variable)
+            if not value:
+                raise MissingSecretError(
+                    f"{variable} is not set in this actor's environment, but the driver's settings hold "
+                    f"{section}.{name}: secrets are not sent to actors, each reads them from its Ray "
+                    f"node's environment. Set {variable} on every node (e.g. from a Kubernetes secret)"
+                )
+            filled[section, name] = SecretStr(value)
+        return _replaced(self, filled)
+
+
+#: Every secret of the tree, as (section, setting).
+SECRET_SETTINGS: tuple[tuple[str, str], ...] = (("kafka", "sasl_password"), ("kafka", "ssl_password"))
+
+
+def secret_variable(section: str, name: str) -> str:
+    """The environment variable a setting is read from, e.g. ``CLSTREAM_KAFKA__SASL_PASSWORD``."""
+    config = Settings.model_config
+    return f"{config['env_prefix']}{section}{config['env_nested_delimiter']}{name}".upper()
+
+
+def _secrets_by_variable() -> dict[str, tuple[str, str]]:
+    return {secret_variable(section, name): (section, name) for section, name in SECRET_SETTINGS}
+
+
+def _replaced(settings: Settings, values: Mapping[tuple[str, str], Any]) -> Settings:
+    """``settings`` with the (section, name) settings of ``values`` replaced, unvalidated."""
+    sections: dict[str, dict[str, Any]] = {}
+    for (section, name), value in values.items():
+        sections.setdefault(section, {})[name] = value
+    return settings.model_copy(
+        update={
+            section: getattr(settings, section).model_copy(update=fields)
+            for section, fields in sections.items()
+        }
+    )
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,13 @@ class ClassifierActor:
         slot: int = 0,
         instance: str = "solo",
         placement: Callable[[], Placement] | None = None,
+        secret_variables: Sequence[str] = (),
     ) -> None:
         configure_logging(settings.log.level, settings.log.format)
+        #: Without the secrets until ``_main`` reads ``secret_variables`` from this process's
+        #: environment (``Settings.with_secrets_from``): they never travel with the arguments.
         self.settings = settings
+        self._secret_variables = tuple(secret_variables)
         self.name = name
         #: Stable across replacements: a replacement reuses its predecessor's transactional id.
         self.slot = slot
@@ -114,6 +118,7 @@ class ClassifierActor:
     def _main(self) -> None:
         structlog.contextvars.bind_contextvars(actor=self.name)
         try:
+            self.settings = self.settings.with_secrets_from(self._secret_variables, os.environ)
             self._loop = self._build()
             self.state = "running" if not self._stop.is_set() else "draining"
             log.info("actor running", device=self.device)

@@ -6,6 +6,11 @@ GPU share when the cluster has GPUs and the model is not pinned to the CPU, else
 ``workers.cpus`` CPUs. Reports are outstanding Ray calls collected when ready, so one hung actor
 cannot stall the driver's watch of the others. The actors' placement (node id, GPU ids) is read
 inside each actor's process by ``_ray_placement`` and carried in its reports.
+
+Secrets are not among an actor's arguments (``actor_arguments``): each actor reads them from
+its node's environment. A local Ray started here inherits them from this process's environment
+(``init_ray`` puts the driver's there); on a joined cluster (``driver.ray_address``) every node
+must have them set, e.g. from a Kubernetes secret.
 """
 
 from __future__ import annotations
@@ -153,8 +158,12 @@ class RayActorPool:
 
 
 def actor_arguments(settings: Settings, spec: ActorSpec, instance_id: str) -> tuple[Any, ...]:
-    """The arguments of an actor's class, as Ray pickles them into the actor's creation task."""
-    return (settings, spec.name, spec.slot, instance_id, _ray_placement)
+    """The arguments of an actor's class, as Ray pickles them into the actor's creation task:
+    the settings without their secrets, and the names of the environment variables the actor
+    reads them from on its node (a secret in a creation task is in Ray's object transfers and
+    in the GCS for as long as the actor may be restarted)."""
+    shipped, secret_variables = settings.without_secrets()
+    return (shipped, spec.name, spec.slot, instance_id, _ray_placement, secret_variables)
 
 
 def _ray_placement() -> Placement:
@@ -166,11 +175,16 @@ def _ray_placement() -> Placement:
 
 
 def init_ray(settings: Settings) -> None:
-    """Connect to ``driver.ray_address`` or start a local Ray bound to loopback."""
+    """Connect to ``driver.ray_address``, or start a local Ray bound to loopback whose workers
+    inherit the settings' secrets through this process's environment (which this sets)."""
     driver = settings.driver
     if driver.ray_address:
         ray.init(address=driver.ray_address, logging_level=logging.WARNING)
         return
+    # The actors read the Kafka secrets from their process environment, never from their
+    # arguments; a local Ray's workers inherit this process's, so the secrets this driver was
+    # given (by the environment or the TOML file) go there. A joined cluster's nodes need their own.
+    os.environ.update(settings.secret_environment())
     # Ray resolves 127.0.0.1 to the machine's routable address unless it believes it runs on a
     # single-node-only platform. This switch keeps every Ray port of a local run on loopback: the
     # env var for Ray's child processes, the constant for this one (read when ray was imported).

@@ -175,11 +175,6 @@ def test_local_ray_binds_to_loopback(ray_cluster):
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the settings, secrets and all, are pickled into the actor's arguments",
-)
 def test_a_local_run_gives_actors_the_secrets_through_the_environment_only(
     broker, topic_names, tiny_model, tmp_path
 ):
@@ -239,3 +234,31 @@ def test_a_local_run_gives_actors_the_secrets_through_the_environment_only(
     assert None not in result["actor_secrets"].values()
     assert CANARY_PASSWORD not in run.stdout + run.stderr
     assert CANARY_SSL_PASSWORD not in run.stdout + run.stderr
+
+
+def test_an_actor_on_a_node_without_the_secrets_fails_at_once_naming_the_variable(
+    ray_cluster, topic_names, monkeypatch
+):
+    """A driver joining a Ray it did not start (here the session's, started without secrets, as
+    a cluster whose nodes lack them) sends none: its actor stops before it loads the model or
+    reaches Kafka, with an error naming the variable, and the driver would replace it."""
+    from pipelines.streaming.pool import ActorSpec
+    from pipelines.streaming.ray_pool import RayActorPool
+
+    for variable in SECRET_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    settings = _settings(LocalBroker(SCRAM_PORT), CANARY_PASSWORD, topics=topic_names())
+    pool = RayActorPool(settings, "no-secrets")
+    pool.open()
+    try:
+        pool.spawn(ActorSpec("classifier-0", slot=0))
+        report = wait_until(
+            lambda: (r := pool.report("classifier-0")) is not None and r.state == "failed" and r,
+            60,
+            "the actor to fail",
+        )
+    finally:
+        pool.kill("classifier-0")
+        pool.close()
+    assert report.error.startswith("MissingSecretError: CLSTREAM_KAFKA__SASL_PASSWORD is not set")
+    assert "kafka.sasl_password" in report.error and CANARY_PASSWORD not in report.error

@@ -56,3 +56,22 @@ def test_the_pool_port_and_the_report_import_neither_ray_nor_torch_nor_kafka():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_an_actor_without_its_secrets_in_the_environment_fails_at_once_naming_the_variable(monkeypatch):
+    monkeypatch.delenv("CLSTREAM_KAFKA__SASL_PASSWORD", raising=False)
+    kafka = {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_username": "alice",
+        "sasl_password": "canary-8d0e",
+    }
+    shipped, variables = Settings.load(overrides={"kafka": kafka}).without_secrets()
+    actor = ClassifierActor(shipped, "classifier-0", secret_variables=variables)
+    actor.start()
+    actor._thread.join(timeout=10)
+    report = actor.report()
+    assert report.state == "failed" and report.counters is None  # before the model or Kafka
+    assert report.error is not None
+    assert report.error.startswith("MissingSecretError: CLSTREAM_KAFKA__SASL_PASSWORD is not set")
+    assert "canary-8d0e" not in report.error
