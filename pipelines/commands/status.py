@@ -20,9 +20,39 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
+
+#: Characters of a Ray node id shown (56 hex digits in full): enough to tell a cluster's nodes apart.
+_NODE_ID_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """One actor's ``clstream_actor_info`` labels: where it runs and on what."""
+
+    state: str
+    node: str = ""
+    #: Ray's GPU ids for the actor, comma-separated; empty when Ray assigned none.
+    gpu_ids: str = ""
+    #: torch's device (``cpu``, ``cuda:0``), ``unknown`` until the model is loaded.
+    device: str = "unknown"
+
+
+def actor_line(name: str, info: ActorInfo) -> str:
+    """``classifier-0 · running · node 3f2a9c01… · GPU 0 · device cuda:0``; the GPU part only when
+    Ray assigned GPUs, and ``(no CUDA)`` after a CPU device that Ray gave GPUs to (torch sees no
+    CUDA there: a driver or CUDA_VISIBLE_DEVICES problem, and the model runs on the CPU)."""
+    parts = [name, info.state]
+    if info.node:
+        parts.append(f"node {info.node[:_NODE_ID_SHOWN]}" + ("…" if len(info.node) > _NODE_ID_SHOWN else ""))
+    if info.gpu_ids:
+        parts.append(f"GPU {info.gpu_ids}" if "," not in info.gpu_ids else f"GPUs {info.gpu_ids}")
+    no_cuda = bool(info.gpu_ids) and info.device != "unknown" and not info.device.startswith("cuda")
+    parts.append(f"device {info.device}" + (" (no CUDA)" if no_cuda else ""))
+    return " · ".join(parts)
 
 
 @dataclass
@@ -34,6 +64,7 @@ class PipelineStatus:
     desired: float = 0.0
     totals: dict[str, float] = field(default_factory=dict)
     per_actor: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    actors: dict[str, ActorInfo] = field(default_factory=dict)
     latency_buckets: list[tuple[float, float]] = field(default_factory=list)
     driver_rss: float = 0.0
 
@@ -66,6 +97,10 @@ def parse_metrics(text: str) -> PipelineStatus:
                 status.latency_buckets.append((float(labels["le"]), value))
             elif name == "clstream_driver_resident_bytes":
                 status.driver_rss = value
+            elif name == "clstream_actor_info":
+                status.actors[labels["actor"]] = ActorInfo(
+                    labels["state"], labels["node"], labels["gpu_ids"], labels["device"]
+                )
             elif "actor" in labels:
                 status.per_actor[labels["actor"]][name.removeprefix("clstream_").removesuffix("_total")] = (
                     value
@@ -132,7 +167,12 @@ def render(status: PipelineStatus, rates: dict[str, float]) -> Group:
             else:
                 cells.append(f"{cell:.0f}")
         actors.add_row(name, *cells)
-    return Group(summary, lag, actors)
+
+    placed = Table(title="where actors run", show_header=False, box=None)
+    placed.add_column(overflow="fold")
+    for name, info in sorted(status.actors.items()):
+        placed.add_row(Text(actor_line(name, info)))
+    return Group(summary, lag, actors, placed)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

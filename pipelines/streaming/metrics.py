@@ -64,6 +64,7 @@ class PipelineCollector(Collector):
         for state, count in sorted(by_state.items()):
             states.add_metric([state], count)
         yield states
+        yield _actor_info(view)
         yield GaugeMetricFamily(
             f"{_PREFIX}_actors_desired",
             "Actor count the autoscaler wants",
@@ -179,6 +180,22 @@ _PER_ACTOR: tuple[tuple[Callable[[ActorReport], float | None], str, str, str | N
     (lambda r: r.rss_bytes, "actor_resident_bytes", "Resident memory of the actor process", None),
     (lambda r: r.padding_efficiency, "padding_efficiency", "Real tokens / computed tokens", None),
 )
+
+
+def _actor_info(view: DriverView | None) -> GaugeMetricFamily:
+    """Prometheus "info" style: 1 per actor, what is known about it in the labels. ``node`` and
+    ``gpu_ids`` (Ray's, comma-separated) are empty and ``device`` is ``unknown`` until the actor
+    answers; ``device`` is torch's (``cpu``, ``cuda:0``) once its model is loaded."""
+    info = GaugeMetricFamily(
+        f"{_PREFIX}_actor_info",
+        "1 per actor; labels: its state, Ray node id, Ray GPU ids and torch device",
+        labels=["actor", "slot", "state", "node", "gpu_ids", "device"],
+    )
+    for seen in view.actors if view is not None else ():
+        placement = seen.placement
+        labels = [seen.name, str(seen.slot), seen.state, placement.node_id or "", ",".join(placement.gpu_ids)]
+        info.add_metric([*labels, seen.device], 1)
+    return info
 
 
 def _dead_letters_by_class(totals: Totals) -> CounterMetricFamily:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines.kafka_tools.admin import GroupLag
 from pipelines.streaming.autoscaling import ScalingDecision
-from workers.report import ActorReport, LoopCounters
+from workers.report import ActorReport, LoopCounters, Placement
 
 #: What an actor that has not answered yet reads as.
 _NO_REPORT = ActorReport(name="", state="pending")
@@ -62,6 +62,11 @@ class ActorView:
     @property
     def device(self) -> str:
         return (self.report or _NO_REPORT).device
+
+    @property
+    def placement(self) -> Placement:
+        """Where the pool placed the actor (its Ray node and GPU ids); empty until it answers."""
+        return (self.report or _NO_REPORT).placement
 
     @property
     def error(self) -> str | None:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -19,7 +20,7 @@ from pipelines.kafka_tools.broker import LocalBroker, run_broker
 from schemas.dlq import DlqHeader
 from schemas.settings import Settings
 from tests.conftest import TEST_BROKER_PORT
-from tests.integration.support import read_all, topic_size, wait_until
+from tests.integration.support import pipeline_settings, read_all, running_pipeline, topic_size, wait_until
 
 MALFORMED = [
     b'{"id": "m1", "text": "trunc',
@@ -131,3 +132,35 @@ def _topics_exist(kafka, topics: list[str]) -> bool:
         return set(topics) <= set(admin.list_topics())
     finally:
         admin.close()
+
+
+def test_status_says_on_which_node_and_device_each_actor_runs(broker, ray_cluster, topic_names, tiny_model):
+    import ray
+
+    encoder, head = tiny_model
+    settings = pipeline_settings(broker, topic_names(), model={"encoder": encoder, "head": head})
+    with running_pipeline(settings, partitions=2) as driver:
+        stop = threading.Event()
+        timer = threading.Timer(120, stop.set)
+        timer.start()
+        try:
+            view = driver.run(
+                stop, until=lambda v: len(v.actors) == 2 and all(a.state == "running" for a in v.actors)
+            )
+        finally:
+            timer.cancel()
+        assert not stop.is_set(), f"the actors did not run within 120 s: {view.to_log_fields()}"
+        url = f"http://127.0.0.1:{driver.metrics_port}/metrics"
+        status = subprocess.run(
+            [sys.executable, "-m", "pipelines.commands.cli", "status", "--url", url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=120,
+        )
+    assert status.returncode == 0, status.stderr
+    # The session's Ray is one node without GPUs: no GPU part, and torch's CPU device.
+    node = ray.get_runtime_context().get_node_id()
+    lines = {line.strip() for line in status.stdout.splitlines()}
+    for actor in view.actors:
+        assert f"{actor.name} · running · node {node[:8]}… · device cpu" in lines, status.stdout

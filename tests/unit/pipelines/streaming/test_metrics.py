@@ -3,13 +3,15 @@ driver publishes, set by hand or driven through the in-memory actor pool (no Ray
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.commands.status import parse_metrics, render
+from pipelines.commands.status import ActorInfo, actor_line, parse_metrics, render
 from pipelines.kafka_tools.admin import GroupLag
 from pipelines.streaming.driver import Driver
 from pipelines.streaming.metrics import PipelineCollector, serve_metrics
@@ -18,7 +20,9 @@ from pipelines.streaming.view import ActorView, CountedStats, DriverView, Totals
 from schemas.settings import Settings
 from workers.actor import loop_counters
 from workers.loop import LATENCY_BUCKETS_S, LoopStats
-from workers.report import ActorReport
+from workers.report import ActorReport, Placement
+
+NODE = "3f2a9c01d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b"
 
 
 @dataclass
@@ -44,6 +48,8 @@ def _published() -> _Published:
         rss_bytes=300 * 2**20,
         padding_efficiency=0.93,
         counters=loop_counters(stats),
+        device="cuda:0",
+        placement=Placement(NODE, ("0",)),
     )
     view = DriverView(
         at=1.0,
@@ -105,6 +111,51 @@ def test_status_renders_every_actor_and_partition():
     text = console.export_text()
     assert "classifier-0" in text and "1 running (desired 2)" in text
     assert "12.5/s" in text and "p50 <= 0.025s, p99 <= 10s" in text
+    assert "classifier-0 · running · node 3f2a9c01… · GPU 0 · device cuda:0" in text
+
+
+def test_a_scrape_says_where_each_actor_runs_and_on_what_device():
+    published = _published()
+    assert published.last_view is not None
+    answered = dataclasses.replace(published.last_view.actors[0], slot=1)
+    pending = ActorView(name="classifier-1", state="pending", slot=2)
+    published.last_view = dataclasses.replace(published.last_view, actors=(answered, pending))
+    with serve_metrics(published, "127.0.0.1", 0) as server:
+        text = _scrape(server.port)
+    status = parse_metrics(text)
+
+    assert (
+        'clstream_actor_info{actor="classifier-0",device="cuda:0",gpu_ids="0",'
+        f'node="{NODE}",slot="1",state="running"}} 1.0'
+    ) in text
+    assert status.actors == {
+        "classifier-0": ActorInfo("running", NODE, "0", "cuda:0"),
+        "classifier-1": ActorInfo("pending", "", "", "unknown"),
+    }
+    assert "actor_info" not in status.per_actor["classifier-0"]
+
+
+@pytest.mark.parametrize(
+    ("info", "line"),
+    [
+        (
+            ActorInfo("running", NODE, "0", "cuda:0"),
+            "classifier-0 · running · node 3f2a9c01… · GPU 0 · device cuda:0",
+        ),
+        (
+            ActorInfo("running", NODE, "0", "cpu"),
+            "classifier-0 · running · node 3f2a9c01… · GPU 0 · device cpu (no CUDA)",
+        ),
+        (ActorInfo("running", NODE, "", "cpu"), "classifier-0 · running · node 3f2a9c01… · device cpu"),
+        (
+            ActorInfo("starting", NODE, "2,3", "unknown"),
+            "classifier-0 · starting · node 3f2a9c01… · GPUs 2,3 · device unknown",
+        ),
+        (ActorInfo("pending"), "classifier-0 · pending · device unknown"),
+    ],
+)
+def test_an_actor_line_says_its_node_its_ray_gpus_and_whether_torch_sees_cuda(info, line):
+    assert actor_line("classifier-0", info) == line
 
 
 _FAILURE_SAMPLES = (
@@ -195,5 +246,5 @@ def test_an_actor_still_loading_its_model_exports_its_memory_but_no_loop_series(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(driver))
     per_actor = {s.name for family in registry.collect() for s in family.samples if "actor" in s.labels}
-    assert per_actor == {"clstream_actor_resident_bytes"}
+    assert per_actor == {"clstream_actor_resident_bytes", "clstream_actor_info"}  # where it runs, too
     assert driver.last_view is not None and driver.last_view.actors[0].name == member.name
