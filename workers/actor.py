@@ -116,12 +116,17 @@ class ClassifierActor:
         return self.report()
 
     def _main(self) -> None:
-        structlog.contextvars.bind_contextvars(actor=self.name)
+        # Every log line of this thread (and the loop's threads, which copy its context) says
+        # where the actor runs: the node and GPUs from Ray, the device once the model is loaded.
+        structlog.contextvars.bind_contextvars(
+            actor=self.name, node=self.placement.node_id, gpu_ids=list(self.placement.gpu_ids)
+        )
         try:
             self.settings = self.settings.with_secrets_from(self._secret_variables, os.environ)
             self._loop = self._build()
+            structlog.contextvars.bind_contextvars(device=self.device)
             self.state = "running" if not self._stop.is_set() else "draining"
-            log.info("actor running", device=self.device)
+            log.info("actor running")
             self._loop.run(self._stop, drain_timeout_s=self.settings.driver.drain_timeout_s)
             self.state = "stopped"
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces the actor

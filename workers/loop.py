@@ -38,6 +38,7 @@ undelivered, and the consumer thread reads them all again from the first undeliv
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import deque
@@ -216,9 +217,13 @@ class ClassifierLoop:
             settled=self._settled,
             timeout_s=self.settings.workers.max_poll_interval_ms / 2000,
         )
+        # Each stage thread runs in a copy of this thread's context, so its log lines carry the
+        # fields the actor bound (actor, node, GPUs, device).
         threads = [
-            threading.Thread(target=self._model_loop, name="clstream-model", daemon=True),
-            threading.Thread(target=self._delivery_loop, name="clstream-delivery", daemon=True),
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(stage,), name=f"clstream-{what}", daemon=True
+            )
+            for stage, what in ((self._model_loop, "model"), (self._delivery_loop, "delivery"))
         ]
         for thread in threads:
             thread.start()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import structlog
 
 from schemas.settings import Settings
 from workers.actor import ClassifierActor
@@ -75,3 +78,31 @@ def test_an_actor_without_its_secrets_in_the_environment_fails_at_once_naming_th
     assert report.error is not None
     assert report.error.startswith("MissingSecretError: CLSTREAM_KAFKA__SASL_PASSWORD is not set")
     assert "canary-8d0e" not in report.error
+
+
+def test_the_actor_logs_where_it_runs_once_its_model_is_loaded():
+    settings = Settings.load(overrides={"topics": {"input": "in", "output": "out", "dlq": "dlq"}})
+    actor = ClassifierActor(settings, "classifier-0", placement=lambda: Placement("node-a", ("0",)))
+
+    def build() -> ClassifierLoop:
+        actor.device = "cuda:0"  # as _build sets it from the loaded model
+        return ClassifierLoop(InMemorySource([]), InMemorySink(), KeywordClassifier(), settings)
+
+    actor._build = build  # type: ignore[method-assign]
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        actor.start()
+        deadline = time.monotonic() + 10
+        while actor.state == "starting" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        actor.drain(timeout_s=10)
+    running = [line for line in logs if line["event"] == "actor running"]
+    assert running == [
+        {
+            "event": "actor running",
+            "log_level": "info",
+            "actor": "classifier-0",
+            "node": "node-a",
+            "gpu_ids": ["0"],
+            "device": "cuda:0",
+        }
+    ]
