@@ -1,4 +1,4 @@
-"""Every ``clstream`` command line in README.md and docs/*.md parses against the real CLI.
+"""Every ``clstream`` command line in README.md, docs/*.md and deploy/README.md parses against the real CLI.
 
 A command line is a line of a shell code block (```bash, ```sh, ```console or no language) whose
 command is ``clstream`` (after ``VAR=value`` prefixes, a ``$`` prompt, a pipe or ``&&``), joined
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "deploy" / "README.md"]
 SHELL_FENCES = {"", "bash", "sh", "shell", "console", "zsh"}
 # Shell control operators: a command line may hold several commands (`a | clstream b && c`).
 SEPARATORS = {"|", "||", "&", "&&", ";", ";;"}
