@@ -28,6 +28,7 @@ from workers.report import ActorReport, LoopCounters, Placement
 
 if TYPE_CHECKING:
     from workers.loop import LoopStats
+    from workers.model_files import ModelFiles
 
 log = structlog.get_logger("clstream.actor")
 
@@ -48,6 +49,8 @@ class ClassifierActor:
         instance: str = "solo",
         placement: Callable[[], Placement] | None = None,
         secret_variables: Sequence[str] = (),
+        encoder_files: ModelFiles | None = None,
+        head_files: ModelFiles | None = None,
     ) -> None:
         configure_logging(settings.log.level, settings.log.format)
         #: Without the secrets until ``_main`` reads ``secret_variables`` from this process's
@@ -65,6 +68,9 @@ class ClassifierActor:
         self.started_at = time.time()
         #: Where the pool placed this process; asked once, here, inside the actor's process.
         self.placement = placement() if placement is not None else Placement()
+        #: The ``model.encoder``/``model.head`` directories, sent from the driver's disk (on a
+        #: cluster); written on this node before the model loads, then let go.
+        self._model_files = {"encoder": encoder_files, "head": head_files}
         self._stop = threading.Event()
         self._loop: Any = None
         self._thread = threading.Thread(target=self._main, name=f"clstream-{name}", daemon=True)
@@ -142,8 +148,16 @@ class ClassifierActor:
         from workers.checkpoints import load_classifier
         from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
         from workers.loop import ClassifierLoop
+        from workers.model_files import write_model_dir
 
         model = self.settings.model
+        sent = {
+            field: write_model_dir(files) for field, files in self._model_files.items() if files is not None
+        }
+        if sent:
+            model = model.model_copy(update=sent)
+            log.info("model directories written on this node", **{k: str(v) for k, v in sent.items()})
+        self._model_files = {}
         if model.device != "cuda" and not torch.cuda.is_available():
             # One torch thread per reserved CPU: more only fights the other actors for cores.
             torch.set_num_threads(max(1, int(self.settings.workers.cpus)))
