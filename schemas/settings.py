@@ -185,6 +185,11 @@ class WorkerSettings(BaseModel):
     produce_timeout_s: float = Field(default=30.0, gt=0)
     #: GPU share per actor when the cluster has GPUs (0.5 packs two actors per GPU).
     gpu_fraction: float = Field(default=1.0, gt=0, le=1)
+    #: When an actor asks Ray for a GPU share. auto: when the cluster has GPUs now and
+    #: ``model.device`` is not cpu (a cluster that lost its GPU nodes gets CPU actors). always: every
+    #: actor waits for a GPU share (a GPU deployment; with ``autoscale.elastic`` a cluster that
+    #: has none yet grows one). never: CPUs only.
+    gpu_policy: Literal["auto", "always", "never"] = "auto"
     #: CPUs reserved per actor; also the actor's torch thread count when on CPU.
     cpus: float = Field(default=1.0, gt=0, le=256)
     #: Backpressure credit: estimated tokens polled but not yet committed. When spent, the actor
@@ -277,6 +282,10 @@ class AutoscaleSettings(BaseModel):
 
     #: Off: the driver keeps ``workers.count`` actors. On: between min and max, from lag and rates.
     enabled: bool = False
+    #: The Ray cluster adds nodes on demand (KubeRay's in-tree autoscaler): scale beyond the
+    #: resources it has now, up to ``max_actors`` and the partition count, and tell Ray's
+    #: autoscaler what the actors need (``request_resources``). Off: never more actors than fit now.
+    elastic: bool = False
     min_actors: int = Field(default=1, ge=1)
     max_actors: int = Field(default=8, ge=1)
     #: A backlog should be gone within this time; lag / catch_up_s is the extra rate asked for.
@@ -336,6 +345,16 @@ class Settings(BaseSettings):
     autoscale: AutoscaleSettings = AutoscaleSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _gpu_policy_fits_the_device(self) -> Settings:
+        if self.workers.gpu_policy == "always" and self.model.device == "cpu":
+            raise ValueError(
+                "workers.gpu_policy 'always' reserves a GPU share for every actor, but model.device "
+                "is 'cpu', so the GPU would sit idle: set workers.gpu_policy to 'never' or 'auto', "
+                "or model.device to 'auto' or 'cuda'"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

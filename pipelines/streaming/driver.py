@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("clstream.driver")
 
+#: The state of an actor that no node has room for yet: neither dead nor unresponsive.
+WAITING_FOR_RESOURCES = "waiting_for_resources"
+
 
 class LagMeter(Protocol):
     """The consumer group's lag (``pipelines.kafka_tools.admin.LagProbe``)."""
@@ -65,6 +68,8 @@ class _Member:
     progressed_at: float | None = None
     #: When it was first seen running (its model loaded): how long it lived decides its slot's back-off.
     running_since: float | None = None
+    #: When the pool was first seen to have placed it (its process exists); None while it waits.
+    placed_at: float | None = None
 
     @property
     def counters(self) -> LoopCounters:
@@ -183,7 +188,10 @@ class Driver:
             self.metrics_port = self._metrics_server.port
             log.info("metrics served", url=f"http://{metrics.host}:{self.metrics_port}/metrics")
         autoscale = self.settings.autoscale
-        for _ in range(autoscale.min_actors if autoscale.enabled else self.settings.workers.count):
+        initial = autoscale.min_actors if autoscale.enabled else self.settings.workers.count
+        if autoscale.elastic:
+            self.pool.request_capacity(ActorKind.CLASSIFIER, initial)
+        for _ in range(initial):
             self._spawn()
 
     def run(self, stop: threading.Event, until: Callable[[DriverView], bool] | None = None) -> DriverView:
@@ -320,8 +328,13 @@ class Driver:
             )
             return
         if report is None:
-            # A member that never answered is still being scheduled or loading its model.
-            waited_since = member.last_answer_at if member.last_answer_at is not None else member.spawned_at
+            if member.last_answer_at is None and not self._is_placed(member, now):
+                # No node has room for it yet (a lost node, a cluster still growing): replacing it
+                # would not help. It is shown as waiting, and placed as soon as room appears.
+                member.state = WAITING_FOR_RESOURCES
+                return
+            # A member that never answered is still loading its model.
+            waited_since = member.last_answer_at or member.placed_at or member.spawned_at
             grace = self.settings.driver.health_timeout_s * (1 if member.last_answer_at is not None else 4)
             if now - waited_since > grace:
                 member.state = "unresponsive"
@@ -346,6 +359,16 @@ class Driver:
         member.report = report
         member.last_answer_at = now
         member.state = report.state
+
+    def _is_placed(self, member: _Member, now: float) -> bool:
+        if member.placed_at is None:
+            if not self.pool.placed(member.name):
+                return False
+            member.placed_at = now
+            if member.state == WAITING_FOR_RESOURCES:
+                member.state = "pending"
+                log.info("actor placed", actor=member.name, waited_s=round(now - member.spawned_at, 1))
+        return True
 
     def _spawn(self, slot: int | None = None, kind: ActorKind = ActorKind.CLASSIFIER) -> _Member:
         """Start an actor in ``slot`` (a replacement's: its predecessor's), or in the lowest free one."""
@@ -402,20 +425,30 @@ class Driver:
         if decision.changes:
             self.decisions.append(decision)
             log.info("scaling decision", **decision.to_log_fields())
+            if self.settings.autoscale.elastic:
+                self.pool.request_capacity(ActorKind.CLASSIFIER, decision.desired)
             self._apply(decision)
         return decision
 
     def _apply(self, decision: ScalingDecision) -> None:
         for _ in range(decision.desired - decision.current):
             self._spawn()
-        # Retire the newest first: the oldest have warm models and settled partitions.
-        for member in sorted(self.members.values(), key=lambda m: m.spawned_at, reverse=True)[
-            : max(0, decision.current - decision.desired)
-        ]:
+        # Retire those still waiting for a node first, then the newest: the oldest have warm
+        # models and settled partitions.
+        newest_first = sorted(
+            self.members.values(), key=lambda m: (m.state == WAITING_FOR_RESOURCES, m.spawned_at), reverse=True
+        )
+        for member in newest_first[: max(0, decision.current - decision.desired)]:
             self._retire(member)
 
     def _retire(self, member: _Member) -> None:
         """Drain then stop one actor: it finishes and commits its batch and leaves the group."""
+        if member.state == WAITING_FOR_RESOURCES:  # it never started: nothing to drain
+            with self._counts_lock:
+                del self.members[member.name]
+            self.pool.kill(member.name)
+            log.info("actor cancelled while waiting for resources", actor=member.name)
+            return
         self.pool.drain(member.name, self.settings.driver.drain_timeout_s)
         with self._counts_lock:
             del self.members[member.name]

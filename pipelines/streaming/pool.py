@@ -58,7 +58,16 @@ class ActorPool(Protocol):
         """The cluster's resources, for the driver's start-up log line."""
 
     def capacity(self, kind: ActorKind) -> int:
-        """How many actors of ``kind`` the cluster can host in total (not counting running ones)."""
+        """How many actors of ``kind`` the cluster can host in total (not counting running ones).
+        On a cluster that grows on demand (``autoscale.elastic``), as many as may be asked for."""
+
+    def request_capacity(self, kind: ActorKind, count: int) -> None:
+        """Tell the cluster's autoscaler that ``count`` actors of ``kind`` are wanted in total, so a
+        cluster that grows on demand adds the nodes they need. Never blocks; never raises."""
+
+    def placed(self, name: str) -> bool:
+        """Whether the cluster has found the actor a place (its process exists, or existed). An
+        actor not placed waits for resources: it is not unresponsive, and replacing it would not help."""
 
     def spawn(self, spec: ActorSpec) -> None:
         """Create the actor and start it. Returns at once: it loads its model in the background."""

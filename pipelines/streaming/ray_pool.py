@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 import structlog
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from pipelines.streaming.pool import ActorGone, ActorKind, ActorSpec
 from schemas.settings import Settings
@@ -51,11 +51,18 @@ class RayActorPool:
         #: Each actor's outstanding call: its object ref, and whether it is a drain.
         self._pending: dict[str, tuple[Any, bool]] = {}
         self._own_ray = False
+        #: Each actor's readiness (``__ray_ready__``), and the actors known to be placed.
+        self._ready: dict[str, Any] = {}
+        self._placed: set[str] = set()
+        #: ``--encoder``/``--head`` directories in the object store, for actors on other nodes.
+        self._model_refs: dict[str, Any] = {}
 
     def open(self) -> None:
         if not ray.is_initialized():
             init_ray(self._settings)
             self._own_ray = True
+        if self._settings.driver.ray_address:
+            self._model_refs = _ship_model_dirs(self._settings)
 
     def close(self) -> None:
         if self._own_ray:
@@ -66,11 +73,35 @@ class RayActorPool:
         return dict(ray.cluster_resources())
 
     def capacity(self, kind: ActorKind) -> int:
+        if self._settings.autoscale.elastic:
+            return self._settings.autoscale.max_actors  # the cluster adds what they need
         resources = ray.cluster_resources()
         workers = self._settings.workers
         if self._on_gpu(resources):
-            return int(resources["GPU"] / workers.gpu_fraction + 1e-9)
+            return int(resources.get("GPU", 0) / workers.gpu_fraction + 1e-9)
         return int(resources.get("CPU", 0) / workers.cpus + 1e-9)
+
+    def request_capacity(self, kind: ActorKind, count: int) -> None:
+        bundle = {"CPU": self._settings.workers.cpus}
+        if self._on_gpu(ray.cluster_resources()):
+            bundle["GPU"] = self._settings.workers.gpu_fraction
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            # Replaces the previous request: the autoscaler keeps room for this many actors.
+            request_resources(bundles=[bundle] * count)
+        except Exception as exc:  # noqa: BLE001 - a hint to the autoscaler; the pending actors are demand too
+            log.warning("could not tell the autoscaler the demand", error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("demand sent to the autoscaler", actors=count, bundle=bundle)
+
+    def placed(self, name: str) -> bool:
+        if name in self._placed:
+            return True
+        ready, _ = ray.wait([self._ready[name]], timeout=0)
+        if ready:  # created (or failed to be: then its reports say so)
+            self._placed.add(name)
+        return bool(ready)
 
     def spawn(self, spec: ActorSpec) -> None:
         workers = self._settings.workers
@@ -78,9 +109,13 @@ class RayActorPool:
         if self._on_gpu(ray.cluster_resources()):
             options["num_gpus"] = workers.gpu_fraction
         actor_class: Any = ray.remote(_ACTOR_CLASSES[spec.kind]).options(**options)
-        handle = actor_class.remote(*actor_arguments(self._settings, spec, self._instance_id))
+        handle = actor_class.remote(
+            *actor_arguments(self._settings, spec, self._instance_id), **self._model_refs
+        )
         handle.start.remote()
         self._handles[spec.name] = handle
+        # Resolves once Ray has placed the actor and run its constructor.
+        self._ready[spec.name] = handle.__ray_ready__.remote()
         log.info(
             "actor spawned",
             actor=spec.name,
@@ -98,6 +133,10 @@ class RayActorPool:
         del self._pending[name]
         try:
             report: ActorReport = ray.get(ref, timeout=_FETCH_TIMEOUT_S)
+        except ActorUnavailableError:
+            # Unreachable for now (its node is slow, or being declared dead): no answer this time.
+            # A node that is gone for good turns this into ActorDiedError on a later ask.
+            return None
         except (RayActorError, GetTimeoutError) as exc:
             raise ActorGone(name, type(exc).__name__) from exc
         except Exception as exc:
@@ -130,6 +169,8 @@ class RayActorPool:
 
     def kill(self, name: str) -> None:
         self._pending.pop(name, None)
+        self._ready.pop(name, None)
+        self._placed.discard(name)
         handle = self._handles.pop(name, None)
         if handle is None:
             return
@@ -154,6 +195,9 @@ class RayActorPool:
         return self._handles[name]
 
     def _on_gpu(self, resources: Mapping[str, float]) -> bool:
+        policy = self._settings.workers.gpu_policy
+        if policy != "auto":
+            return policy == "always"
         return resources.get("GPU", 0) > 0 and self._settings.model.device != "cpu"
 
 
@@ -164,6 +208,20 @@ def actor_arguments(settings: Settings, spec: ActorSpec, instance_id: str) -> tu
     in the GCS for as long as the actor may be restarted)."""
     shipped, secret_variables = settings.without_secrets()
     return (shipped, spec.name, spec.slot, instance_id, _ray_placement, secret_variables)
+
+
+def _ship_model_dirs(settings: Settings) -> dict[str, Any]:
+    """The model directories named in the settings, read here and put in Ray's object store: on a
+    cluster they exist only on the driver's disk. Keyed by the actor's argument names."""
+    from workers.model_files import read_model_dir
+
+    refs = {}
+    for argument, path in (("encoder_files", settings.model.encoder), ("head_files", settings.model.head)):
+        if path is not None:
+            files = read_model_dir(path.resolve())
+            refs[argument] = ray.put(files)
+            log.info("model directory shipped to the actors", directory=str(path), bytes=files.size)
+    return refs
 
 
 def _ray_placement() -> Placement:

@@ -27,8 +27,10 @@ class FakeActor:
     report: ActorReport
     #: The error class it died with; None while alive.
     gone: str | None = None
-    #: Alive but never answers (a hung process, or one still being scheduled).
+    #: Alive but never answers (a hung process).
     hung: bool = False
+    #: False while it waits for resources (no process yet): silent, and ``placed`` says so.
+    placed: bool = True
     draining: bool = False
     killed: bool = False
 
@@ -36,9 +38,10 @@ class FakeActor:
 class FakeActorPool:
     """An in-memory ``ActorPool``.
 
-    ``calls`` holds every call except ``report`` (a read made for every actor on every tick):
-    ``("open",)``, ``("spawn", name, slot, kind)``, ``("drain", name)``, ``("await_reports",
-    names)``, ``("kill", name)``, ``("close",)``. A spawned actor answers ``starting`` at once;
+    ``calls`` holds every call except the reads made for every actor on every tick (``report``,
+    ``placed``): ``("open",)``, ``("spawn", name, slot, kind)``, ``("drain", name)``,
+    ``("await_reports", names)``, ``("request_capacity", kind, count)``, ``("kill", name)``,
+    ``("close",)``. A spawned actor answers ``starting`` at once;
     ``answer`` changes what it says, ``die`` and ``hang`` what happens to it. A drain finishes at
     once (its report says ``stopped``) unless ``drains_finish`` is False.
     """
@@ -48,6 +51,8 @@ class FakeActorPool:
         self.actors: dict[str, FakeActor] = {}
         self.capacity_by_kind = dict.fromkeys(ActorKind, capacity)
         self.drains_finish = True
+        #: While False, spawned actors wait for resources (silent, not ``placed``) until ``place``.
+        self.room = True
         self._placement = Placement(node_id=node_id)
 
     # -- scripting --------------------------------------------------------------------------
@@ -74,6 +79,10 @@ class FakeActorPool:
     def hang(self, name: str) -> None:
         self.actors[name].hung = True
 
+    def place(self, name: str) -> None:
+        """``name``, spawned while there was no ``room``, gets a place now."""
+        self.actors[name].placed = True
+
     def spawned(self) -> list[tuple[str, int]]:
         """(name, slot) of every spawn so far, in order."""
         return [(call[1], call[2]) for call in self.calls if call[0] == "spawn"]
@@ -95,18 +104,24 @@ class FakeActorPool:
     def capacity(self, kind: ActorKind) -> int:
         return self.capacity_by_kind[kind]
 
+    def request_capacity(self, kind: ActorKind, count: int) -> None:
+        self.calls.append(("request_capacity", kind, count))
+
+    def placed(self, name: str) -> bool:
+        return self._alive(name).placed
+
     def spawn(self, spec: ActorSpec) -> None:
         if spec.name in self.actors:
             raise ValueError(f"{spec.name} spawned twice")
         self.calls.append(("spawn", spec.name, spec.slot, spec.kind))
         report = ActorReport(name=spec.name, state="starting", placement=self._placement)
-        self.actors[spec.name] = FakeActor(spec, report)
+        self.actors[spec.name] = FakeActor(spec, report, placed=self.room)
 
     def report(self, name: str) -> ActorReport | None:
         actor = self._alive(name)
         if actor.gone is not None:
             raise ActorGone(name, actor.gone)
-        if actor.hung or (actor.draining and not self.drains_finish):
+        if actor.hung or not actor.placed or (actor.draining and not self.drains_finish):
             return None
         return replace(actor.report, state="stopped") if actor.draining else actor.report
 

@@ -81,3 +81,11 @@ def test_an_exactly_once_transaction_must_outlive_the_wait_for_it():
         WorkerSettings(delivery="exactly-once", transaction_timeout_ms=20_000)
     assert WorkerSettings(delivery="exactly-once", transaction_timeout_ms=20_000, produce_timeout_s=15)
     assert WorkerSettings(delivery="at-least-once", transaction_timeout_ms=20_000)  # no transactions
+
+
+def test_a_gpu_reserved_for_every_actor_needs_a_model_that_may_use_it():
+    with pytest.raises(ValidationError, match=r"gpu_policy 'always' .* model.device is 'cpu'"):
+        Settings.load(overrides={"workers": {"gpu_policy": "always"}, "model": {"device": "cpu"}})
+    assert Settings.load(overrides={"workers": {"gpu_policy": "always"}}).workers.gpu_policy == "always"
+    with pytest.raises(ValidationError, match="gpu_policy"):
+        Settings.load(overrides={"workers": {"gpu_policy": "sometimes"}})

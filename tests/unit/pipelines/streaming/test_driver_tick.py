@@ -232,3 +232,115 @@ def test_drain_asks_every_actor_to_finish_then_stops_them_all_and_the_pool(topic
     ]
     assert pool.live() == [] and lag.closed and driver.members == {}
     assert driver.tick().actors == ()
+
+
+def test_actors_no_node_has_room_for_wait_for_resources_and_are_never_replaced(topics_created):
+    driver, pool, _, clock = _driver(workers={"count": 2}, driver={"stall_timeout_s": None, "health_timeout_s": 30})
+    driver.start()
+    pool.actors["classifier-1"].placed = False  # one node with room for one actor
+    pool.answer("classifier-0", consumed=5)
+    assert [a.state for a in driver.tick().actors] == ["running", "waiting_for_resources"]
+    pool.room = False  # the node is lost: the replacement finds no room either
+    pool.die("classifier-0", error="ActorDiedError")
+
+    clock.now = 1.0
+    mark = len(pool.calls)
+    view = driver.tick()
+    assert _since(pool, mark) == [("kill", "classifier-0"), ("spawn", "classifier-2", 0, CLASSIFIER)]
+    assert [(a.name, a.state) for a in view.actors] == [
+        ("classifier-1", "waiting_for_resources"),
+        ("classifier-2", "pending"),  # spawned this tick, observed from the next
+    ]
+
+    # Far past 4 x the health timeout (the grace of a member that never answered): still waiting,
+    # not unresponsive, not replaced; a crash loop would only add churn.
+    clock.now = 1_000.0
+    mark = len(pool.calls)
+    view = driver.tick()
+    assert _since(pool, mark) == []
+    assert {a.state for a in view.actors} == {"waiting_for_resources"} and view.replaced_total == 1
+
+    # The node returns: both are placed, load their models and run, in their slots.
+    pool.place("classifier-1")
+    pool.place("classifier-2")
+    pool.answer("classifier-1", "starting")
+    pool.answer("classifier-2", "starting")
+    clock.now = 1_001.0
+    assert {a.state for a in driver.tick().actors} == {"starting"}
+    pool.answer("classifier-1")
+    pool.answer("classifier-2")
+    clock.now = 1_002.0
+    view = driver.tick()
+    assert [(a.name, a.state, a.slot) for a in view.actors] == [
+        ("classifier-1", "running", 1),
+        ("classifier-2", "running", 0),
+    ]
+    assert view.replaced_total == 1
+
+
+def test_a_placed_actor_that_never_answers_is_unresponsive_after_its_grace_counted_from_placement(
+    topics_created,
+):
+    driver, pool, _, clock = _driver(workers={"count": 1}, driver={"stall_timeout_s": None, "health_timeout_s": 30})
+    pool.room = False
+    driver.start()
+    driver.tick()
+    clock.now = 500.0
+    pool.place("classifier-0")
+    pool.hang("classifier-0")  # placed, then hangs while loading its model
+    assert driver.tick().actors[0].state == "pending"
+    clock.now = 500.0 + 4 * 30  # the first answer's grace, from placement, not from spawn
+    assert driver.tick().actors[0].state == "pending"
+    clock.now += 0.5
+    mark = len(pool.calls)
+    driver.tick()
+    assert _since(pool, mark)[:1] == [("kill", "classifier-0")]
+
+
+def test_an_elastic_cluster_is_told_the_demand_and_scale_down_cancels_waiting_actors_first(topics_created):
+    driver, pool, lag, clock = _driver(
+        autoscale={
+            "enabled": True,
+            "elastic": True,
+            "min_actors": 1,
+            "max_actors": 3,
+            "catch_up_s": 10,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0,
+            "smoothing": 1.0,
+        }
+    )
+    driver.start()
+    assert pool.calls[:2] == [("open",), ("request_capacity", CLASSIFIER, 1)]
+    pool.answer("classifier-0")
+    ends = {p: 10_000 for p in range(4)}
+    lag.set(end=ends, committed=dict.fromkeys(ends, 0))
+    pool.room = False  # the cluster has to grow for more
+
+    clock.now = 1.0
+    mark = len(pool.calls)
+    view = driver.tick()
+    assert _since(pool, mark) == [
+        ("request_capacity", CLASSIFIER, 3),
+        ("spawn", "classifier-1", 1, CLASSIFIER),
+        ("spawn", "classifier-2", 2, CLASSIFIER),
+    ]
+    clock.now = 2.0
+    view = driver.tick()
+    assert [a.state for a in view.actors] == ["running", "waiting_for_resources", "waiting_for_resources"]
+    assert view.replaced_total == 0
+
+    pool.room = True
+    pool.place("classifier-1")
+    pool.answer("classifier-1")
+    lag.set(end=ends, committed=ends)  # caught up before classifier-2 found a node
+    clock.now = 3.0
+    mark = len(pool.calls)
+    view = driver.tick()
+    # Down to 1: the waiting actor is cancelled at once (nothing to drain), then the newest drains.
+    assert _since(pool, mark) == [
+        ("request_capacity", CLASSIFIER, 1),
+        ("kill", "classifier-2"),
+        ("drain", "classifier-1"),
+    ]
+    assert [a.name for a in view.actors] == ["classifier-0"] and view.replaced_total == 0
