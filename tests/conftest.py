@@ -13,6 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pipelines.kafka_tools.broker import LocalCluster
+    from tests.integration.ray_nodes import LoopbackRayCluster
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,6 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TEST_BROKER_PORT = int(os.environ.get("CLSTREAM_TEST_BROKER_PORT", "39092"))
 #: The three-node cluster's first port (it takes six from there), apart from the single broker's.
 TEST_CLUSTER_PORT = int(os.environ.get("CLSTREAM_TEST_CLUSTER_PORT", "39300"))
+#: The multi-node Ray cluster's head (GCS) port; Ray picks the others.
+TEST_RAY_PORT = int(os.environ.get("CLSTREAM_TEST_RAY_PORT", "39500"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -72,6 +75,27 @@ def ray_cluster() -> Iterator[None]:
     init_ray(Settings.load(overrides={"driver": {"ray_num_cpus": 2}}))
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_nodes() -> Iterator[LoopbackRayCluster]:
+    """A real two-node Ray cluster on loopback (a head with no room for actors, a worker node
+    declaring 2 GPUs, run apart from this process's directory, HOME, TMPDIR and environment),
+    token authentication on. Tests may kill and restart the GPU node; it is up between tests."""
+    import shutil
+    import tempfile
+
+    from tests.integration.ray_nodes import LoopbackRayCluster
+
+    # Short: Ray's unix sockets live under it, and their paths may not exceed 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="clray-", dir="/tmp"))
+    cluster = LoopbackRayCluster(root, TEST_RAY_PORT)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -235,7 +235,9 @@ def test_drain_asks_every_actor_to_finish_then_stops_them_all_and_the_pool(topic
 
 
 def test_actors_no_node_has_room_for_wait_for_resources_and_are_never_replaced(topics_created):
-    driver, pool, _, clock = _driver(workers={"count": 2}, driver={"stall_timeout_s": None, "health_timeout_s": 30})
+    driver, pool, _, clock = _driver(
+        workers={"count": 2}, driver={"stall_timeout_s": None, "health_timeout_s": 30}
+    )
     driver.start()
     pool.actors["classifier-1"].placed = False  # one node with room for one actor
     pool.answer("classifier-0", consumed=5)
@@ -281,7 +283,9 @@ def test_actors_no_node_has_room_for_wait_for_resources_and_are_never_replaced(t
 def test_a_placed_actor_that_never_answers_is_unresponsive_after_its_grace_counted_from_placement(
     topics_created,
 ):
-    driver, pool, _, clock = _driver(workers={"count": 1}, driver={"stall_timeout_s": None, "health_timeout_s": 30})
+    driver, pool, _, clock = _driver(
+        workers={"count": 1}, driver={"stall_timeout_s": None, "health_timeout_s": 30}
+    )
     pool.room = False
     driver.start()
     driver.tick()

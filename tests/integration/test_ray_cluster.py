@@ -1,0 +1,276 @@
+"""`clstream run` on a real multi-node Ray cluster (``ray_nodes``: a head with no room for
+actors, a worker node declaring 2 GPUs, started apart from the driver's disk layout, HOME, TMPDIR
+and environment): where actors run, the model reaching them through Ray, a node lost mid-stream
+and a cluster that has to grow before actors can run, in both delivery modes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.records_io import produce_values
+from pipelines.kafka_tools.verify import VerifyReport, verify_topics
+from schemas.settings import Settings, WorkerSettings
+from tests.integration.support import topic_size, wait_until
+
+PARTITIONS = 4
+BATCH = 256
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _produce(settings: Settings, first: int, count: int) -> None:
+    ensure_topics(settings.kafka, {settings.topics.input: PARTITIONS})
+    pairs = (
+        (
+            f"n-{i}".encode(),
+            json.dumps({"id": f"n-{i}", "text": f"tweet {i} is {'good' if i % 2 else 'bad'}"}).encode(),
+        )
+        for i in range(first, first + count)
+    )
+    produce_values(settings.kafka, settings.topics.input, pairs)
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _restarts(port: int) -> float:
+    return sum(v for (name, _), v in _scrape(port).items() if name == "clstream_actor_restarts_total")
+
+
+def _lag(port: int) -> float | None:
+    lags = [v for (name, _), v in _scrape(port).items() if name == "clstream_consumer_lag"]
+    return sum(lags) if len(lags) == PARTITIONS else None
+
+
+def _actors_in(port: int, state: str) -> float:
+    return _scrape(port).get(("clstream_actors", (("state", state),)), 0.0)
+
+
+@contextlib.contextmanager
+def _clstream_run(
+    ray_nodes,
+    broker: str,
+    names: dict[str, str],
+    cwd: Path,
+    metrics_port: int,
+    delivery: str,
+    *flags: str,
+    **env: str,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`clstream run` joining the multi-node cluster, as a user starts it; SIGTERMed on the way out
+    (it must drain and exit 0 within 60 s)."""
+    cmd = [
+        sys.executable, "-m", "pipelines.commands.cli", "run",
+        "--bootstrap-servers", broker,
+        "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
+        "--group-id", names["group_id"], "--partitions", str(PARTITIONS), "--delivery", delivery,
+        *flags,
+    ]  # fmt: skip
+    full_env = {
+        **os.environ,
+        **ray_nodes.client_env(),
+        "CLSTREAM_DRIVER__RAY_ADDRESS": ray_nodes.address,
+        "CLSTREAM_DRIVER__WATCH_INTERVAL_S": "0.5",
+        "CLSTREAM_METRICS__PORT": str(metrics_port),
+        "CLSTREAM_WORKERS__SESSION_TIMEOUT_MS": "6000",
+        "CLSTREAM_WORKERS__MAX_BATCH_RECORDS": str(BATCH),
+        "CLSTREAM_WORKERS__TRANSACTION_TIMEOUT_MS": "20000",
+        "CLSTREAM_WORKERS__PRODUCE_TIMEOUT_S": "15",
+        "CLSTREAM_LOG__FORMAT": "json",
+        **env,
+    }
+    log_path = cwd / f"run-{delivery}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    try:
+        yield process
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        assert code == 0, log_path.read_text(errors="replace")[-4000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _driver_cwd(tmp_path: Path, tiny_model) -> Path:
+    """A working directory holding the model: the run names it by *relative* paths, which exist
+    only here, on the driver's disk."""
+    encoder, head = tiny_model
+    cwd = tmp_path / "driver"
+    shutil.copytree(encoder, cwd / "model" / "encoder")
+    shutil.copytree(head, cwd / "model" / "head")
+    return cwd
+
+
+def _settings(broker: str, names: dict[str, str]) -> Settings:
+    return Settings.load(overrides={"kafka": {"bootstrap_servers": broker}, "topics": names})
+
+
+def _verify(settings: Settings, delivery: str, records: int, bound: int) -> VerifyReport:
+    topics = settings.topics
+    deadline = time.monotonic() + 60  # a killed actor's open transaction is fenced or times out
+    while True:
+        verdict = verify_topics(settings.kafka, topics.input, topics.output, topics.dlq, delivery)  # type: ignore[arg-type]
+        if verdict.lost == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert verdict.input_records == records
+    assert verdict.lost == 0, verdict.table()
+    assert verdict.unexpected == verdict.mismatched == 0, verdict.table()
+    assert verdict.duplicates <= bound, verdict.table()
+    return verdict
+
+
+def test_actors_run_on_the_gpu_node_with_the_model_sent_through_ray_and_status_says_where(
+    ray_nodes, broker, topic_names, tiny_model, tmp_path, report
+):
+    names = topic_names()
+    settings = _settings(broker, names)
+    cwd = _driver_cwd(tmp_path, tiny_model)
+    port = _free_port()
+    _produce(settings, 0, 400)
+    with _clstream_run(
+        ray_nodes, broker, names, cwd, port, "at-least-once",
+        "--workers", "2", "--encoder", "model/encoder", "--head", "model/head",
+    ):  # fmt: skip
+        wait_until(lambda: topic_size(settings.kafka, names["output"]) >= 400, 180, "400 labeled records")
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.commands.cli",
+                "status",
+                "--url",
+                f"http://127.0.0.1:{port}/metrics",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    # The model went through Ray's object store and was written under the GPU node's TMPDIR.
+    written = list((ray_nodes.gpu_node_tmp() / "clstream-models").iterdir())
+    assert len([p for p in written if not p.name.startswith(".")]) == 2, written  # encoder and head
+    assert "GPU 0" in status and "GPU 1" in status, status
+    assert status.count("device cpu (no CUDA)") == 2, status
+    verdict = _verify(settings, "at-least-once", 400, 0)
+    report(
+        "two-node cluster",
+        records=400,
+        actors_on_gpu_node=2,
+        lost=verdict.lost,
+        duplicates=verdict.duplicates,
+    )
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_actors_wait_for_a_gpu_node_then_survive_its_loss(
+    ray_nodes, broker, topic_names, tiny_model, tmp_path, report, delivery
+):
+    """Elastic capacity and node loss in one run: the cluster starts without its GPU node, so
+    the autoscaler's actors wait for resources (shown, never replaced) and Ray's autoscaler is
+    told the demand; the node joins and they run; the node is SIGKILLed mid-stream and their
+    replacements wait again until it returns; every record ends labeled."""
+    names = topic_names()
+    settings = _settings(broker, names)
+    cwd = _driver_cwd(tmp_path, tiny_model)
+    port = _free_port()
+    ray_nodes.kill_gpu_node()
+    ray_nodes.wait_for_gpus(0)
+    first, second = 1_000, 3_000
+    _produce(settings, 0, first)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        stack.callback(ray_nodes.ensure_gpu_node)
+        run = _clstream_run(
+            ray_nodes, broker, names, cwd, port, delivery,
+            "--encoder", "model/encoder", "--head", "model/head",
+            CLSTREAM_WORKERS__GPU_POLICY="always",
+            CLSTREAM_AUTOSCALE__ENABLED="true",
+            CLSTREAM_AUTOSCALE__ELASTIC="true",
+            CLSTREAM_AUTOSCALE__MIN_ACTORS="1",
+            CLSTREAM_AUTOSCALE__MAX_ACTORS="2",
+            CLSTREAM_AUTOSCALE__UPSCALE_DELAY_S="0",
+            CLSTREAM_AUTOSCALE__DOWNSCALE_DELAY_S="600",
+            CLSTREAM_AUTOSCALE__INITIAL_ACTOR_RATE="1",
+        )  # fmt: skip
+        stack.enter_context(run)
+        # No GPU anywhere: the backlog asks for 2 actors beyond the cluster's capacity (0).
+        wait_until(
+            lambda: _actors_in(port, "waiting_for_resources") == 2, 120, "2 actors waiting for resources"
+        )
+        demand = wait_until(
+            lambda: (
+                "GPU"
+                in ray_nodes.ray_status().split("From request_resources:")[-1].split("Pending Demands")[0]
+                and ray_nodes.ray_status()
+            ),
+            60,
+            "the GPU demand to reach Ray's autoscaler",
+        )
+        assert _restarts(port) == 0
+        time.sleep(5)  # waiting is not a crash loop: nobody replaced, still waiting
+        assert _actors_in(port, "waiting_for_resources") == 2
+
+        ray_nodes.start_gpu_node()  # the autoscaler's new node, in effect
+        wait_until(lambda: _actors_in(port, "running") == 2, 120, "2 actors running on the new node")
+        wait_until(
+            lambda: topic_size(settings.kafka, names["output"]) >= first, 120, "the first records labeled"
+        )
+
+        _produce(settings, first, second - first)  # a backlog for the lost node to leave behind
+        time.sleep(0.5)
+        ray_nodes.kill_gpu_node()
+        lost_at = time.monotonic()
+        wait_until(
+            lambda: _actors_in(port, "waiting_for_resources") == 2,
+            120,
+            "the replacements waiting for resources",
+        )
+        waited_s = time.monotonic() - lost_at
+        ray_nodes.start_gpu_node()
+        wait_until(lambda: _actors_in(port, "running") == 2, 120, "2 actors running on the returned node")
+        wait_until(lambda: _lag(port) == 0, 180, "the backlog worked off")
+    bound = {"at-least-once": 2 * WorkerSettings().max_inflight_batches * BATCH, "exactly-once": 0}[delivery]
+    verdict = _verify(settings, delivery, second, bound)
+    report(
+        "GPU node absent, then lost",
+        delivery=delivery,
+        records=second,
+        lost=verdict.lost,
+        duplicates=verdict.duplicates,
+        bound=bound,
+        noticed_loss_s=round(waited_s, 1),
+        took_s=round(time.monotonic() - started, 1),
+        demand_recorded="GPU" in demand,
+    )
