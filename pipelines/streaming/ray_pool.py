@@ -61,7 +61,7 @@ class RayActorPool:
         if not ray.is_initialized():
             init_ray(self._settings)
             self._own_ray = True
-        if self._settings.driver.ray_address:
+        if cluster_address(self._settings):
             self._model_refs = _ship_model_dirs(self._settings)
 
     def close(self) -> None:
@@ -232,12 +232,20 @@ def _ray_placement() -> Placement:
     )
 
 
+def cluster_address(settings: Settings) -> str | None:
+    """The Ray cluster the driver joins: ``driver.ray_address``, else ``$RAY_ADDRESS`` (a Ray Job's
+    driver finds its cluster there, as does a user who exported it: an address someone chose,
+    unlike the newest Ray on the machine that ``ray.init()`` would join). None: a local Ray."""
+    return settings.driver.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(settings: Settings) -> None:
-    """Connect to ``driver.ray_address``, or start a local Ray bound to loopback whose workers
+    """Connect to ``driver.ray_address`` (else ``$RAY_ADDRESS``), or start a local Ray bound to loopback whose workers
     inherit the settings' secrets through this process's environment (which this sets)."""
     driver = settings.driver
-    if driver.ray_address:
-        ray.init(address=driver.ray_address, logging_level=logging.WARNING)
+    address = cluster_address(settings)
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
         return
     # The actors read the Kafka secrets from their process environment, never from their
     # arguments; a local Ray's workers inherit this process's, so the secrets this driver was

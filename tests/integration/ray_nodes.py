@@ -42,6 +42,15 @@ class LoopbackRayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def dashboard_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def jobs_address(self) -> str:
+        """Where `ray job submit --address` reaches the head's job server."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
     def client_env(self) -> dict[str, str]:
         """What a driver on this machine needs to join: the token, and loopback clusters allowed."""
         return {
@@ -71,7 +80,12 @@ class LoopbackRayCluster:
         # every 3 s), so the node-loss tests spend their time on clstream, not on waiting.
         env |= {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
         argv = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false"]
+        # The dashboard serves Ray Jobs (`ray job submit`), on loopback.
+        argv += ["--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "true"]
+        argv += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port)]
+        # Each node's agent (it runs the job's driver) serves on 52365 unless told otherwise, and
+        # two nodes on one machine would collide there.
+        argv += ["--dashboard-agent-listen-port", str(self.port + 2)]
         argv += ["--disable-usage-stats", "--temp-dir", str(self.root / "head" / "ray")]
         head = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
         if head.returncode != 0:
@@ -86,6 +100,7 @@ class LoopbackRayCluster:
         log = open(self.root / "gpu-node.log", "ab")  # noqa: SIM115 - kept open while the node runs
         argv = [RAY, "start", "--address", self.address, "--node-ip-address", "127.0.0.1", "--block"]
         argv += ["--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus), "--disable-usage-stats"]
+        argv += ["--dashboard-agent-listen-port", str(self.port + 3)]
         self._node = subprocess.Popen(
             argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

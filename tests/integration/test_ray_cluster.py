@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from pipelines.kafka_tools.admin import ensure_topics
 from pipelines.kafka_tools.records_io import produce_values
 from pipelines.kafka_tools.verify import VerifyReport, verify_topics
 from schemas.settings import Settings, WorkerSettings
+from tests.integration.ray_nodes import RAY
 from tests.integration.support import topic_size, wait_until
 
 PARTITIONS = 4
@@ -273,4 +275,78 @@ def test_actors_wait_for_a_gpu_node_then_survive_its_loss(
         noticed_loss_s=round(waited_s, 1),
         took_s=round(time.monotonic() - started, 1),
         demand_recorded="GPU" in demand,
+    )
+
+
+def _ray_job(ray_nodes, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RAY, "job", command, "--address", ray_nodes.jobs_address, *args],
+        env={**os.environ, **ray_nodes.client_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _job_status(ray_nodes, job_id: str) -> str:
+    """The job's status as `ray job status` prints it (its end states in words of their own)."""
+    answer = _ray_job(ray_nodes, "status", job_id)
+    out = answer.stdout + answer.stderr
+    for words, status in (("was stopped", "STOPPED"), ("' succeeded", "SUCCEEDED"), ("' failed", "FAILED")):
+        if words in out:
+            return status
+    found = re.search(r"Status for job '[^']+': (\w+)", out)
+    return found.group(1) if found else out
+
+
+def test_clstream_run_as_a_ray_job_labels_records_and_ray_job_stop_drains_it(
+    ray_nodes, broker, topic_names, tiny_model, report
+):
+    """`ray job submit -- clstream run ...` against the cluster's job server (token auth on): the
+    job's driver finds the cluster in the RAY_ADDRESS the job server gives it; `ray job stop`
+    sends SIGTERM, and the driver drains and exits 0 within RAY_JOB_STOP_WAIT_TIME_S."""
+    names = topic_names()
+    settings = _settings(broker, names)
+    encoder, head = tiny_model
+    _produce(settings, 0, 400)
+    job_id = f"clstream-{names['group_id']}"
+    runtime_env = {
+        "env_vars": {
+            "CLSTREAM_WORKERS__SESSION_TIMEOUT_MS": "6000",
+            "CLSTREAM_METRICS__PORT": "0",
+            "CLSTREAM_LOG__FORMAT": "json",
+            # Ray's job server SIGKILLs a stopped job 3 s after its SIGTERM by default: give the
+            # drain (driver.drain_timeout_s, 25 s) the time it needs.
+            "RAY_JOB_STOP_WAIT_TIME_S": "60",
+        }
+    }
+    submitted = _ray_job(
+        ray_nodes, "submit", "--submission-id", job_id, "--no-wait",
+        "--runtime-env-json", json.dumps(runtime_env), "--",
+        "clstream", "run", "--bootstrap-servers", broker,
+        "--input-topic", names["input"], "--output-topic", names["output"], "--dlq-topic", names["dlq"],
+        "--group-id", names["group_id"], "--partitions", str(PARTITIONS), "--workers", "2",
+        "--encoder", str(encoder), "--head", str(head),
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    try:
+        wait_until(lambda: topic_size(settings.kafka, names["output"]) >= 400, 180, "400 labeled records")
+        assert _job_status(ray_nodes, job_id) == "RUNNING"
+        started = time.monotonic()
+        stopped = _ray_job(ray_nodes, "stop", job_id)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        status = wait_until(
+            lambda: (s := _job_status(ray_nodes, job_id)) in ("STOPPED", "SUCCEEDED", "FAILED") and s,
+            90,
+            "the job to end",
+        )
+        took = time.monotonic() - started
+    finally:
+        _ray_job(ray_nodes, "stop", job_id)
+    logs = _ray_job(ray_nodes, "logs", job_id).stdout
+    assert status == "STOPPED", logs[-3000:]
+    assert "signal received, draining" in logs and "stopped cleanly" in logs, logs[-3000:]
+    verdict = _verify(settings, "at-least-once", 400, 0)
+    report(
+        "ray job", records=400, lost=verdict.lost, duplicates=verdict.duplicates, stop_took_s=round(took, 1)
     )
