@@ -436,7 +436,9 @@ class Driver:
         # Retire those still waiting for a node first, then the newest: the oldest have warm
         # models and settled partitions.
         newest_first = sorted(
-            self.members.values(), key=lambda m: (m.state == WAITING_FOR_RESOURCES, m.spawned_at), reverse=True
+            self.members.values(),
+            key=lambda m: (m.state == WAITING_FOR_RESOURCES, m.spawned_at),
+            reverse=True,
         )
         for member in newest_first[: max(0, decision.current - decision.desired)]:
             self._retire(member)
