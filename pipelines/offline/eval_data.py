@@ -93,6 +93,7 @@ def load_eval_data(options: EvalOptions) -> EvalData:
     description = {
         "source": source,
         "fingerprint": datasets.fingerprint(kept),
+        "text_repair": options.source.text_repair,
         "sizes": splits.sizes(),
         "dropped": {
             "duplicates": deduplicated.duplicates_dropped,

@@ -100,6 +100,7 @@ def score_every_row(options: EvalOptions) -> EveryRowResult:
     data = {
         "source": source,
         "fingerprint": datasets.fingerprint(items),
+        "text_repair": options.source.text_repair,
         "rows": len(items),
         "label_counts": {label: sum(item.label == label for item in items) for label in labels},
         "classes": list(labels),
@@ -119,7 +120,8 @@ def _row_records(
     probabilities: dict[str, np.ndarray],
     compounds: np.ndarray,
 ) -> list[dict[str, Any]]:
-    """Per row: its position among the scored rows (from 1), file line, id, text, gold label, and
+    """Per row: its position among the scored rows (from 1), file line, id, text (as in the file,
+    before repair), gold label, and
     per classifier the predicted label with the probabilities (VADER: the compound) behind it."""
     records = []
     for row, item in enumerate(items):
@@ -141,7 +143,7 @@ def _row_records(
                 "row": row + 1,
                 "line": item.line,
                 "id": item.id,
-                "text": item.text,
+                "text": item.source_text,  # as in the user's file; the model read item.text
                 "gold": item.label,
                 "classifiers": by_classifier,
             }

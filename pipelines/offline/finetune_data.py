@@ -66,6 +66,8 @@ def prepare_finetune_data(options: FinetuneOptions) -> FinetuneData:
         "data_fingerprint": datasets.fingerprint(deduplicated.items),
         "train_fingerprint": datasets.fingerprint(train),
         "validation_fingerprint": datasets.fingerprint(validation),
+        # The fingerprints key on the text as read, so they do not tell repaired text from raw.
+        "text_repair": options.source.text_repair,
         # save_every only changes how often state is written, so a resume may change it; the
         # default balance is left out so that checkpoints from before --balance still resume.
         "config": {
@@ -76,6 +78,7 @@ def prepare_finetune_data(options: FinetuneOptions) -> FinetuneData:
         "source": source,
         "fingerprint": run_info["data_fingerprint"],
         "train_fingerprint": run_info["train_fingerprint"],
+        "text_repair": run_info["text_repair"],
         "sizes": {**splits.sizes(), "train_used": len(train), "validation_used": len(validation)},
         "dropped": {
             "duplicates": deduplicated.duplicates_dropped,

@@ -217,6 +217,7 @@ def train_head(
         trained_on={
             "source": source_name,
             "fingerprint": datasets.fingerprint(deduplicated.items),
+            "text_repair": source.text_repair,
             "sizes": splits.sizes(),
             "dropped": {
                 "duplicates": deduplicated.duplicates_dropped,

@@ -444,3 +444,25 @@ def test_an_exactly_once_transaction_spans_the_micro_batches_of_its_linger():
     assert len(sink.committed) < 10, "one transaction per poll: the linger did not gather them"
     ids = [orjson.loads(r.value)["id"] for r in sink.on("out")]
     assert ids == [f"0-{i}" for i in range(30)], "each id exactly once, in order"
+
+
+def test_a_tweet_is_classified_on_its_repaired_text_and_its_record_is_not_rewritten():
+    classifier = KeywordClassifier()
+    loop, _, sink = _loop([_tweet(0, 0, "good &amp; CafÃ© donâ€™t"), _tweet(0, 1, "plain day")], classifier)
+    assert loop.step() == 2
+    assert classifier.texts == ["good & Café don’t", "plain day"]
+    out = [LabeledTweet.model_validate_json(r.value) for r in sink.on("out")]
+    assert [(t.id, t.label.value) for t in out] == [("0-0", "POSITIVE"), ("0-1", "NEUTRAL")]
+
+
+def test_with_repair_off_a_tweet_is_classified_on_its_text_as_sent():
+    settings = Settings.load(
+        overrides={
+            "topics": {"input": "in", "output": "out", "dlq": "dlq"},
+            "workers": {"repair_text": False},
+        }
+    )
+    classifier = KeywordClassifier()
+    loop, _, _ = _loop([_tweet(0, 0, "good &amp; CafÃ©")], classifier, settings)
+    assert loop.step() == 1
+    assert classifier.texts == ["good &amp; CafÃ©"]

