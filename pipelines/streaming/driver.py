@@ -70,6 +70,8 @@ class _Member:
     running_since: float | None = None
     #: When the pool was first seen to have placed it (its process exists); None while it waits.
     placed_at: float | None = None
+    #: While retiring: until when its drain may still finish (after that, any answer is final).
+    retire_by: float = 0.0
 
     @property
     def counters(self) -> LoopCounters:
@@ -210,6 +212,13 @@ class Driver:
     def drain(self) -> None:
         """Ask every actor to finish and commit its batch in hand and leave the group; then stop them."""
         timeout = self.settings.driver.drain_timeout_s
+        if self._pool is not None:
+            # Never placed, so nothing to finish: stopped now, or a drain would wait out its timeout
+            # and one placed meanwhile could join the group and rebalance the others mid-drain.
+            for member in [m for m in self.members.values() if m.state == WAITING_FOR_RESOURCES]:
+                self._retire(member)
+            if self.settings.autoscale.elastic:
+                self._pool.request_capacity(ActorKind.CLASSIFIER, 0)  # the cluster may shrink again
         names = [*self.members, *self._retiring]
         if self._pool is not None:
             pool = self._pool
@@ -254,7 +263,7 @@ class Driver:
                 del self._due_spawns[slot]
                 self._spawn(slot)
         lag = self._measure_lag()
-        self._collect_retired()
+        self._collect_retired(now)
         self._watch_for_stalls(now, lag)
         decision = self._autoscale(now, lag) if self.settings.autoscale.enabled else None
         actors = tuple(m.view() for m in self.members.values())
@@ -295,7 +304,8 @@ class Driver:
         """Replace the members that sit idle on partitions with lag (``pipelines/streaming/watchdog.py``)."""
         if self._stalls is None:
             return
-        members = [_activity(m, now) for m in self.members.values()]
+        # Members waiting for a node own no partitions and must not keep the group from settling.
+        members = [_activity(m, now) for m in self.members.values() if m.state != WAITING_FOR_RESOURCES]
         # Joins and leaves move partitions: only a settled group with a fresh lag gets a verdict.
         settled = self._lag_fresh and not self._retiring and not self._due_spawns
         stall = self._stalls.observe(now, lag.committed, lag.by_partition, members, settled)
@@ -331,10 +341,20 @@ class Driver:
             if member.last_answer_at is None and not self._is_placed(member, now):
                 # No node has room for it yet (a lost node, a cluster still growing): replacing it
                 # would not help. It is shown as waiting, and placed as soon as room appears.
+                if member.state != WAITING_FOR_RESOURCES:
+                    log.warning(
+                        "actor waiting for resources: no node has room for it yet",
+                        actor=member.name,
+                        slot=member.slot,
+                        elastic=self.settings.autoscale.elastic,
+                    )
                 member.state = WAITING_FOR_RESOURCES
                 return
             # A member that never answered is still loading its model.
-            waited_since = member.last_answer_at or member.placed_at or member.spawned_at
+            if member.last_answer_at is not None:
+                waited_since = member.last_answer_at
+            else:
+                waited_since = member.placed_at if member.placed_at is not None else member.spawned_at
             grace = self.settings.driver.health_timeout_s * (1 if member.last_answer_at is not None else 4)
             if now - waited_since > grace:
                 member.state = "unresponsive"
@@ -451,13 +471,15 @@ class Driver:
             self.pool.kill(member.name)
             log.info("actor cancelled while waiting for resources", actor=member.name)
             return
-        self.pool.drain(member.name, self.settings.driver.drain_timeout_s)
+        timeout = self.settings.driver.drain_timeout_s
+        self.pool.drain(member.name, timeout)
+        member.retire_by = self.clock() + timeout
         with self._counts_lock:
             del self.members[member.name]
             self._retiring[member.name] = member
         log.info("actor retiring", actor=member.name)
 
-    def _collect_retired(self) -> None:
+    def _collect_retired(self, now: float) -> None:
         for name, member in list(self._retiring.items()):
             try:
                 final = self.pool.report(name)
@@ -466,6 +488,11 @@ class Driver:
                 log.warning("actor died while retiring", actor=name, error=gone.error)
             else:
                 if final is None:
+                    continue
+                if final.state in ("starting", "running", "draining") and now < member.retire_by:
+                    # A health check's answer, not the drain's (whose call was lost to a moment
+                    # of unavailability): drain is idempotent, ask again for what is left.
+                    self.pool.drain(name, member.retire_by - now)
                     continue
                 consumed = final.counters.consumed if final.counters is not None else 0
                 log.info("actor retired", actor=name, consumed=consumed, state=final.state)

@@ -348,3 +348,65 @@ def test_an_elastic_cluster_is_told_the_demand_and_scale_down_cancels_waiting_ac
         ("drain", "classifier-1"),
     ]
     assert [a.name for a in view.actors] == ["classifier-0"] and view.replaced_total == 0
+
+
+def test_drain_stops_waiting_actors_at_once_and_an_elastic_driver_withdraws_its_demand(topics_created):
+    driver, pool, _, _ = _driver(workers={"count": 2}, autoscale={"elastic": True})
+    driver.start()
+    pool.actors["classifier-1"].placed = False
+    pool.answer("classifier-0")
+    assert [a.state for a in driver.tick().actors] == ["running", "waiting_for_resources"]
+
+    mark = len(pool.calls)
+    driver.drain()
+    # Nothing to finish for the waiting one; a drain would wait out its timeout, and an actor
+    # placed meanwhile could join the group and rebalance the others mid-drain.
+    assert _since(pool, mark) == [
+        ("kill", "classifier-1"),
+        ("request_capacity", CLASSIFIER, 0),
+        ("drain", "classifier-0"),
+        ("await_reports", ("classifier-0",)),
+        ("kill", "classifier-0"),
+        ("close",),
+    ]
+
+
+def test_a_retiring_actor_whose_drain_answer_was_lost_is_asked_again_until_its_deadline(topics_created):
+    driver, pool, lag, clock = _driver(
+        autoscale={
+            "enabled": True,
+            "min_actors": 1,
+            "max_actors": 2,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0,
+        },
+        driver={"stall_timeout_s": None, "drain_timeout_s": 25},
+    )
+    driver.start()
+    pool.answer("classifier-0")
+    ends = {p: 10_000 for p in range(4)}
+    lag.set(end=ends, committed=dict.fromkeys(ends, 0))
+    clock.now = 1.0
+    driver.tick()  # scales up to 2
+    pool.answer("classifier-1")
+    lag.set(end=ends, committed=ends)
+    clock.now = 2.0
+    driver.tick()  # idle: classifier-1 retires
+    assert pool.calls[-1] == ("drain", "classifier-1")
+
+    # What comes back is a health check's "draining" (the drain's own call was lost): not final.
+    pool.drains_finish = True
+    pool.actors["classifier-1"].draining = False
+    pool.answer("classifier-1", "draining", consumed=5)
+    clock.now = 3.0
+    mark = len(pool.calls)
+    assert driver.tick().retiring == 1
+    assert _since(pool, mark) == [("drain", "classifier-1")], "asked again, not killed mid-drain"
+
+    # Past its deadline (retired at 2 s, drain_timeout_s 25) any answer is final: a drain that
+    # never ends is cut short.
+    pool.actors["classifier-1"].draining = False
+    clock.now = 27.5
+    mark = len(pool.calls)
+    assert driver.tick().retiring == 0
+    assert _since(pool, mark) == [("kill", "classifier-1")]
