@@ -360,6 +360,12 @@ class Settings(BaseSettings):
                 "is 'cpu', so the GPU would sit idle: set workers.gpu_policy to 'never' or 'auto', "
                 "or model.device to 'auto' or 'cuda'"
             )
+        if self.workers.gpu_policy == "never" and self.model.device == "cuda":
+            raise ValueError(
+                "workers.gpu_policy 'never' gives actors no GPU, but model.device is 'cuda', so every "
+                "actor would fail to load its model: set workers.gpu_policy to 'auto' or 'always', or "
+                "model.device to 'auto' or 'cpu'"
+            )
         return self
 
     @classmethod

@@ -151,13 +151,12 @@ class ClassifierActor:
         from workers.model_files import write_model_dir
 
         model = self.settings.model
-        sent = {
-            field: write_model_dir(files) for field, files in self._model_files.items() if files is not None
-        }
+        files_sent, self._model_files = self._model_files, {}  # their bytes are let go whatever happens
+        sent = {field: write_model_dir(files) for field, files in files_sent.items() if files is not None}
+        del files_sent
         if sent:
             model = model.model_copy(update=sent)
             log.info("model directories written on this node", **{k: str(v) for k, v in sent.items()})
-        self._model_files = {}
         if model.device != "cuda" and not torch.cuda.is_available():
             # One torch thread per reserved CPU: more only fights the other actors for cores.
             torch.set_num_threads(max(1, int(self.settings.workers.cpus)))

@@ -62,7 +62,7 @@ def write_model_dir(model: ModelFiles, root: Path | None = None) -> Path:
     target = root / model.digest[:32]
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)  # this node's user's, as the temp dir
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
         for name, data in model.files:

@@ -89,3 +89,5 @@ def test_a_gpu_reserved_for_every_actor_needs_a_model_that_may_use_it():
     assert Settings.load(overrides={"workers": {"gpu_policy": "always"}}).workers.gpu_policy == "always"
     with pytest.raises(ValidationError, match="gpu_policy"):
         Settings.load(overrides={"workers": {"gpu_policy": "sometimes"}})
+    with pytest.raises(ValidationError, match=r"gpu_policy 'never' .* model.device is 'cuda'"):
+        Settings.load(overrides={"workers": {"gpu_policy": "never"}, "model": {"device": "cuda"}})
