@@ -86,6 +86,7 @@ class LoopbackRayCluster:
         # Each node's agent (it runs the job's driver) serves on 52365 unless told otherwise, and
         # two nodes on one machine would collide there.
         argv += ["--dashboard-agent-listen-port", str(self.port + 2)]
+        argv += ["--ray-client-server-port", str(self.port + 4)]  # not 10001, any other head's
         argv += ["--disable-usage-stats", "--temp-dir", str(self.root / "head" / "ray")]
         head = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
         if head.returncode != 0:
