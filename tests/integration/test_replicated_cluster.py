@@ -269,7 +269,13 @@ def test_a_transaction_whose_output_expired_commits_none_of_its_offsets(kafka_cl
         kafka_cluster.restart(victim)
         killed = None
         _deliver_until_done(sink, batch, {(topic, 0): 5}, metadata, timeout_s=120)
-        committed = probe.measure().committed
+        # The coordinator applies a transaction's offsets once its markers are written, a moment
+        # after EndTxn returns: a read at once may still see none (a fresh-clone CI read 0 once).
+        committed = wait_until(
+            lambda: (c := probe.measure().committed).get(0) == 5 and c,
+            30,
+            "the batch's offset to be committed",
+        )
     finally:
         if killed is not None:
             kafka_cluster.restart(killed)
