@@ -40,8 +40,8 @@ CHECK_TIMEOUT_S = 600
 
 def _needs(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not on PATH: the deploy/ schema checks need them")
+    if missing:  # present on every machine `make test` runs on: a missing one is a set-up error
+        pytest.fail(f"{' and '.join(missing)} not on PATH: the deploy/ schema checks need them")
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,7 +137,7 @@ def test_dockerfile_install_gives_a_working_clstream(tmp_path):
     the Ray extra it names, from uv's cache by hard links (the versions this venv has)."""
     uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
     if not Path(uv).exists():
-        pytest.skip("uv not found on PATH or beside this Python (make venv installs it)")
+        pytest.fail("uv not found on PATH or beside this Python (make venv installs it)")
     instructions = _dockerfile_instructions()
     args = dict(rest.partition("=")[::2] for word, rest in instructions if word == "ARG" and "=" in rest)
     source = tmp_path / "src"
