@@ -446,7 +446,24 @@ def own_broker() -> Iterator[LocalBroker]:
     local.wipe()
 
 
-@pytest.mark.parametrize("delivery", DELIVERY)
+_OUTAGE_STOPS_ACTORS = pytest.mark.xfail(
+    strict=True,
+    reason="issue 13: kafka-python raises a broker outage out of poll and commit, which stops the actor",
+)
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        pytest.param("at-least-once", marks=_OUTAGE_STOPS_ACTORS),
+        # Not strict: exactly-once commits inside transactions, so only a poll that meets the
+        # outage stops its actor, and not every run has one.
+        pytest.param(
+            "exactly-once",
+            marks=pytest.mark.xfail(strict=False, reason=_OUTAGE_STOPS_ACTORS.kwargs["reason"]),
+        ),
+    ],
+)
 def test_broker_sigkilled_and_restarted_loses_nothing(
     own_broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
@@ -460,12 +477,70 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
         time.sleep(3)  # the outage itself: clients must ride out a broker that is gone
         own_broker.start()
         _drive_until_done(driver)
-    # Twice the in-flight credit of every member: a fresh-clone CI run saw 600 records x3, 2,000
-    # extra copies against one credit's 1,600. Likely cause (docs/fault-tolerance.md): a commit
-    # failing twice, when the broker dies and again while the restarted broker loads the group
-    # coordinator's state, each failure rewinding the member to its last commit.
-    bound = {"at-least-once": 2 * IN_FLIGHT_BOUND, "exactly-once": 0}[delivery]
-    _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, bound, driver)
+    # The members ride the outage out: a commit the dead broker refuses is made again once it is
+    # back, so no actor fails, and only batches a member had delivered but not yet committed when
+    # its partitions moved come back (at most one credit per member).
+    assert sum(driver.restarts_by_slot.values()) == 0, driver.restarts_by_slot
+    _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery], driver)
+
+
+@_OUTAGE_STOPS_ACTORS
+def test_with_the_broker_down_polls_return_nothing_and_a_commit_is_refused_as_retriable_then_made(
+    own_broker, topic_names
+):
+    """A commit while the broker is down (connection refused, then the coordinator loading its
+    state) is a retriable ``CommitError``, and a poll returns no records: the loop keeps the
+    delivered batches and commits them after a later poll. Raising anything else stops the actor,
+    whose replacement repeats every batch delivered since the last commit."""
+    names = topic_names()
+    # A session that outlasts the restart (the default's 30 s): the member keeps its partitions.
+    # With the tests' 6 s the group may expire it meanwhile, and then the refusal is rightly final.
+    settings = pipeline_settings(
+        own_broker.bootstrap,
+        names,
+        kafka={"request_timeout_ms": 5_000},
+        workers={"session_timeout_ms": 45_000},
+    )
+    topic = names["input"]
+    ensure_topics(settings.kafka, {topic: 1})
+    producer = KafkaProducer(**settings.kafka.client_config(), acks="all")
+    for i in range(10):
+        producer.send(topic, value=str(i).encode(), partition=0)
+    producer.flush()
+    producer.close()
+    source = KafkaSource(settings, client_id="commit-outage")
+    try:
+        records: list[RawRecord] = []
+        deadline = time.monotonic() + 60
+        while not records:
+            assert time.monotonic() < deadline, "nothing was fetched in 60 s"
+            records = source.poll(timeout_ms=500, max_records=10)
+        done = {(topic, 0): records[-1].offset + 1}
+        own_broker.kill()
+        # Past a heartbeat (a third of the session): the member has found its coordinator gone.
+        polled_until = time.monotonic() + 20
+        while time.monotonic() < polled_until:  # polls with no broker return nothing, never raise
+            assert source.poll(timeout_ms=200, max_records=10) == []
+        with pytest.raises(CommitError) as refused:
+            source.commit(done)
+        assert refused.value.retriable, refused.value
+        own_broker.start()
+        deadline = time.monotonic() + 90
+        while True:  # as the loop does: poll (which rejoins), then commit again
+            source.poll(timeout_ms=200, max_records=10)
+            try:
+                source.commit(done)
+                break
+            except CommitError as exc:
+                assert exc.retriable, exc
+                assert time.monotonic() < deadline, f"still refused after 90 s: {exc}"
+    finally:
+        source.close()
+    reader = KafkaConsumer(**settings.kafka.client_config(), group_id=settings.topics.group_id)
+    try:
+        assert reader.committed(TopicPartition(topic, 0)) == done[(topic, 0)]
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize("delivery", DELIVERY)
