@@ -40,6 +40,11 @@ log = structlog.get_logger("clstream.kafka")
 _MAX_REQUEST_BYTES = 1_048_576
 
 
+#: How long a poll that found no broker waits before returning nothing (kafka-python's
+#: ``retry_backoff_ms`` default): the loop does not spin while the broker is away.
+_NO_BROKER_WAIT_MS = 100
+
+
 class KafkaSource:
     """``Source`` over one ``KafkaConsumer`` in the input topic's group (cooperative-sticky
     assignment, manual commits, bounded decompression)."""
@@ -101,19 +106,17 @@ class KafkaSource:
         kafka_compat.finish_interrupted_join(self._consumer)
         try:
             fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            if not exc.retriable:
+                return self._unreadable(exc, max_records)
+            # kafka-python 3.0.12 raises a refused connection to the group coordinator (a broker
+            # down or restarting) out of ``poll``; the Java client keeps looking for it. No
+            # records this time: the next poll looks again, and the loop rides the outage out.
+            log.debug("poll found no broker", error=f"{type(exc).__name__}: {exc}")
+            time.sleep(min(timeout_ms, _NO_BROKER_WAIT_MS) / 1000)
+            return []
         except Exception as exc:
-            skipped = kafka_compat.skip_unreadable(self._consumer, exc, max_records)
-            unreadable = _stand_ins(*skipped, exc) if skipped is not None else []
-            if not unreadable:
-                raise
-            log.warning(
-                "skipped records the consumer cannot read",
-                partition=unreadable[0].partition,
-                offset=unreadable[0].offset,
-                records=len(unreadable),
-                error=unreadable[0].unreadable,
-            )
-            return unreadable
+            return self._unreadable(exc, max_records)
         if self.assigned is not None or self._consumer.group_metadata().generation_id > 0:
             self.assigned = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
         return [
@@ -129,6 +132,22 @@ class KafkaSource:
             for records in fetched.values()
             for r in records
         ]
+
+    def _unreadable(self, exc: Exception, max_records: int) -> list[RawRecord]:
+        """``poll`` raised ``exc``: stand-ins for the records it could not read (the partition
+        moves past them), or ``exc`` again when it was not about a record."""
+        skipped = kafka_compat.skip_unreadable(self._consumer, exc, max_records)
+        unreadable = _stand_ins(*skipped, exc) if skipped is not None else []
+        if not unreadable:
+            raise exc
+        log.warning(
+            "skipped records the consumer cannot read",
+            partition=unreadable[0].partition,
+            offset=unreadable[0].offset,
+            records=len(unreadable),
+            error=unreadable[0].unreadable,
+        )
+        return unreadable
 
     def commit(self, next_offsets: Mapping[Partition, int]) -> None:
         if self._in_revocation:
@@ -146,6 +165,17 @@ class KafkaSource:
         except CommitFailedError as exc:
             raise CommitError(
                 f"this member lost its partitions before committing: {exc}", retriable=False
+            ) from exc
+        except KafkaError as exc:
+            if not exc.retriable:  # e.g. not authorized: the actor stops and says why
+                raise
+            # The coordinator cannot be reached or is not ready (a broker down or restarting, its
+            # group state loading): the member may still own the partitions, so the same offsets
+            # are committed again after the next poll. Failing here would stop the actor and its
+            # replacement would repeat every batch delivered since the last commit.
+            raise CommitError(
+                f"the group coordinator did not take the commit: {type(exc).__name__}: {exc}",
+                retriable=True,
             ) from exc
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:

@@ -330,7 +330,11 @@ class ClassifierLoop:
             self.commits.commit(next_offsets)
         except CommitError as exc:
             self.stats.commit_failures += 1
-            if exc.retriable:  # rebalancing: keep them, in order, and commit after the next poll
+            if exc.retriable:  # rebalancing, or no coordinator: keep them, in order, and commit
+                # after the next poll (which rejoins); a rewind here would repeat delivered batches
+                log.debug(
+                    "commit refused; retrying after the next poll", batches=len(finished), error=str(exc)
+                )
                 self._inflight.extendleft(reversed(finished))
             else:  # the new owner re-reads them from the last commit: duplicates, never loss
                 log.warning("batches delivered but not committed", batches=len(finished), error=str(exc))

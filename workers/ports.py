@@ -55,8 +55,9 @@ class Source(Protocol):
         Inside the revocation callback (see ``on_revoke``) the source may make the commit itself,
         awaited, after the callback returns and before the partitions move.
 
-        Raises ``CommitError``: ``retriable`` while the group rebalances (commit again after the
-        next poll), not retriable once the partitions belong to another member."""
+        Raises ``CommitError``: ``retriable`` while the group rebalances or its coordinator cannot
+        be reached (commit again after the next poll), not retriable once the partitions belong to
+        another member."""
         ...
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:

@@ -446,24 +446,7 @@ def own_broker() -> Iterator[LocalBroker]:
     local.wipe()
 
 
-_OUTAGE_STOPS_ACTORS = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: kafka-python raises a broker outage out of poll and commit, which stops the actor",
-)
-
-
-@pytest.mark.parametrize(
-    "delivery",
-    [
-        pytest.param("at-least-once", marks=_OUTAGE_STOPS_ACTORS),
-        # Not strict: exactly-once commits inside transactions, so only a poll that meets the
-        # outage stops its actor, and not every run has one.
-        pytest.param(
-            "exactly-once",
-            marks=pytest.mark.xfail(strict=False, reason=_OUTAGE_STOPS_ACTORS.kwargs["reason"]),
-        ),
-    ],
-)
+@pytest.mark.parametrize("delivery", DELIVERY)
 def test_broker_sigkilled_and_restarted_loses_nothing(
     own_broker, ray_cluster, topic_names, tiny_model, report, delivery
 ):
@@ -484,7 +467,6 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
     _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery], driver)
 
 
-@_OUTAGE_STOPS_ACTORS
 def test_with_the_broker_down_polls_return_nothing_and_a_commit_is_refused_as_retriable_then_made(
     own_broker, topic_names
 ):
