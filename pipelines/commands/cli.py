@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from pipelines.commands import bench, dlq, evaluate, finetune, soak, status, train_head, verify
+from pipelines.commands import bench, data, dlq, evaluate, finetune, soak, status, train_head, verify
 from pipelines.commands.flags import add_settings_flags, settings_from_args
 from schemas.errors import ClstreamError
 from workers.logs import configure_logging
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.register(sub)
     dlq.register(sub)
     soak.register(sub)
+    data.register(sub)
     return parser
 
 
