@@ -18,6 +18,7 @@ Consumer group
 Fetcher
   ``unpark_resumed``: a resumed partition's parked records stop it for good (fetcher bug).
   ``skip_unreadable``: a record ``poll`` cannot read is raised again on every poll (fetcher bug).
+  ``positions``, ``rewind``: a poll that raises mid-way may already have advanced positions.
   ``bound_decompression``: a batch is decompressed whole, however large (no limit upstream).
 Transactions
   ``forget_refused_txn_offsets``: refused offsets are sent again with the next transaction (bug).
@@ -172,6 +173,26 @@ def unpark_resumed(consumer: KafkaConsumer) -> None:
     resumed = [tp for tp in list(parked) if not subscription.is_paused(tp)]
     for tp in resumed:
         parked.pop(tp).drain()
+
+
+def positions(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
+    """Every assigned partition's position (the next offset ``poll`` returns) that is known."""
+    return {
+        tp: state.position.offset
+        for tp, state in list(consumer._subscription.assignment.items())
+        if state.has_valid_position
+    }
+
+
+def rewind(consumer: KafkaConsumer, before: Mapping[TopicPartition, int]) -> None:
+    """After a ``poll`` that raised: put every partition still assigned back at its position from
+    ``before``, where it has moved. ``poll`` drains the fetcher's records (advancing positions)
+    before it sends the next fetches, so an error raised after the drain would otherwise skip the
+    records it drained without returning them."""
+    now = positions(consumer)
+    for tp, offset in before.items():
+        if tp in now and now[tp] != offset:
+            consumer.seek(tp, offset)
 
 
 def skip_unreadable(

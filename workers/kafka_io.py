@@ -104,6 +104,7 @@ class KafkaSource:
             self._subscribed = True
         kafka_compat.unpark_resumed(self._consumer)
         kafka_compat.finish_interrupted_join(self._consumer)
+        before = kafka_compat.positions(self._consumer)
         try:
             fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
@@ -111,7 +112,9 @@ class KafkaSource:
                 return self._unreadable(exc, max_records)
             # kafka-python 3.0.12 raises a refused connection to the group coordinator (a broker
             # down or restarting) out of ``poll``; the Java client keeps looking for it. No
-            # records this time: the next poll looks again, and the loop rides the outage out.
+            # records this time (any it had drained are read again): the next poll looks again,
+            # and the loop rides the outage out.
+            kafka_compat.rewind(self._consumer, before)
             log.debug("poll found no broker", error=f"{type(exc).__name__}: {exc}")
             time.sleep(min(timeout_ms, _NO_BROKER_WAIT_MS) / 1000)
             return []

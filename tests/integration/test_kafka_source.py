@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewPartitions
 
@@ -247,9 +246,6 @@ def test_partitions_assigned_while_paused_stay_paused_until_resumed(broker, topi
         first.close()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a retriable error after the drain returns nothing and skips the drained records"
-)
 def test_a_poll_that_fails_after_draining_records_returns_none_and_they_are_read_again(
     broker, topic_names, monkeypatch
 ):
