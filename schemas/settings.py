@@ -145,6 +145,10 @@ class ModelSettings(BaseModel):
     #: Autocast dtype of the encoder. auto: bf16 on CUDA (labels agree with fp32, see
     #: `clstream bench`), fp32 on CPU (bf16 is slower there without AMX).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Run the fp32 encoder as a TorchScript trace, checked against the eager model at load (it
+    #: falls back to eager, with a warning, if the two differ). A traced pass does not hold
+    #: Python's interpreter lock, so the actor's Kafka threads do not stall the model; off: eager.
+    trace: bool = True
 
     @field_validator("encoder", "head")
     @classmethod

@@ -170,6 +170,7 @@ class ClassifierActor:
             batch_size=self.settings.workers.inference_batch_size,
             max_tokens=self.settings.workers.max_batch_tokens,
             precision=model.precision,
+            trace=model.trace,
         )
         self.device = str(getattr(classifier, "device", "cpu"))
         client_id = f"{self.settings.kafka.client_id}-{self.name}"

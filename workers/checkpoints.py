@@ -174,12 +174,15 @@ def load_classifier(
     label_map: Mapping[str, str] | None = None,
     max_tokens: int | None = None,
     precision: str = "auto",
+    trace: bool = True,
 ) -> Classifier:
     """The classifier for a model directory (None: the embedded encoder with the shipped head).
 
     A ``*ForSequenceClassification`` checkpoint brings its own head, so ``head_dir`` must be None
     and ``pooling`` None or ``"cls"``; any other directory is an encoder for ``BertClassifier.load``.
-    Raises ``ModelLoadError`` (``UnsafeCheckpointError`` for pickle-only weights).
+    ``trace`` applies to an encoder with a head (``BertEncoder``); a sequence-classification
+    checkpoint runs eagerly. Raises ``ModelLoadError`` (``UnsafeCheckpointError`` for pickle-only
+    weights).
     """
     if encoder_dir is not None and is_sequence_classification_checkpoint(encoder_dir):
         if head_dir is not None:
@@ -196,5 +199,5 @@ def load_classifier(
             encoder_dir, label_map, max_length, device, batch_size, max_tokens, precision
         )
     return BertClassifier.load(
-        encoder_dir, head_dir, pooling, max_length, device, batch_size, max_tokens, precision
+        encoder_dir, head_dir, pooling, max_length, device, batch_size, max_tokens, precision, trace
     )

@@ -67,6 +67,7 @@ def forward_in_batches(
     autocast_dtype: torch.dtype | None,
     batch_size: int,
     max_tokens: int | None,
+    all_passes: Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
 ) -> Encoded:
     """``forward(input_ids, attention_mask)`` over every text of ``ids``; one float32 row of
     ``width`` per text, in input order, left on ``device`` (no synchronisation on CUDA).
@@ -75,6 +76,11 @@ def forward_in_batches(
     (when given) ``max_tokens`` padded token slots per pass; each group is padded to its own
     longest text and moved to the device in one copy. ``forward`` runs under autocast to
     ``autocast_dtype`` (None: float32) and returns ``[len(group), width]``.
+
+    ``all_passes(packed, positions, rows)``, when given, runs on the CPU without autocast instead
+    of one ``forward`` call per group: every group's packed ids and mask, the rows each fills, and
+    the ``[n, width]`` output to fill, in one call (a TorchScript loop, ``workers.model``), so the
+    model thread gives up and takes back the interpreter lock once per call, not at every pass.
     """
     lengths = [len(row) for row in ids]
     groups = plan_batches(
@@ -82,6 +88,12 @@ def forward_in_batches(
     )
     cuda = device.type == "cuda"
     rows = torch.empty((len(ids), width), dtype=torch.float32, device=device)
+    if all_passes is not None and not cuda and autocast_dtype is None:
+        packed = [torch.from_numpy(pad_group(ids, group, pad_id)) for group in groups]
+        positions = [torch.tensor(group) for group in groups]
+        rows = all_passes(packed, positions, rows)
+        padded = sum(p.shape[1] * p.shape[2] for p in packed)
+        return Encoded(vectors=rows, real_tokens=sum(lengths), padded_tokens=padded, batches=len(groups))
     padded = 0
     for group in groups:
         host = torch.from_numpy(pad_group(ids, group, pad_id))

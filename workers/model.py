@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
@@ -25,6 +27,8 @@ from workers.offline_hub import keep_hub_offline
 from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+
+log = structlog.get_logger("clstream.model")
 
 
 def default_encoder_path() -> Path:
@@ -91,7 +95,12 @@ class BertEncoder:
     and encoded; vectors come back in input order. On CUDA the groups are launched without
     waiting, so padding the next group on the CPU overlaps the GPU's work on this one.
     With an ``adapter`` its LoRA updates are merged into the weights once, here, so encoding
-    costs the same as without one. Not thread-safe.
+    costs the same as without one.
+
+    With ``trace`` (the default) the fp32 encoder and its pooling run as one TorchScript trace
+    (``traced_pooling``), which executes without holding Python's interpreter lock: the actor's
+    Kafka threads then no longer stall the model between its operators. Under autocast (bf16)
+    the eager module runs. Not thread-safe.
     """
 
     def __init__(
@@ -102,6 +111,7 @@ class BertEncoder:
         device: str = "auto",
         precision: str = "auto",
         adapter: LoraAdapter | None = None,
+        trace: bool = True,
     ) -> None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
@@ -128,6 +138,10 @@ class BertEncoder:
         self.hidden_size = int(self.model.config.hidden_size)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self._pool = POOLINGS[pooling]
+        self._pooled = PooledEncoder(self.model, self._pool, pooling in NEEDS_ALL_LAYERS)
+        #: The TorchScript trace of ``_pooled`` in use for fp32 passes; None runs it eagerly.
+        self.traced = traced_pooling(self._pooled, self.device, directory) if trace else None
+        self._all_passes = scripted_passes(self.traced) if self.traced is not None else None
 
     def weights_id(self) -> str:
         """sha256 naming the weights in use: the directory's, combined with the adapter's if any."""
@@ -159,16 +173,11 @@ class BertEncoder:
         self, ids: list[list[int]], batch_size: int = 64, max_tokens: int | None = None
     ) -> Encoded:
         """``encode_on_device`` from token ids (``token_ids``)."""
-        all_layers = self.pooling in NEEDS_ALL_LAYERS
-
-        def pooled(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=all_layers)
-            hidden = out.hidden_states if all_layers else (out.last_hidden_state,)
-            return self._pool(hidden, mask, getattr(out, "pooler_output", None))
-
+        traced = self.traced if self.autocast_dtype is None else None
         return forward_in_batches(
             ids,
-            pooled,
+            traced if traced is not None else self._pooled,
+            all_passes=self._all_passes if traced is not None else None,
             width=self.hidden_size,
             pad_id=self.pad_id,
             device=self.device,
@@ -176,6 +185,94 @@ class BertEncoder:
             batch_size=batch_size,
             max_tokens=max_tokens,
         )
+
+
+class PooledEncoder(torch.nn.Module):
+    """The encoder and its pooling as one module, ``(input_ids, attention_mask) -> [batch, dim]``."""
+
+    def __init__(self, model: torch.nn.Module, pool: Callable[..., torch.Tensor], all_layers: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.pool = pool
+        self.all_layers = all_layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.all_layers
+        )
+        hidden = out.hidden_states if self.all_layers else (out.last_hidden_state,)
+        return self.pool(hidden, attention_mask, getattr(out, "pooler_output", None))
+
+
+class AllPasses(torch.nn.Module):
+    """Every forward pass of one call in one TorchScript call (``forward_in_batches``'s
+    ``all_passes``): each group's vectors go to its rows of ``rows``."""
+
+    def __init__(self, traced: Any) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(
+        self, packed: list[torch.Tensor], positions: list[torch.Tensor], rows: torch.Tensor
+    ) -> torch.Tensor:
+        for i in range(len(packed)):
+            group = packed[i]
+            rows.index_copy_(0, positions[i], self.traced(group[0], group[1]))
+        return rows
+
+
+def scripted_passes(traced: Any) -> Any | None:
+    """``AllPasses`` over ``traced``, compiled with TorchScript; None (eager loop) if it cannot be."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch 2.15 marks TorchScript deprecated (docs/data-plane.md)
+            return torch.jit.script(AllPasses(traced))
+    except Exception as exc:  # noqa: BLE001 - the per-pass loop in Python does the same work
+        log.warning("one call per pass: scripting failed", error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
+#: (rows, width, padded rows) of the inputs a trace is checked on against the eager module: other
+#: shapes than the one traced, a lone two-token text, and a pass with no padding at all.
+_TRACE_CHECKS = ((5, 11, (1, 3)), (1, 2, ()), (4, 7, ()), (2, 30, (0,)))
+
+
+def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str) -> Any | None:
+    """``module`` traced with TorchScript, or None (with a warning) when it cannot be traced or the
+    trace does not reproduce the eager outputs on ``_TRACE_CHECKS``.
+
+    A traced graph runs in C++ without the interpreter lock, where the eager module takes the lock
+    for every operator; on a 2-core CPU a Python thread beside the model made the eager zero-cost
+    model about 20 times slower and the traced one 1.5 times (docs/data-plane.md). The trace is
+    recorded on a padded batch, so the attention mask is always applied; position ids and the mask
+    follow each pass's shape. Parameters are shared with ``module``, not copied.
+    """
+    vocab = int(getattr(getattr(module.model, "config", None), "vocab_size", 1000) or 1000)
+    generator = torch.Generator().manual_seed(0)
+
+    def example(rows: int, width: int, padded: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(1, vocab, (rows, width), generator=generator)
+        mask = torch.ones_like(ids)
+        for row in padded:
+            mask[row, max(2, width // 2) :] = 0
+        return ids.to(device), mask.to(device)
+
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings on Python branches of the model's code
+            traced = torch.jit.trace(module, example(3, 9, (1,)), check_trace=False, strict=False)
+            for rows, width, padded in _TRACE_CHECKS:
+                inputs = example(rows, width, padded)
+                eager, graph = module(*inputs), traced(*inputs)
+                if eager.shape != graph.shape or not torch.allclose(eager, graph, atol=1e-5, rtol=1e-4):
+                    raise ValueError(
+                        f"the trace differs from the eager module on a {rows}x{width} pass "
+                        f"(largest difference {float((eager - graph).abs().max()):.3g})"
+                    )
+    except Exception as exc:  # noqa: BLE001 - any failure: run the eager module, which is correct
+        log.warning("encoder runs eagerly: tracing failed", encoder=str(name), error=f"{type(exc).__name__}: {exc}")
+        return None
+    return traced
 
 
 def load_hf_model(auto_class: Any, directory: Path) -> Any:
@@ -238,6 +335,7 @@ class BertClassifier:
         batch_size: int = 64,
         max_tokens: int | None = None,
         precision: str = "auto",
+        trace: bool = True,
     ) -> BertClassifier:
         encoder_dir = encoder_dir or default_encoder_path()
         head, meta = load_head(head_dir or DEFAULT_HEAD_DIR)
@@ -261,6 +359,7 @@ class BertClassifier:
             device=device,
             precision=precision,
             adapter=adapter,
+            trace=trace,
         )
         lora = f"+lora@{adapter.sha256[:12]}" if adapter is not None else ""
         model_id = f"{meta.encoder_id}{lora}+head-{meta.pooling}@{sha[:12]}"

@@ -200,4 +200,5 @@ def _classifier(settings: Settings) -> BertClassifier:
         workers.inference_batch_size,
         workers.max_batch_tokens,
         model.precision,
+        model.trace,
     )

@@ -64,3 +64,33 @@ def test_token_ids_through_the_fast_backend_equal_the_wrappers():
             texts, truncation=True, max_length=max_length, padding=False, return_attention_mask=False
         )["input_ids"]
         assert token_ids(tokenizer, texts, max_length) == wrapper
+
+
+def test_the_traced_encoder_gives_the_eager_probabilities(tiny_model):
+    encoder_dir, head_dir = tiny_model
+    texts = ["short", "a much longer tweet with many more words in it", "mid length text", "x", "🙂 ok"]
+    traced = BertClassifier.load(encoder_dir, head_dir, device="cpu", batch_size=2)
+    eager = BertClassifier.load(encoder_dir, head_dir, device="cpu", batch_size=2, trace=False)
+    assert traced.encoder.traced is not None and eager.encoder.traced is None
+    assert np.allclose(traced.classify(texts), eager.classify(texts), atol=1e-6)
+    # Under autocast the eager module runs, whatever was traced.
+    traced.encoder.autocast_dtype = torch.bfloat16
+    assert np.allclose(traced.classify(texts), eager.classify(texts), atol=0.05)
+
+
+def test_a_trace_that_differs_from_the_eager_module_is_not_used(tiny_model):
+    from structlog.testing import capture_logs
+
+    from workers.model import PooledEncoder, traced_pooling
+
+    encoder = BertEncoder(tiny_model[0], "cls", device="cpu", trace=False)
+
+    def depends_on_the_data(hidden, mask, pooler_output=None):
+        # A Python branch on the inputs' values: a trace records only the branch it saw.
+        return hidden[-1][:, 0] * (2.0 if int(mask.sum()) % 2 else 1.0)
+
+    module = PooledEncoder(encoder.model, depends_on_the_data, all_layers=False)
+    with capture_logs() as logs:
+        assert traced_pooling(module, torch.device("cpu"), "tiny") is None
+    (warning,) = [entry for entry in logs if entry["event"] == "encoder runs eagerly: tracing failed"]
+    assert "the trace differs from the eager module" in warning["error"]
