@@ -89,10 +89,10 @@ def forward_in_batches(
     cuda = device.type == "cuda"
     rows = torch.empty((len(ids), width), dtype=torch.float32, device=device)
     if all_passes is not None and not cuda and autocast_dtype is None:
-        packed = [torch.from_numpy(pad_group(ids, group, pad_id)) for group in groups]
+        every = [torch.from_numpy(pad_group(ids, group, pad_id)) for group in groups]
         positions = [torch.tensor(group) for group in groups]
-        rows = all_passes(packed, positions, rows)
-        padded = sum(p.shape[1] * p.shape[2] for p in packed)
+        rows = all_passes(every, positions, rows)
+        padded = sum(p.shape[1] * p.shape[2] for p in every)
         return Encoded(vectors=rows, real_tokens=sum(lengths), padded_tokens=padded, batches=len(groups))
     padded = 0
     for group in groups:

@@ -243,7 +243,7 @@ def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str
 
     A traced graph runs in C++ without the interpreter lock, where the eager module takes the lock
     for every operator; on a 2-core CPU a Python thread beside the model made the eager zero-cost
-    model about 20 times slower and the traced one 1.5 times (docs/data-plane.md). The trace is
+    model 21 times slower and the traced one 2.5 times (docs/data-plane.md). The trace is
     recorded on a padded batch, so the attention mask is always applied; position ids and the mask
     follow each pass's shape. Parameters are shared with ``module``, not copied.
     """
@@ -270,7 +270,9 @@ def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str
                         f"(largest difference {float((eager - graph).abs().max()):.3g})"
                     )
     except Exception as exc:  # noqa: BLE001 - any failure: run the eager module, which is correct
-        log.warning("encoder runs eagerly: tracing failed", encoder=str(name), error=f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "encoder runs eagerly: tracing failed", encoder=str(name), error=f"{type(exc).__name__}: {exc}"
+        )
         return None
     return traced
 
