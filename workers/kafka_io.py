@@ -408,6 +408,8 @@ class KafkaTransactionalSink:
         self._superseded = False
         #: The producer was closed and its replacement could not be initialized yet.
         self._closed = False
+        #: ``time.monotonic()`` when the open transaction began; None when none is open.
+        self._began: float | None = None
 
     def _new_producer(self) -> KafkaProducer:
         producer = _producer(
@@ -441,6 +443,7 @@ class KafkaTransactionalSink:
         kafka_compat.forget_refused_txn_offsets(producer)
         try:
             producer.begin_transaction()
+            self._began = time.monotonic()
             sent = [
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
                 for r in map(producible, records)
@@ -461,6 +464,7 @@ class KafkaTransactionalSink:
             self._fail(exc, len(records), deadline + timeout_s)
         try:
             self._await(commit, deadline, "commit")
+            self._began = None
         except kafka_errors.KafkaTimeoutError as exc:
             self._pending_commit = _PendingCommit(
                 commit,
@@ -542,6 +546,7 @@ class KafkaTransactionalSink:
             self._abort(deadline)
         except DeliveryError as abort_failed:
             message += f"; {abort_failed}"
+        self._began = None  # aborted, or settled by the producer's replacement
         if isinstance(exc, _FENCING_ERRORS):
             raise FencedError(message) from exc
         raise DeliveryError(message) from exc
@@ -566,8 +571,16 @@ class KafkaTransactionalSink:
         """Raise ``ProducerFencedError`` if a newer producer with this transactional id fenced
         this one (kafka-python then holds ``ProducerFencedError`` as its fatal error, whatever
         the call that ran into it raised). Such a producer is never re-initialized: that would
-        fence the live one in turn; the actor stops instead."""
-        if kafka_compat.fenced_by_newer_producer(self._producer, exc):
+        fence the live one in turn; the actor stops instead.
+
+        A coordinator that aborts a transaction open past ``workers.transaction_timeout_ms`` (the
+        broker was unreachable meanwhile, or a request waited that long) also bumps the
+        producer's epoch, and kafka-python reports that the same way. When the open transaction
+        is that old, the refusal is taken for the timeout: the producer is replaced like any
+        other, and the batch is read again. Should it really have been a newer producer, the two
+        fence each other at most once more (the newer one's transaction is young, so it stops),
+        and neither can commit offsets for a group generation it is not in."""
+        if kafka_compat.fenced_by_newer_producer(self._producer, exc) and not self._timed_out():
             self._superseded = True
             # Its unsent records can never be sent: close without waiting (kafka-python's close
             # flushes first, and a zero-timeout flush of pending batches raises).
@@ -578,6 +591,11 @@ class KafkaTransactionalSink:
                 "(this actor was replaced, or another driver uses the id): this actor stops"
             ) from exc
 
+    def _timed_out(self) -> bool:
+        """The open transaction is past its timeout: its coordinator has aborted it (or will)."""
+        timeout_s = self._settings.workers.transaction_timeout_ms / 1000
+        return self._began is not None and time.monotonic() - self._began >= timeout_s
+
     def _replace_producer(self) -> None:
         """init_transactions on the same transactional id fences the old producer and aborts
         (or completes) whatever it left open. Never for a producer a newer one has fenced."""
@@ -586,6 +604,12 @@ class KafkaTransactionalSink:
             with contextlib.suppress(Exception):
                 self._producer.close(timeout=0)
             self._closed = True
+        if self._timed_out():
+            log.warning(
+                "the coordinator aborted a transaction open past its timeout: replacing the producer",
+                transactional_id=self._transactional_id,
+            )
+        self._began = None
         try:
             self._producer = self._new_producer()
         except Exception as exc:  # noqa: BLE001 - a coordinator that cannot be reached yet: retry

@@ -351,7 +351,6 @@ class _StallsBeforeItsFirstCommit(KafkaTransactionalSink):
         return super()._begin_commit(producer)
 
 
-@pytest.mark.xfail(strict=True, reason="the coordinator's timeout abort is taken for a newer producer")
 def test_a_transaction_the_coordinator_timed_out_is_sent_again_and_the_producer_is_not_a_zombie(
     broker, topic_names
 ):
