@@ -66,6 +66,8 @@ IN_FLIGHT_BOUND = BATCH * ACTORS * WorkerSettings().max_inflight_batches
 BOTH_MODES = ["at-least-once", "exactly-once"]
 DELIVERY = BOTH_MODES
 BOUND = {"at-least-once": IN_FLIGHT_BOUND, "exactly-once": 0}
+#: A broker back after an outage is found within this (reconnect backoff + coordinator load).
+RECONNECTED_WITHIN_S = 4.0
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -467,6 +469,9 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
     _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, BOUND[delivery], driver)
 
 
+@pytest.mark.xfail(
+    strict=True, reason="kafka-python backs reconnects off up to 30 s: 9-11 s to find a restarted broker"
+)
 def test_with_the_broker_down_polls_return_nothing_and_a_commit_is_refused_as_retriable_then_made(
     own_broker, topic_names
 ):
@@ -507,7 +512,8 @@ def test_with_the_broker_down_polls_return_nothing_and_a_commit_is_refused_as_re
             source.commit(done)
         assert refused.value.retriable, refused.value
         own_broker.start()
-        deadline = time.monotonic() + 90
+        back = time.monotonic()
+        deadline = back + 90
         while True:  # as the loop does: poll (which rejoins), then commit again
             source.poll(timeout_ms=200, max_records=10)
             try:
@@ -516,6 +522,11 @@ def test_with_the_broker_down_polls_return_nothing_and_a_commit_is_refused_as_re
             except CommitError as exc:
                 assert exc.retriable, exc
                 assert time.monotonic() < deadline, f"still refused after 90 s: {exc}"
+        # The client finds the broker soon after it serves again (its reconnect backoff stays
+        # short however long the outage), so a member heartbeats again well inside the tests'
+        # 6 s session: a restart alone does not cost the group its members.
+        took_s = time.monotonic() - back
+        assert took_s < RECONNECTED_WITHIN_S, f"the commit was made {took_s:.1f} s after the broker served"
     finally:
         source.close()
     reader = KafkaConsumer(**settings.kafka.client_config(), group_id=settings.topics.group_id)
