@@ -23,6 +23,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from schemas.errors import MissingSecretError
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+#: Longest wait between a client's attempts to reach a broker it lost (the Java client's default).
+_RECONNECT_BACKOFF_MAX_MS = 1_000
 
 Pooling = Literal["cls", "mean", "last4", "pooler"]
 
@@ -89,6 +91,11 @@ class KafkaSettings(BaseModel):
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            # kafka-python doubles the wait between reconnects up to 30 s; after a 20 s outage a
+            # client found its restarted broker 9-11 s after it served again, past a short group
+            # session, and the group expelled every member. The Java client's cap, 1 s, keeps a
+            # member rejoining within a heartbeat or two of the broker's return.
+            "reconnect_backoff_max_ms": _RECONNECT_BACKOFF_MAX_MS,
         }
         if self.sasl_mechanism:
             config["sasl_mechanism"] = self.sasl_mechanism
