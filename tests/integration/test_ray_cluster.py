@@ -281,6 +281,93 @@ def test_actors_wait_for_a_gpu_node_then_survive_its_loss(
     )
 
 
+def _gpu_ids(port: int) -> dict[str, str]:
+    """Ray's GPU ids of each running actor, by slot (from ``clstream_actor_info``)."""
+    found: dict[str, str] = {}
+    for (name, labels), _ in _scrape(port).items():
+        fields = dict(labels)
+        if name == "clstream_actor_info" and fields.get("state") == "running":
+            found[fields["slot"]] = fields["gpu_ids"]
+    return found
+
+
+def _both_running(port: int) -> dict[str, str] | None:
+    ids = _gpu_ids(port)
+    return ids if len(ids) == 2 else None
+
+
+def _restarts_by_slot(port: int) -> dict[str, float]:
+    return {
+        dict(labels)["slot"]: value
+        for (name, labels), value in _scrape(port).items()
+        if name == "clstream_actor_restarts_total" and value
+    }
+
+
+def _actor_pids() -> list[int]:
+    """Processes of classifier actors on this machine (Ray titles them ``ray::ClassifierActor``)."""
+    found = subprocess.run(["pgrep", "-f", "ray::ClassifierActor"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_an_actor_sharing_a_gpu_is_killed_and_only_it_is_replaced_onto_its_share(
+    ray_nodes, broker, topic_names, tiny_model, tmp_path, report, delivery
+):
+    """Two members share one declared GPU (``gpu_fraction`` 0.5), the way several CPU feeders
+    keep one device busy (docs/data-plane.md). One is SIGKILLed mid-stream: its neighbour keeps
+    consuming on the same GPU and is never replaced, the driver replaces the dead member onto the
+    share it freed, and every record ends labeled within the mode's bound (one credit of the dead
+    member in at-least-once mode, none in exactly-once)."""
+    names = topic_names()
+    settings = _settings(broker, names)
+    cwd = _driver_cwd(tmp_path, tiny_model)
+    port = _free_port()
+    first, total = 1_000, 3_000
+    started = time.monotonic()
+    _produce(settings, 0, first)
+    with _clstream_run(
+        ray_nodes, broker, names, cwd, port, delivery,
+        "--workers", "2", "--encoder", "model/encoder", "--head", "model/head",
+        CLSTREAM_WORKERS__GPU_POLICY="always",
+        CLSTREAM_WORKERS__GPU_FRACTION="0.5",
+        CLSTREAM_DRIVER__HEALTH_TIMEOUT_S="5",
+    ):  # fmt: skip
+        shared = wait_until(lambda: _both_running(port), 180, "2 actors running")
+        assert len(set(shared.values())) == 1 and "," not in next(iter(shared.values())), shared
+        wait_until(
+            lambda: topic_size(settings.kafka, names["output"]) >= first, 120, "the first records labeled"
+        )
+        _produce(settings, first, total - first)  # a backlog for the killed member to leave behind
+        time.sleep(0.5)
+        pids = _actor_pids()
+        assert len(pids) == 2, pids
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        restarts = wait_until(lambda: _restarts_by_slot(port) or None, 120, "the killed actor replaced")
+        wait_until(lambda: _both_running(port), 180, "the replacement running")
+        replaced_s = time.monotonic() - killed_at
+        wait_until(lambda: _lag(port) == 0, 180, "the backlog worked off")
+        after = _gpu_ids(port)
+        restarts = _restarts_by_slot(port)
+    # Only the killed member was replaced, once; the replacement took the freed half of the same GPU.
+    assert list(restarts.values()) == [1.0], restarts
+    assert after == shared, (shared, after)
+    bound = {"at-least-once": WorkerSettings().max_inflight_batches * BATCH, "exactly-once": 0}[delivery]
+    verdict = _verify(settings, delivery, total, bound)
+    report(
+        "actor sharing a GPU SIGKILLed",
+        delivery=delivery,
+        records=total,
+        lost=verdict.lost,
+        duplicates=verdict.duplicates,
+        bound=bound,
+        gpu=next(iter(shared.values())),
+        replaced_s=round(replaced_s, 1),
+        took_s=round(time.monotonic() - started, 1),
+    )
+
+
 def _ray_job(ray_nodes, command: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [RAY, "job", command, "--address", ray_nodes.jobs_address, *args],
