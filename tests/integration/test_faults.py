@@ -472,6 +472,7 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
     # to another member, so the bound is one credit per member per assignment after the restart,
     # counted by the broker (typically three: the first back alone, both, the revoked moved).
     assert sum(driver.restarts_by_slot.values()) == 0, driver.restarts_by_slot
+    assert _generation(own_broker, settings.topics.group_id) > before, "the members never joined again"
     bound = _bound_per_assignment(own_broker, settings, before, delivery)
     _check(report, "broker SIGKILL + restart", settings, delivery, 1, started, bound, driver)
 
@@ -485,11 +486,11 @@ def _generation(broker: LocalBroker, group_id: str) -> int:
 
 
 def _bound_per_assignment(broker: LocalBroker, settings: Settings, before: int, delivery: str) -> int:
-    """After an outage that cost the group its members: one credit per member for each assignment
-    the group went through since generation ``before`` (at-least-once; 0 for exactly-once)."""
+    """After an outage that may cost the group its members: one credit per member for each
+    assignment the group went through since generation ``before``, and at least one
+    (at-least-once; 0 for exactly-once)."""
     assignments = _generation(broker, settings.topics.group_id) - before
-    assert assignments >= 1, "the members never joined the group again after the outage"
-    return IN_FLIGHT_BOUND * assignments if delivery == "at-least-once" else 0
+    return IN_FLIGHT_BOUND * max(1, assignments) if delivery == "at-least-once" else 0
 
 
 def test_with_the_broker_down_polls_return_nothing_and_a_commit_is_refused_as_retriable_then_made(
@@ -568,7 +569,8 @@ def test_broker_paused_past_the_session_timeout_loses_nothing(
         before = _generation(own_broker, settings.topics.group_id)
         own_broker.pause()
         try:
-            # Past the 6 s session timeout: the group expires its members when the broker wakes.
+            # Past the 6 s session timeout: the group may expire its members when the broker wakes
+            # (unless their heartbeats reach it first).
             time.sleep(settings.workers.session_timeout_ms / 1000 + 4)
         finally:
             own_broker.resume()
