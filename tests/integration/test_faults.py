@@ -470,7 +470,7 @@ def test_broker_sigkilled_and_restarted_loses_nothing(
     # again, usually one after another: the first back takes every partition and gives some up
     # when the next joins. Each of those assignments may hand every member's uncommitted credit
     # to another member, so the bound is one credit per member per assignment after the restart,
-    # counted by the broker (typically three: the first back alone, both, the revoked moved).
+    # counted by the broker (two to four in the runs so far).
     assert sum(driver.restarts_by_slot.values()) == 0, driver.restarts_by_slot
     assert _generation(own_broker, settings.topics.group_id) > before, "the members never joined again"
     bound = _bound_per_assignment(own_broker, settings, before, delivery)

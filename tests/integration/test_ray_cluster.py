@@ -66,7 +66,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def _restarts(port: int) -> float:
-    return sum(v for (name, _), v in _scrape(port).items() if name == "clstream_actor_restarts_total")
+    return sum(_restarts_by_slot(port).values())
 
 
 def _lag(port: int) -> float | None:
