@@ -418,6 +418,7 @@ class KafkaTransactionalSink:
             transactional_id=self._transactional_id,
             transaction_timeout_ms=self._settings.workers.transaction_timeout_ms,
         )
+        kafka_compat.shorten_transactional_retry_backoff(producer)
         producer.init_transactions()
         return producer
 

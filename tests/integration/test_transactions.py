@@ -415,7 +415,6 @@ class _SenderClock:
         time.sleep(seconds)
 
 
-@pytest.mark.xfail(strict=True, reason="kafka-python 3.0.12 sleeps 100 ms before a transactional retry")
 def test_a_transaction_refused_while_the_last_one_completes_is_retried_within_20_ms(
     broker, topic_names, monkeypatch
 ):
