@@ -445,14 +445,16 @@ class KafkaTransactionalSink:
         try:
             producer.begin_transaction()
             self._began = time.monotonic()
+            # The offsets go first: their two round trips (AddOffsetsToTxn to the transaction
+            # coordinator, then TxnOffsetCommit to the group's) run while this thread is still
+            # building and sending the records, instead of after them.
+            offsets = kafka_compat.send_offsets_to_transaction(
+                producer, _kafka_offsets(next_offsets), group_metadata
+            )
             sent = [
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
                 for r in map(producible, records)
             ]
-            offsets = kafka_compat.send_offsets_to_transaction(
-                producer, _kafka_offsets(next_offsets), group_metadata
-            )
-            self._await(offsets, deadline, "offsets")
             # kafka-python 3.0.12 commits a transaction whose record batch expired (to it a
             # delivery timeout is retriable, so the transaction stays committable): the offsets
             # would commit without that output. Every record is acknowledged before the commit.
@@ -460,6 +462,7 @@ class KafkaTransactionalSink:
             failures = _failures(sent)
             if failures:
                 raise failures[0]
+            self._await(offsets, deadline, "offsets")
             commit = self._begin_commit(producer)
         except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of it may ever commit
             self._fail(exc, len(records), deadline + timeout_s)
