@@ -251,7 +251,7 @@ TRANSACTIONAL_RETRY_BACKOFF_MS = 20
 def shorten_transactional_retry_backoff(
     producer: KafkaProducer, backoff_ms: int = TRANSACTIONAL_RETRY_BACKOFF_MS
 ) -> None:
-    """Work around kafka-python 3.0.12 pausing 100 ms in most transactions that follow a commit.
+    """Work around kafka-python 3.0.12 pausing 100 ms in a transaction begun right after a commit.
 
     The first transactional request of a transaction (AddOffsetsToTxn or AddPartitionsToTxn) is
     often refused with CONCURRENT_TRANSACTIONS: the coordinator is still writing the previous
@@ -703,6 +703,10 @@ _EXPECTATIONS: dict[str, Callable[[], bool]] = {
         _calls("kafka:KafkaProducer.__init__", name) for name in ("_sender", "_transaction_manager")
     ),
     "Sender.wakeup": lambda: _has("kafka.producer.sender:Sender", "wakeup"),
+    "Sender keeps config; its transactional retry sleeps config['retry_backoff_ms']": lambda: (
+        _calls("kafka.producer.sender:Sender.__init__", "config")
+        and _calls("kafka.producer.sender:Sender._maybe_send_pending_request", "sleep")
+    ),
     "TransactionManager keeps _lock and _pending_txn_offset_commits": lambda: all(
         _calls("kafka.producer.transaction_manager:TransactionManager.__init__", name)
         for name in ("_lock", "_pending_txn_offset_commits")
