@@ -447,3 +447,37 @@ def test_a_transaction_refused_while_the_last_one_completes_is_retried_within_20
         sink.close()
     assert clock.sleeps, f"no transactional request was retried in {transactions} transactions"
     assert max(clock.sleeps) <= 0.02, f"retry waits (s): {sorted(set(clock.sleeps))}"
+
+
+@pytest.mark.xfail(strict=True, reason="the refusal surfaces as a generic KafkaError from send")
+def test_a_stale_generation_is_told_apart_however_many_records_follow_the_offsets(broker, topic_names):
+    """The transaction's offsets are sent before its records. When the broker refuses them for a
+    stale generation while the records are still being sent, kafka-python fails the next send
+    with a generic error; the sink must still report a fenced batch (read it again), not a
+    delivery failure (retry the same stale batch), and commit nothing of it."""
+    names = topic_names()
+    settings = pipeline_settings(broker, names, workers={"delivery": "exactly-once"})
+    produce_tweets(settings, [("id-0", "tweet")], [], partitions=1)
+    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
+    source = KafkaSource(settings, "stale-test")
+    sink = KafkaTransactionalSink(settings, "stale-test", transactional_id=f"{names['group_id']}-stale")
+    topic = names["input"]
+    probe = LagProbe(settings.kafka, topic, names["group_id"])
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        current = source.group_metadata()
+        stale = current._replace(generation_id=current.generation_id + 7)
+        many = [OutboundRecord(names["output"], b"k", b"fenced %d" % i) for i in range(20_000)]
+        with pytest.raises(FencedError):
+            sink.deliver_atomically(many, {(topic, 0): 1}, stale, timeout_s=30)
+        sink.deliver_atomically(
+            [OutboundRecord(names["output"], b"k", b"committed")], {(topic, 0): 1}, current, 30
+        )
+        committed = probe.measure().committed
+    finally:
+        probe.close()
+        source.close()
+        sink.close()
+    assert committed[0] == 1
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"committed"]
