@@ -356,6 +356,16 @@ def producible(record: OutboundRecord) -> OutboundRecord:
     )
 
 
+def _refusal(exc: Exception) -> Exception:
+    """What a transaction failed for. Once a transactional request was refused (the offsets of a
+    stale group generation, say: they go out before the records), kafka-python fails every later
+    ``send`` with a plain ``KafkaError`` whose second argument is the refusal; the refusal is what
+    tells a fenced batch (read it again) from a broker problem (retry it)."""
+    if type(exc) is kafka_errors.KafkaError and len(exc.args) > 1 and isinstance(exc.args[1], Exception):
+        return exc.args[1]
+    return exc
+
+
 def _failures(futures: Iterable[Any]) -> list[BaseException]:
     failures: list[BaseException] = []
     for future in futures:
@@ -465,7 +475,7 @@ class KafkaTransactionalSink:
             self._await(offsets, deadline, "offsets")
             commit = self._begin_commit(producer)
         except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of it may ever commit
-            self._fail(exc, len(records), deadline + timeout_s)
+            self._fail(_refusal(exc), len(records), deadline + timeout_s)
         try:
             self._await(commit, deadline, "commit")
             self._began = None

@@ -449,7 +449,6 @@ def test_a_transaction_refused_while_the_last_one_completes_is_retried_within_20
     assert max(clock.sleeps) <= 0.02, f"retry waits (s): {sorted(set(clock.sleeps))}"
 
 
-@pytest.mark.xfail(strict=True, reason="the refusal surfaces as a generic KafkaError from send")
 def test_a_stale_generation_is_told_apart_however_many_records_follow_the_offsets(broker, topic_names):
     """The transaction's offsets are sent before its records. When the broker refuses them for a
     stale generation while the records are still being sent, kafka-python fails the next send
