@@ -89,19 +89,16 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         if not self._subscribed:
-            # Fetch the topic's partitions before joining: a group leader that assigns without them
-            # ("No partition metadata for topic") hands out nothing, and kafka-python notices the
-            # partitions only at its next metadata refresh, up to metadata_max_age_ms (5 min) later.
-            self._consumer.partitions_for_topic(self._topic)
-            # Joined on the first poll, so a revocation callback set before it is always in place.
-            self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
-            # One more metadata update, now that the subscription is in place: kafka-python records
-            # the subscribed topics' partitions (its "metadata snapshot") only from an update made
-            # after subscribe. Without it the first assignment is made against an empty snapshot
-            # and the next update makes the leader rejoin at once: a second rebalance at every
-            # start, and the one that was seen to hang (see ``diagnostics``).
-            self._consumer.topics()
-            self._subscribed = True
+            try:
+                self._subscribe()
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                # The broker went away before the first poll: no records, and the next poll
+                # subscribes again, as a later poll rides an outage out.
+                log.debug("no broker to join the group with yet", error=f"{type(exc).__name__}: {exc}")
+                time.sleep(min(timeout_ms, _NO_BROKER_WAIT_MS) / 1000)
+                return []
         kafka_compat.unpark_resumed(self._consumer)
         kafka_compat.finish_interrupted_join(self._consumer)
         before = kafka_compat.positions(self._consumer)
@@ -135,6 +132,21 @@ class KafkaSource:
             for records in fetched.values()
             for r in records
         ]
+
+    def _subscribe(self) -> None:
+        # Fetch the topic's partitions before joining: a group leader that assigns without them
+        # ("No partition metadata for topic") hands out nothing, and kafka-python notices the
+        # partitions only at its next metadata refresh, up to metadata_max_age_ms (5 min) later.
+        self._consumer.partitions_for_topic(self._topic)
+        # Joined on the first poll, so a revocation callback set before it is always in place.
+        self._consumer.subscribe([self._topic], listener=_RevokeListener(self))
+        # One more metadata update, now that the subscription is in place: kafka-python records
+        # the subscribed topics' partitions (its "metadata snapshot") only from an update made
+        # after subscribe. Without it the first assignment is made against an empty snapshot
+        # and the next update makes the leader rejoin at once: a second rebalance at every
+        # start, and the one that was seen to hang (see ``diagnostics``).
+        self._consumer.topics()
+        self._subscribed = True
 
     def _unreadable(self, exc: Exception, max_records: int) -> list[RawRecord]:
         """``poll`` raised ``exc``: stand-ins for the records it could not read (the partition

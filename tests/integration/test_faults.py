@@ -493,7 +493,6 @@ def _bound_per_assignment(broker: LocalBroker, settings: Settings, before: int, 
     return IN_FLIGHT_BOUND * max(1, assignments) if delivery == "at-least-once" else 0
 
 
-@pytest.mark.xfail(strict=True, reason="the first poll raises the lookup's KafkaConnectionError")
 def test_a_first_poll_with_the_broker_down_returns_nothing_and_joins_once_it_is_back(own_broker, topic_names):
     """An actor's first poll looks the topic up and subscribes. With the broker gone by then (it
     died while the actor was starting), that poll must return nothing, like any poll without a broker, and
