@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-#: Not 9092: the test broker must never touch a developer's own broker or its data.
-TEST_BROKER_PORT = int(os.environ.get("CLSTREAM_TEST_BROKER_PORT", "39092"))
+#: Not 9092: the test broker must never touch a developer's own broker or its data. Every fixed
+#: port here is below the kernel's ephemeral range (32768 and up by default) and above Ray's worker
+#: ports (10002-19999): a connection's local end or a Ray process never holds one when a test
+#: starts or restarts a broker on it.
+TEST_BROKER_PORT = int(os.environ.get("CLSTREAM_TEST_BROKER_PORT", "29092"))
 #: The three-node cluster's first port (it takes six from there), apart from the single broker's.
-TEST_CLUSTER_PORT = int(os.environ.get("CLSTREAM_TEST_CLUSTER_PORT", "39300"))
+TEST_CLUSTER_PORT = int(os.environ.get("CLSTREAM_TEST_CLUSTER_PORT", "29300"))
 #: The multi-node Ray cluster's head (GCS) port; Ray picks the others.
-TEST_RAY_PORT = int(os.environ.get("CLSTREAM_TEST_RAY_PORT", "39500"))
+TEST_RAY_PORT = int(os.environ.get("CLSTREAM_TEST_RAY_PORT", "29500"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -158,6 +158,13 @@ class LocalBroker:
                 f"port {self.port} is taken by another process; pass --port or point clstream at that "
                 "broker with --bootstrap-servers"
             )
+        for port in (self.port, self.controller_port):
+            if not _bindable(port):
+                raise BrokerError(
+                    f"port {port} is in use (no listener: likely the local end of a connection, as any "
+                    f"port in the kernel's ephemeral range {_ephemeral_range()} can be); pass --port "
+                    "with a port outside that range"
+                )
         jars = self.ensure_jars()
         config = self._render_config()
         data = self.state_dir / "data"
@@ -184,7 +191,11 @@ class LocalBroker:
         """Block until the launched broker answers metadata requests; stop it if it never does."""
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise BrokerError(f"the broker exited with status {process.returncode}; see {self.log_file}")
+                unbound = _unbound_address(self.log_file)
+                why = f": {unbound} is already in use" if unbound else ""
+                raise BrokerError(
+                    f"the broker exited with status {process.returncode}{why}; see {self.log_file}"
+                )
             if _accepts(self.port) and self._serves_metadata():
                 return
             time.sleep(0.25)
@@ -321,6 +332,42 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _bindable(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:``port`` now. Kafka's JVM sets SO_REUSEADDR, as here,
+    so a connection in TIME_WAIT does not count; a live connection's local end or a listener does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _ephemeral_range() -> str:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return "(unknown here)"
+    return f"{low}-{high}"
+
+
+#: How much of a broker's log to read for why it exited: its last lines hold the fatal error.
+_LOG_TAIL_BYTES = 256 * 1024
+
+
+def _unbound_address(log_file: Path) -> str | None:
+    """The address a broker that just exited failed to bind, from the tail of its log; None if none."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+            tail = log.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = re.findall(r"failed to bind to (\S+?): Address already in use", tail)
+    return found[-1] if found else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -360,7 +407,7 @@ class LocalCluster:
     are idempotent; ``kill`` and ``restart`` inject faults one node at a time.
     """
 
-    port: int = 39300
+    port: int = 29300
 
     @property
     def nodes(self) -> dict[int, LocalBroker]:

@@ -1,7 +1,7 @@
 """``clstream soak``: a long run at half of measured capacity with an actor SIGKILLed every ~2 minutes.
 
 One run per delivery mode (``--delivery both``: at-least-once, then exactly-once), each on fresh
-topics of a local broker on port 39700 (or ``--bootstrap-servers``):
+topics of a local broker on port 29700 (or ``--bootstrap-servers``):
 
 1. capacity: unless ``--rate`` is given, the load saturates the pipeline for ``--capacity-s``
    and the committed rate is its capacity; the backlog is then drained. The output says so.
@@ -56,8 +56,9 @@ from pipelines.soak.rules import (
 from schemas.errors import ClstreamError
 from schemas.settings import Settings
 
-#: Not 9092 nor the test brokers' 39092/39192: a soak never touches other brokers or their data.
-SOAK_BROKER_PORT = 39700
+#: Not 9092 nor the test brokers' 29092/29192: a soak never touches other brokers or their data.
+#: Below the ephemeral port range, so no connection's local end holds it.
+SOAK_BROKER_PORT = 29700
 MODES: tuple[Delivery, ...] = ("at-least-once", "exactly-once")
 
 

@@ -64,9 +64,6 @@ class _NoJars(Exception):
     pass
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a port held without a listener is found only when Kafka fails to bind"
-)
 @pytest.mark.parametrize("taken", ["broker", "controller"])
 def test_a_port_held_by_a_socket_that_does_not_listen_is_refused_before_the_jvm_starts(
     taken: str, monkeypatch: pytest.MonkeyPatch
@@ -83,7 +80,6 @@ def test_a_port_held_by_a_socket_that_does_not_listen_is_refused_before_the_jvm_
             local._launch()
 
 
-@pytest.mark.xfail(strict=True, reason="the broker's exit names only its log")
 def test_a_broker_that_could_not_bind_says_which_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
