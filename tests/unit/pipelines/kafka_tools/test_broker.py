@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -97,3 +98,27 @@ def test_a_broker_that_could_not_bind_says_which_port(
     with pytest.raises(broker.BrokerError, match=r"127\.0\.0\.1:39304 is already in use") as refused:
         local._await_serving(exited, time.monotonic() + 5)
     assert str(local.log_file) in str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, reason="a broker still stopping is reported as a connection's local end")
+def test_our_broker_alive_but_not_serving_is_named_rather_than_started_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker given SIGTERM closes its client listener first and its controller port seconds
+    # later; until its JVM exits, a start must not launch a second JVM on the same data.
+    monkeypatch.setenv("CLSTREAM_CACHE", str(tmp_path))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    local = broker.LocalBroker(port)
+    local.state_dir.mkdir(parents=True)
+    stopping = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "kafka.Kafka"])
+    try:
+        local._pid_file.write_text(str(stopping.pid))
+        monkeypatch.setattr(broker.LocalBroker, "ensure_jars", lambda self: (_ for _ in ()).throw(_NoJars()))
+
+        with pytest.raises(broker.BrokerError, match=f"pid {stopping.pid}.*not serving"):
+            local.start()
+    finally:
+        stopping.kill()
+        stopping.wait()
