@@ -153,7 +153,15 @@ class LocalBroker:
     def _launch(self, cluster_id: str | None = None) -> subprocess.Popen:
         """Format the storage if it is new (with ``cluster_id``, or a fresh one), then start the
         broker's JVM without waiting for it. The caller awaits it (``_await_serving``)."""
-        if self.pid() is None and _accepts(self.port):
+        pid = self.pid()
+        if pid is not None:
+            # Ours but not serving: starting, or stopping (a SIGTERM closes the client listener
+            # first, the controller port seconds later). A second JVM on the same data would fail.
+            raise BrokerError(
+                f"the broker on port {self.port} (pid {pid}) is running but not serving: it is starting "
+                f"or stopping; wait for it, or run `clstream broker stop --port {self.port}`"
+            )
+        if _accepts(self.port):
             raise BrokerError(
                 f"port {self.port} is taken by another process; pass --port or point clstream at that "
                 "broker with --bootstrap-servers"

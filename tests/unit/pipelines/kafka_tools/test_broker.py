@@ -100,7 +100,6 @@ def test_a_broker_that_could_not_bind_says_which_port(
     assert str(local.log_file) in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a broker still stopping is reported as a connection's local end")
 def test_our_broker_alive_but_not_serving_is_named_rather_than_started_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
