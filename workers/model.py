@@ -7,10 +7,11 @@ Weights load from safetensors only, never with ``trust_remote_code``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -280,12 +281,30 @@ def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str
 def load_hf_model(auto_class: Any, directory: Path) -> Any:
     """Load with PyTorch's fused attention (SDPA) where the architecture supports it."""
     kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False)
+    with _quiet_transformers():
+        try:
+            return auto_class.from_pretrained(str(directory), attn_implementation="sdpa", **kwargs)
+        except ValueError as exc:
+            if "sdpa" not in str(exc).lower():
+                raise
+            return auto_class.from_pretrained(str(directory), **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Without transformers' per-load progress bar and its advisory warnings: a worker's log and a
+    command's output carry clstream's own progress, not a bar per model load. Errors still raise."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
-        return auto_class.from_pretrained(str(directory), attn_implementation="sdpa", **kwargs)
-    except ValueError as exc:
-        if "sdpa" not in str(exc).lower():
-            raise
-        return auto_class.from_pretrained(str(directory), **kwargs)
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class BertClassifier:

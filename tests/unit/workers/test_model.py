@@ -94,3 +94,23 @@ def test_a_trace_that_differs_from_the_eager_module_is_not_used(tiny_model):
         assert traced_pooling(module, torch.device("cpu"), "tiny") is None
     (warning,) = [entry for entry in logs if entry["event"] == "encoder runs eagerly: tracing failed"]
     assert "the trace differs from the eager module" in warning["error"]
+
+
+def test_loading_an_encoder_prints_no_progress_bar_and_leaves_transformers_settings_as_they_were(
+    tiny_model, capfd
+):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from workers.model import load_hf_model
+
+    encoder_dir, _ = tiny_model
+    verbosity = hf_logging.get_verbosity()
+    capfd.readouterr()
+
+    load_hf_model(AutoModel, encoder_dir)
+
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err
+    assert hf_logging.is_progress_bar_enabled()
+    assert hf_logging.get_verbosity() == verbosity
