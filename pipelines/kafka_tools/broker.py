@@ -496,10 +496,20 @@ class LocalCluster:
             (described,) = admin.describe_topics([topic])
         return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
 
-    def group_coordinator(self, group_id: str) -> int:
-        """The node that coordinates the consumer group: the one whose ListGroups lists it."""
-        with _admin(self.client_config()) as admin:
-            (node,) = [n for n in self.nodes if group_id in {g["group_id"] for g in admin.list_groups([n])}]
+    def group_coordinator(self, group_id: str, timeout_s: float = 30.0) -> int:
+        """The node that coordinates the consumer group: the one node whose ListGroups lists it. Asked
+        again until one answers: a fresh client may not know every node yet, and a node still
+        loading the group's partition answers COORDINATOR_LOAD_IN_PROGRESS."""
+
+        def ask(admin: Any) -> int | None:
+            listing = [n for n in self.nodes if group_id in {g["group_id"] for g in admin.list_groups([n])}]
+            return listing[0] if len(listing) == 1 else None
+
+        deadline = time.monotonic() + timeout_s
+        while (node := _ask(self.client_config(), ask)) is None:
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"no single node of {self.bootstrap} coordinated group {group_id} in time")
+            time.sleep(0.25)
         return node
 
     def transaction_coordinator(self, transactional_id: str) -> int:
