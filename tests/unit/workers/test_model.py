@@ -105,12 +105,17 @@ def test_loading_an_encoder_prints_no_progress_bar_and_leaves_transformers_setti
     from workers.model import load_hf_model
 
     encoder_dir, _ = tiny_model
-    verbosity = hf_logging.get_verbosity()
-    capfd.readouterr()
+    bars_before, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.enable_progress_bar()  # as in a fresh process (another test may have turned them off)
+    try:
+        capfd.readouterr()
 
-    load_hf_model(AutoModel, encoder_dir)
+        load_hf_model(AutoModel, encoder_dir)
 
-    out, err = capfd.readouterr()
-    assert "Loading weights" not in out + err
-    assert hf_logging.is_progress_bar_enabled()
-    assert hf_logging.get_verbosity() == verbosity
+        out, err = capfd.readouterr()
+        assert "Loading weights" not in out + err
+        assert hf_logging.is_progress_bar_enabled()
+        assert hf_logging.get_verbosity() == verbosity
+    finally:
+        if not bars_before:
+            hf_logging.disable_progress_bar()
