@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -259,7 +260,7 @@ def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str
         return ids.to(device), mask.to(device)
 
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")  # TracerWarnings on Python branches of the model's code
             traced = torch.jit.trace(module, example(3, 9, (1,)), check_trace=False, strict=False)
             for rows, width, padded in _TRACE_CHECKS:
@@ -292,19 +293,30 @@ def load_hf_model(auto_class: Any, directory: Path) -> Any:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Without transformers' per-load progress bar and its advisory warnings: a worker's log and a
-    command's output carry clstream's own progress, not a bar per model load. Errors still raise."""
+    """Without transformers' per-load progress bar and its notice that a model has no ``loss_type``
+    (raised when tracing reads every attribute; inference computes no loss): a worker's log and a
+    command's output carry clstream's own progress. Its other warnings (weights missing from a
+    checkpoint, say) still show."""
     from transformers.utils import logging as hf_logging
 
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    notices = hf_logging.get_logger("transformers.modeling_utils")
     hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    notices.addFilter(_no_loss_type_notice)
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
+        notices.removeFilter(_no_loss_type_notice)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+class _NoLossTypeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`loss_type=" not in record.getMessage()
+
+
+_no_loss_type_notice = _NoLossTypeNotice()
 
 
 class BertClassifier:

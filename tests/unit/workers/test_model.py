@@ -96,26 +96,46 @@ def test_a_trace_that_differs_from_the_eager_module_is_not_used(tiny_model):
     assert "the trace differs from the eager module" in warning["error"]
 
 
-def test_loading_an_encoder_prints_no_progress_bar_and_leaves_transformers_settings_as_they_were(
+def test_loading_a_classifier_prints_no_progress_bar_or_loss_notice_and_leaves_transformers_as_it_was(
     tiny_model, capfd
 ):
-    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from workers.model import load_hf_model
-
-    encoder_dir, _ = tiny_model
+    encoder_dir, head_dir = tiny_model
     bars_before, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.enable_progress_bar()  # as in a fresh process (another test may have turned them off)
     try:
         capfd.readouterr()
 
-        load_hf_model(AutoModel, encoder_dir)
+        BertClassifier.load(encoder_dir, head_dir, device="cpu", trace=True)
 
         out, err = capfd.readouterr()
         assert "Loading weights" not in out + err
+        assert "loss_type" not in out + err
         assert hf_logging.is_progress_bar_enabled()
         assert hf_logging.get_verbosity() == verbosity
     finally:
         if not bars_before:
             hf_logging.disable_progress_bar()
+
+
+def test_a_checkpoint_missing_weights_is_still_warned_about(tiny_model, tmp_path: Path, capfd, caplog):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    from workers.model import load_hf_model
+
+    encoder_dir, _ = tiny_model
+    partial = tmp_path / "partial"
+    shutil.copytree(encoder_dir, partial)
+    weights = load_file(partial / "model.safetensors")
+    dropped = next(name for name in weights if "encoder.layer.0.output.dense.weight" in name)
+    save_file({k: v for k, v in weights.items() if k != dropped}, partial / "model.safetensors")
+    capfd.readouterr()
+
+    load_hf_model(AutoModel, partial)
+
+    out, err = capfd.readouterr()
+    assert "layer.0.output.dense.weight" in out + err + caplog.text
