@@ -136,10 +136,17 @@ class LocalBroker:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and b"kafka.Kafka" not in cmdline.read_bytes():
-            return None  # the pid was recycled by an unrelated process
-        return pid
+        if not Path("/proc/self/cmdline").exists():
+            return pid  # no procfs to ask: trust the pid file
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None  # gone since
+        if not args:
+            # A zombie, or a process just exec'd whose arguments are not set up yet (a broker
+            # launched a moment ago: the pid file is written as soon as Popen returns).
+            return pid if _alive(pid) else None
+        return pid if b"kafka.Kafka" in args else None  # else the pid was recycled
 
     def is_running(self) -> bool:
         return self.pid() is not None and _accepts(self.port)
