@@ -78,7 +78,9 @@ def pass_cost_tokens(device_type: str, max_tokens: int | None) -> int:
     On a CPU a pass is cheap next to its tokens (``CPU_PASS_COST_TOKENS``), so cutting a group
     where the lengths jump pays. On a GPU short-tweet passes are bound by launch overhead, not
     by tokens, so a pass costs about as much as a full budget: the plan uses as few passes as
-    the budget allows and, among those, the least padding (not measured here: no GPU).
+    the budget allows and, among those, the least padding. On an H100 a pass of the default
+    encoder cost 2.8 ms whatever its size up to about 6,000 slots, and pricing it at the budget
+    (16,384) ran 30,670 tweets/s against 22,119 at 2,048 and 517 at 0 (docs/gpu.md).
     """
     if device_type == "cpu":
         return CPU_PASS_COST_TOKENS

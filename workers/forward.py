@@ -68,6 +68,7 @@ def forward_in_batches(
     batch_size: int,
     max_tokens: int | None,
     all_passes: Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    pass_cost: int | None = None,
 ) -> Encoded:
     """``forward(input_ids, attention_mask)`` over every text of ``ids``; one float32 row of
     ``width`` per text, in input order, left on ``device`` (no synchronisation on CUDA).
@@ -81,11 +82,14 @@ def forward_in_batches(
     of one ``forward`` call per group: every group's packed ids and mask, the rows each fills, and
     the ``[n, width]`` output to fill, in one call (a TorchScript loop, ``workers.model``), so the
     model thread gives up and takes back the interpreter lock once per call, not at every pass.
+
+    ``pass_cost`` (token slots) overrides the planner's price of one pass on this device
+    (``workers.batching.pass_cost_tokens``); the GPU script sweeps it.
     """
     lengths = [len(row) for row in ids]
-    groups = plan_batches(
-        lengths, max_tokens or sys.maxsize, batch_size, pass_cost_tokens(device.type, max_tokens)
-    )
+    if pass_cost is None:
+        pass_cost = pass_cost_tokens(device.type, max_tokens)
+    groups = plan_batches(lengths, max_tokens or sys.maxsize, batch_size, pass_cost)
     cuda = device.type == "cuda"
     rows = torch.empty((len(ids), width), dtype=torch.float32, device=device)
     if all_passes is not None and not cuda and autocast_dtype is None:

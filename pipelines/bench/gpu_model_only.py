@@ -18,6 +18,12 @@ dependencies, and a run carries at most 64 MiB of the working tree. So the work 
     model calls of 256 tweets (one actor's poll) and of 4,096 (polls of many feeders merged):
     tweets/s, real tokens/s, padding efficiency, model FLOP/s ÷ the matmul rate; the device
     time from CUDA events, the wall time from the host;
+  * one forward pass's cost fitted as ``a + b × slots`` from timed pass shapes, for both
+    encoders: the price of a pass, in token slots, that the batch planner should use there;
+  * the default encoder at calls of 256 with the planner's pass price swept, and with the
+    actor's ``inference_batch_size`` and ``max_batch_tokens`` swept (their defaults first);
+  * 1, 2, 4 and 8 processes sharing the GPU, each with its own model copy and calls of 256 (the
+    consumer-group members at ``workers.gpu_fraction`` 1/N of docs/data-plane.md), in aggregate;
   * bf16 vs fp32 label agreement of the default classifier.
 
 Budget: under 5 minutes on one GPU (``--seconds`` per configuration bounds it). On a machine
@@ -39,6 +45,7 @@ from typing import Any
 import torch
 
 from pipelines.bench.flops import bert_flops_per_token, matmul_flops_per_s
+from workers.batching import pass_cost_tokens
 from workers.forward import forward_in_batches, token_ids
 from workers.pooling import POOLINGS
 
@@ -47,6 +54,16 @@ from workers.pooling import POOLINGS
 CALL_SIZES = (256, 4096)
 #: Padded token slots per forward pass on a GPU (``workers.max_batch_tokens``; the CPU default is 1024).
 GPU_MAX_TOKENS = 16_384
+#: Pass shapes (rows, padded width) timed to fit one forward pass's cost ``a + b × slots``.
+PASS_SHAPES = tuple((rows, width) for rows in (16, 64, 256) for width in (16, 32, 64, 96))
+#: The planner's price of a pass (token slots) swept at calls of 256; the last is today's GPU value.
+PASS_COSTS = (0, 128, 512, 2048, GPU_MAX_TOKENS)
+#: (``inference_batch_size``, ``max_batch_tokens``) of an actor swept at polls of 256: the
+#: settings' defaults (chosen on a CPU) first.
+ACTOR_SETTINGS = ((64, 1024), (256, 4096), (256, 16384), (256, 32768))
+#: Processes sharing the one device, each with its own model copy and CUDA context, each making
+#: calls of 256 (design A of docs/data-plane.md: consumer-group members at ``gpu_fraction`` 1/N).
+SHARED_PROCESSES = (1, 2, 4, 8)
 
 
 # -- prepare (on the clstream machine) ------------------------------------------------------------
@@ -130,34 +147,44 @@ def _pooled_forward(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.
 
 
 def _encode(
-    model: Any, ids: list[list[int]], device: torch.device, dtype: torch.dtype | None, call: int
-) -> tuple[torch.Tensor, int, int]:
-    """Vectors for ``ids`` in model calls of ``call`` texts: the loop one actor runs."""
-    vectors, real, padded = [], 0, 0
+    model: Any, ids: list[list[int]], device: torch.device, dtype: torch.dtype | None, call: int,
+    pass_cost: int | None = None, batch_size: int | None = None, max_tokens: int = GPU_MAX_TOKENS,
+) -> tuple[torch.Tensor, int, int, int]:  # fmt: skip
+    """Vectors for ``ids`` in model calls of ``call`` texts: the loop one actor runs.
+
+    Returns the vectors, real tokens, padded tokens and forward passes."""
+    vectors, real, padded, passes = [], 0, 0, 0
     forward = _pooled_forward(model)
     for start in range(0, len(ids), call):
         encoded = forward_in_batches(
             ids[start : start + call], forward, width=int(model.config.hidden_size), pad_id=0,
-            device=device, autocast_dtype=dtype, batch_size=call, max_tokens=GPU_MAX_TOKENS,
+            device=device, autocast_dtype=dtype, batch_size=batch_size or call, max_tokens=max_tokens,
+            pass_cost=pass_cost,
         )  # fmt: skip
         vectors.append(encoded.vectors)
         real, padded = real + encoded.real_tokens, padded + encoded.padded_tokens
-    return torch.cat(vectors), real, padded
+        passes += encoded.batches
+    return torch.cat(vectors), real, padded, passes
 
 
 def _rate(
     name: str, model: Any, ids: list[list[int]], device: torch.device, dtype: torch.dtype | None,
-    call: int, seconds: float, peak: float | None,
+    call: int, seconds: float, peak: float | None, pass_cost: int | None = None,
+    batch_size: int | None = None, max_tokens: int = GPU_MAX_TOKENS,
 ) -> dict[str, Any]:  # fmt: skip
-    """Repeat the texts until ``seconds`` have passed (after one warm-up pass); the rates."""
-    _encode(model, ids[: call * 2], device, dtype, call)  # warm-up: kernels, allocator
+    """Repeat the texts until ``seconds`` have passed (after one warm-up pass); the rates.
+
+    ``batch_size`` and ``max_tokens`` are the actor's ``inference_batch_size`` and
+    ``max_batch_tokens`` (default: the whole call in passes of at most ``GPU_MAX_TOKENS``)."""
+    extra = (pass_cost, batch_size, max_tokens)
+    _encode(model, ids[: call * 2], device, dtype, call, *extra)  # warm-up: kernels, allocator
     config = model.config
-    done = real = padded = 0
+    done = real = padded = passes = 0
     wall = dev = 0.0
     while True:  # at least once over every text
         with _Timer(device) as timer:
-            _, r, p = _encode(model, ids, device, dtype, call)
-        done, real, padded = done + len(ids), real + r, padded + p
+            _, r, p, n = _encode(model, ids, device, dtype, call, *extra)
+        done, real, padded, passes = done + len(ids), real + r, padded + p, passes + n
         wall += timer.wall_s
         dev += timer.device_s or timer.wall_s
         if wall >= seconds:
@@ -172,6 +199,10 @@ def _rate(
         "tweets_per_s": done / wall,
         "real_tokens_per_s": real / wall,
         "padding_efficiency": real / padded,
+        "passes_per_call": passes / (done / call),
+        "pass_cost": pass_cost_tokens(device.type, max_tokens) if pass_cost is None else pass_cost,
+        "batch_size": batch_size or call,
+        "max_tokens": max_tokens,
         "wall_s": wall,
         "device_s": dev if device.type == "cuda" else None,
         "model_tflops": flops / wall / 1e12,
@@ -194,6 +225,97 @@ def _agreement(
     return float((fp32 == bf16).float().mean())
 
 
+def _pass_fit(model: Any, device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    """One forward pass's cost on this device, fitted as ``a + b × slots`` (least squares).
+
+    Each shape is timed in a synchronous loop (the device idle at the start, as after a host
+    wait): the median of ten passes, from CUDA events. ``pass_cost_slots`` = a ÷ b is what the
+    batch planner should price a pass at here (``workers.batching.pass_cost_tokens``).
+    """
+    import numpy as np
+
+    forward = _pooled_forward(model)
+    shapes = PASS_SHAPES if device.type == "cuda" else ((2, 8), (4, 16))
+    repeats = 10 if device.type == "cuda" else 1
+    points = []
+    with torch.inference_mode():
+        for rows, width in shapes:
+            ids = torch.randint(1000, 2000, (rows, width), device=device)
+            mask = torch.ones_like(ids)
+            times = []
+            for attempt in range(repeats + 2):  # two warm-up passes per shape
+                with (
+                    _Timer(device) as timer,
+                    torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+                ):
+                    forward(ids, mask)
+                if attempt >= 2:
+                    times.append(timer.device_s or timer.wall_s)
+            points.append({"rows": rows, "width": width, "slots": rows * width,
+                           "ms": float(np.median(times)) * 1000})  # fmt: skip
+    slots = np.array([p["slots"] for p in points], dtype=float)
+    ms = np.array([p["ms"] for p in points])
+    (b, a), *_ = np.linalg.lstsq(np.stack([slots, np.ones_like(slots)], axis=1), ms, rcond=None)
+    return {
+        "a_ms": float(a),
+        "b_us_per_slot": float(b) * 1000,
+        "pass_cost_slots": float(a / b) if b > 0 else None,
+        "points": points,
+    }
+
+
+def _shared_worker(
+    carry: str, ids_path: str, seconds: float, barrier: Any, queue: Any
+) -> None:  # pragma: no cover - runs in a spawned process
+    """One process of the shared-device run: its own model copy, calls of 256 from ``barrier``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    model = _load_encoder(Path(carry) / "encoder", device)
+    ids = json.loads(Path(ids_path).read_text())
+    _encode(model, ids[:512], device, dtype, 256)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    barrier.wait()
+    started, done = time.perf_counter(), 0
+    while True:
+        _encode(model, ids, device, dtype, 256)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        done += len(ids)
+        if time.perf_counter() - started >= seconds:
+            break
+    queue.put((done, time.perf_counter() - started))
+
+
+def _shared_device(
+    carry: Path, ids: list[list[int]], seconds: float, counts: tuple[int, ...], scratch: Path
+) -> list[dict[str, Any]]:
+    """Aggregate tweets/s of ``n`` processes sharing the device, each making calls of 256."""
+    import multiprocessing
+
+    ids_path = scratch / "shared-ids.json"
+    ids_path.write_text(json.dumps(ids))
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for n in counts:
+        barrier, queue = context.Barrier(n), context.Queue()
+        workers = [
+            context.Process(target=_shared_worker, args=(str(carry), str(ids_path), seconds, barrier, queue))
+            for _ in range(n)
+        ]
+        for worker in workers:
+            worker.start()
+        finished = [queue.get(timeout=600) for _ in workers]
+        for worker in workers:
+            worker.join()
+        done, wall = sum(d for d, _ in finished), max(w for _, w in finished)
+        results.append({"processes": n, "call_size": 256, "tweets": done, "wall_s": wall,
+                        "tweets_per_s": done / wall})  # fmt: skip
+        print(f"  shared device: {n} process(es), calls of 256: {done / wall:,.0f} tweets/s", flush=True)
+    ids_path.unlink()
+    return results
+
+
 def _tokenizer_rate(tokenizer: Any, texts: list[str]) -> float:
     """Tweets/s of the project's tokenizer call on one core, in polls of 256."""
     token_ids(tokenizer, texts[:256], 128)
@@ -203,7 +325,10 @@ def _tokenizer_rate(tokenizer: Any, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def measure(carry: Path, out: Path, seconds: float, agreement_tweets: int) -> dict[str, Any]:
+def measure(
+    carry: Path, out: Path, seconds: float, agreement_tweets: int,
+    shared: tuple[int, ...] = SHARED_PROCESSES, sweep_seconds: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core: a feeder's share
@@ -227,8 +352,17 @@ def measure(carry: Path, out: Path, seconds: float, agreement_tweets: int) -> di
     result["matmul_bf16_tflops"] = peak / 1e12 if peak else None
     dtype = torch.bfloat16 if device.type == "cuda" else None
     default = _load_encoder(carry / "encoder", device)
-    runs = [_rate("default encoder (all-MiniLM-L6-v2 + LoRA, merged)", default, ids, device, dtype, call, seconds, peak)
-            for call in CALL_SIZES]  # fmt: skip
+    name = "default encoder (all-MiniLM-L6-v2 + LoRA, merged)"
+    runs = [_rate(name, default, ids, device, dtype, call, seconds, peak) for call in CALL_SIZES]
+    result["pass_fit"] = {"default": _pass_fit(default, device, dtype)}
+    sweep = seconds if sweep_seconds is None else sweep_seconds
+    result["pass_cost_sweep"] = [
+        _rate(name, default, ids, device, dtype, 256, sweep, peak, pass_cost) for pass_cost in PASS_COSTS
+    ]
+    result["settings_sweep"] = [
+        _rate(name, default, ids, device, dtype, 256, sweep, peak, None, batch, tokens)
+        for batch, tokens in ACTOR_SETTINGS
+    ]
     subset = ids[:agreement_tweets]
     result["bf16_fp32_label_agreement"] = (
         _agreement(default, _head(carry, device), subset, device) if device.type == "cuda" else None
@@ -239,7 +373,13 @@ def measure(carry: Path, out: Path, seconds: float, agreement_tweets: int) -> di
     base = BertModel(BertConfig()).eval().to(device)  # bert-base: 12 layers, 768-d; random weights
     label = "bert-base-sized BertConfig(), RANDOM weights (speed only)"
     runs += [_rate(label, base, ids, device, dtype, call, seconds, peak) for call in CALL_SIZES]
+    result["pass_fit"]["bert-base-sized"] = _pass_fit(base, device, dtype)
     result["runs"] = runs
+    del base
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    out.mkdir(parents=True, exist_ok=True)
+    result["shared_device"] = _shared_device(carry, ids, sweep, shared, out)
     for run in runs:
         run["feeder_cores_per_device"] = run["tweets_per_s"] / result["tokenizer_tweets_per_s_one_core"]
     result["seconds_total"] = time.perf_counter() - started
@@ -261,6 +401,17 @@ def _print(result: dict[str, Any]) -> None:
         print(f"| {run['model']} | {run['call_size']} | {run['tweets_per_s']:,.0f} | "
               f"{run['real_tokens_per_s']:,.0f} | {run['padding_efficiency']:.3f} | {run['model_tflops']:.2f} | "
               f"{'-' if fraction is None else f'{fraction:.3f}'} | {run['feeder_cores_per_device']:.1f} |")  # fmt: skip
+    for model, fit in result["pass_fit"].items():
+        print(f"one pass, {model}: {fit['a_ms']:.3f} ms + {fit['b_us_per_slot']:.4f} µs per slot "
+              f"(a pass costs {fit['pass_cost_slots'] or 0:,.0f} slots)")  # fmt: skip
+    print("planner's pass cost at calls of 256 (default encoder): " + ", ".join(
+        f"{run['pass_cost']}: {run['tweets_per_s']:,.0f} tweets/s ({run['passes_per_call']:.1f} passes, "
+        f"padding {run['padding_efficiency']:.3f})" for run in result["pass_cost_sweep"]))  # fmt: skip
+    print("actor settings (inference_batch_size, max_batch_tokens) at polls of 256: " + ", ".join(
+        f"({run['batch_size']}, {run['max_tokens']}): {run['tweets_per_s']:,.0f} tweets/s "
+        f"({run['passes_per_call']:.1f} passes)" for run in result["settings_sweep"]))  # fmt: skip
+    print("processes sharing the device, calls of 256 each: " + ", ".join(
+        f"{run['processes']}: {run['tweets_per_s']:,.0f} tweets/s" for run in result["shared_device"]))  # fmt: skip
     print(f"bf16 vs fp32 label agreement: {result['bf16_fp32_label_agreement']} "
           f"({result['agreement_tweets']} tweets); {result['seconds_total']:.0f} s in all")  # fmt: skip
 
@@ -278,11 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     m.add_argument("--seconds", type=float, default=15.0, help="per model and call size")
     m.add_argument("--agreement-tweets", type=int, default=2000)
+    m.add_argument("--sweep-seconds", type=float, default=5.0,
+                   help="per pass cost swept and per shared-device run")  # fmt: skip
+    m.add_argument("--shared", default=",".join(map(str, SHARED_PROCESSES)),
+                   help="process counts sharing the device, comma-separated ('' for none)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(args.carry, args.tweets)
     else:
-        measure(args.carry, args.out, args.seconds, args.agreement_tweets)
+        shared = tuple(int(n) for n in args.shared.split(",") if n.strip())
+        measure(args.carry, args.out, args.seconds, args.agreement_tweets, shared, args.sweep_seconds)
     return 0
 
 

@@ -21,7 +21,21 @@ def test_prepare_then_measure_writes_every_figure(tmp_path):
     assert not list(carry.rglob("*.bin")), "safetensors only"
     assert (
         main(
-            ["measure", "--carry", str(carry), "--out", str(out), "--seconds", "0", "--agreement-tweets", "8"]
+            [
+                "measure",
+                "--carry",
+                str(carry),
+                "--out",
+                str(out),
+                "--seconds",
+                "0",
+                "--agreement-tweets",
+                "8",
+                "--sweep-seconds",
+                "0",
+                "--shared",
+                "1",
+            ]  # fmt: skip
         )
         == 0
     )
@@ -34,6 +48,15 @@ def test_prepare_then_measure_writes_every_figure(tmp_path):
         assert run["tweets_per_s"] > 0 and 0 < run["padding_efficiency"] <= 1
         assert run["feeder_cores_per_device"] > 0
     assert "RANDOM weights" in result["runs"][-1]["model"]
+    for fit in result["pass_fit"].values():
+        assert fit["a_ms"] is not None and len(fit["points"]) == 2
+    assert [run["pass_cost"] for run in result["pass_cost_sweep"]] == [0, 128, 512, 2048, 16384]
+    assert all(run["passes_per_call"] >= 1 for run in result["pass_cost_sweep"])
+    settings = [(run["batch_size"], run["max_tokens"]) for run in result["settings_sweep"]]
+    assert settings == [(64, 1024), (256, 4096), (256, 16384), (256, 32768)]
+    [shared] = result["shared_device"]
+    assert shared["processes"] == 1 and shared["tweets"] == 48 and shared["tweets_per_s"] > 0
+    assert not list(out.glob("shared-ids.json")), "the scratch file is removed"
 
 
 def test_measure_imports_nothing_a_bare_gpu_machine_lacks():
