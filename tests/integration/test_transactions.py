@@ -13,6 +13,9 @@ from collections import Counter
 import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
+from kafka.net.compat import KafkaNetClient
+from kafka.protocol.producer import ProduceRequest
 
 from pipelines.kafka_tools.admin import LagProbe, ensure_topics
 from pipelines.kafka_tools.records_io import read_topic
@@ -299,6 +302,97 @@ def test_a_commit_never_acknowledged_is_settled_after_the_transaction_timeout(
     assert values == [b"the batch's output"], "the batch was lost or committed twice"
     written = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=False)]
     assert written == [b"the batch's output"] * copies_written
+
+
+class _ProduceRequestArrivesLate(KafkaTransactionalSink):
+    """The real sink, except that the first produce request of its first transaction is held on
+    its way to the broker (a slow link; a partition leader still verifying the transaction with a
+    dead coordinator) until the batch has expired and the transaction was given up. It reaches the
+    broker during the retry's transaction, after that one added the same output partition and just
+    before its own records: what a request late on the wire does. The broker decides what to do
+    with it; its answer is kept in ``late_error``."""
+
+    def __init__(self, settings, *args, **kwargs) -> None:
+        self.held: tuple[int, ProduceRequest] | None = None
+        self.late_error: str | None = None
+        self._bootstrap = settings.kafka.bootstrap_servers
+        super().__init__(settings, *args, **kwargs)
+
+    def _new_producer(self):
+        producer = super()._new_producer()
+        client = producer._sender._client
+        send = client.send
+
+        def deliver_or_hold(node_id, request, **kwargs):
+            if isinstance(request, ProduceRequest):
+                if self.held is None and self.late_error is None:
+                    self.held = (node_id, request)
+                    return Future()  # never answered: the batch expires in flight
+                if self.held is not None:
+                    self._send_late()
+            return send(node_id, request, **kwargs)
+
+        client.send = deliver_or_hold
+        return producer
+
+    def _send_late(self) -> None:
+        node_id, request = self.held
+        self.held = None
+        side = KafkaNetClient(bootstrap_servers=self._bootstrap, client_id="late-request")
+        try:
+            side.check_version()
+            response = side.send_and_receive(node_id, request, timeout_ms=15_000)
+        finally:
+            side.close()
+        codes = [p.error_code for t in response.responses for p in t.partition_responses]
+        self.late_error = ",".join(map(str, codes))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an aborted transaction's late produce request joins the retry's transaction: the "
+    "producer keeps its epoch after the abort",
+)
+def test_a_late_produce_request_of_an_aborted_transaction_never_joins_the_next_one(broker, topic_names):
+    """kafka-python 3.0.12 runs transactions at version 1: the producer's epoch stays the same
+    from one transaction to the next (KIP-890's per-transaction bump is version 2). A batch that
+    expired in flight has an unknown fate: its request may still reach the broker. If it does
+    after the retry's transaction has added the same partition, the broker takes it into that
+    transaction, and the batch's output commits twice (a CI run of
+    test_replicated_cluster.py: one duplicate after a transaction coordinator was SIGKILLed).
+    A transaction whose records' fate is unknown must end with the producer's epoch bumped."""
+    names = topic_names()
+    settings = pipeline_settings(
+        broker,
+        names,
+        kafka={"request_timeout_ms": 2_000},
+        workers={"delivery": "exactly-once", "produce_timeout_s": 2},
+    )
+    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
+    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
+    source = KafkaSource(settings, "late-produce-test")
+    sink = _ProduceRequestArrivesLate(settings, "late-produce-test", f"{names['group_id']}-late-produce")
+    topic = names["input"]
+    probe = LagProbe(settings.kafka, topic, names["group_id"])
+    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
+    try:
+        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
+        metadata = source.group_metadata()
+        with pytest.raises(DeliveryError, match="Expiring"):
+            sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)
+        assert sink.held is not None, "the first transaction's request was not held"
+        sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)  # the loop's retry
+        committed = probe.measure().committed
+    finally:
+        probe.close()
+        source.close()
+        sink.close()
+    assert sink.late_error is not None, "the late request never reached the broker"
+    assert committed[0] == 5
+    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
+    assert values == [b"the batch's output"], (
+        f"{len(values)} committed copies; the late request was answered with error code(s) {sink.late_error}"
+    )
 
 
 def test_a_producer_fenced_by_its_replacement_stops_and_never_fences_it_back(broker, topic_names):
