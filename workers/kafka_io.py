@@ -464,6 +464,7 @@ class KafkaTransactionalSink:
         producer = self._producer
         # A transaction starts with no offsets but its own (a refused commit's would ride along).
         kafka_compat.forget_refused_txn_offsets(producer)
+        sent: list[Any] = []
         try:
             producer.begin_transaction()
             self._began = time.monotonic()
@@ -473,10 +474,8 @@ class KafkaTransactionalSink:
             offsets = kafka_compat.send_offsets_to_transaction(
                 producer, _kafka_offsets(next_offsets), group_metadata
             )
-            sent = [
-                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None)
-                for r in map(producible, records)
-            ]
+            for r in map(producible, records):
+                sent.append(producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers) or None))
             # kafka-python 3.0.12 commits a transaction whose record batch expired (to it a
             # delivery timeout is retriable, so the transaction stays committable): the offsets
             # would commit without that output. Every record is acknowledged before the commit.
@@ -487,7 +486,7 @@ class KafkaTransactionalSink:
             self._await(offsets, deadline, "offsets")
             commit = self._begin_commit(producer)
         except Exception as exc:  # noqa: BLE001 - whatever failed, nothing of it may ever commit
-            self._fail(_refusal(exc), len(records), deadline + timeout_s)
+            self._fail(_refusal(exc), len(records), deadline + timeout_s, unresolved=bool(_failures(sent)))
         try:
             self._await(commit, deadline, "commit")
             self._began = None
@@ -563,13 +562,27 @@ class KafkaTransactionalSink:
             for tp in partitions
         )
 
-    def _fail(self, exc: Exception, count: int, deadline: float) -> NoReturn:
+    def _fail(self, exc: Exception, count: int, deadline: float, unresolved: bool = False) -> NoReturn:
         """Abort the open transaction and raise ``FencedError`` or ``DeliveryError`` for ``exc``,
-        or ``ProducerFencedError`` if a newer producer has taken the transactional id."""
+        or ``ProducerFencedError`` if a newer producer has taken the transactional id.
+
+        ``unresolved``: a record was sent and not acknowledged (its batch expired in flight, or
+        is still in flight), so its produce request may yet reach the broker. kafka-python 3.0.12
+        runs transactions at version 1, where the producer keeps its epoch from one transaction
+        to the next (KIP-890's per-transaction bump is version 2): such a late request, arriving
+        once the next transaction has added its partition, is taken into that transaction, and
+        its records commit with it (a batch retried after the abort then commits twice). So the
+        transaction is not aborted with this producer but ended by its replacement, whose
+        ``init_transactions`` aborts it under a bumped epoch: the broker refuses the old one's
+        requests from then on, late or not."""
         message = f"transaction of {count} records not committed: {type(exc).__name__}: {exc}"
         self._stop_if_superseded(message, exc)
         try:
-            self._abort(deadline)
+            if unresolved:
+                self._replace_producer()
+                message += "; records not acknowledged: the producer was replaced, so none can join a later transaction"
+            else:
+                self._abort(deadline)
         except DeliveryError as abort_failed:
             message += f"; {abort_failed}"
         self._began = None  # aborted, or settled by the producer's replacement
