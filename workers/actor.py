@@ -145,9 +145,11 @@ class ClassifierActor:
     def _build(self) -> Any:
         import torch
 
+        from workers.batching import batch_limits
         from workers.checkpoints import load_classifier
         from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
         from workers.loop import ClassifierLoop
+        from workers.model import resolve_device
         from workers.model_files import write_model_dir
 
         model = self.settings.model
@@ -160,6 +162,11 @@ class ClassifierActor:
         if model.device != "cuda" and not torch.cuda.is_available():
             # One torch thread per reserved CPU: more only fights the other actors for cores.
             torch.set_num_threads(max(1, int(self.settings.workers.cpus)))
+        batch_size, max_tokens = batch_limits(
+            resolve_device(model.device).type,
+            self.settings.workers.inference_batch_size,
+            self.settings.workers.max_batch_tokens,
+        )
         # A local *ForSequenceClassification checkpoint, or an encoder with a head (default: embedded).
         classifier = load_classifier(
             encoder_dir=model.encoder,
@@ -167,8 +174,8 @@ class ClassifierActor:
             pooling=model.pooling,
             max_length=model.max_length,
             device=model.device,
-            batch_size=self.settings.workers.inference_batch_size,
-            max_tokens=self.settings.workers.max_batch_tokens,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
             precision=model.precision,
             trace=model.trace,
         )

@@ -87,6 +87,20 @@ def pass_cost_tokens(device_type: str, max_tokens: int | None) -> int:
     return min(max_tokens or 4096, 1 << 20)
 
 
+#: ``(inference_batch_size, max_batch_tokens)`` when the settings leave them unset, by device
+#: type. CPU: chosen with ``clstream bench`` (docs/throughput.md). GPU: on an H100 a pass of the
+#: default encoder cost 2.8 ms whatever its size up to about 6,000 slots, so a poll of 256 tweets
+#: goes in one or two passes; 64 texts and 1,024 slots would cut it into ten or more (docs/gpu.md).
+BATCH_DEFAULTS: dict[str, tuple[int, int]] = {"cpu": (64, 1024), "cuda": (256, 16_384)}
+
+
+def batch_limits(device_type: str, batch_size: int | None, max_tokens: int | None) -> tuple[int, int]:
+    """Texts and padded token slots per forward pass on ``device_type``: the values given, or the
+    device's defaults (``BATCH_DEFAULTS``; an accelerator other than CUDA takes the GPU's)."""
+    default_size, default_tokens = BATCH_DEFAULTS.get(device_type, BATCH_DEFAULTS["cuda"])
+    return (batch_size or default_size, max_tokens or default_tokens)
+
+
 def padded_cost(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
     """Token slots computed when each group is padded to its longest member."""
     return sum(len(group) * max(lengths[i] for i in group) for group in groups if group)

@@ -55,7 +55,8 @@ from pipelines.bench.report import plot, print_table, progress_bars
 from pipelines.bench.result import BenchResult, Ceiling, PipelineSettings
 from pipelines.kafka_tools.admin import run_topics
 from schemas.settings import Settings
-from workers.model import BertClassifier
+from workers.batching import batch_limits
+from workers.model import BertClassifier, resolve_device
 
 
 def run_bench(args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
@@ -126,8 +127,8 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
         pipeline_settings=PipelineSettings(
             actors=workers.count,
             max_batch_records=workers.max_batch_records,
-            inference_batch_size=workers.inference_batch_size,
-            max_batch_tokens=workers.max_batch_tokens,
+            inference_batch_size=_batch_limits(settings)[0],
+            max_batch_tokens=_batch_limits(settings)[1],
         ),
         quick=bool(args.quick),
         bare=bare,
@@ -189,16 +190,22 @@ def _ceiling(
     )
 
 
+def _batch_limits(settings: Settings) -> tuple[int, int]:
+    """The actors' texts and token slots per forward pass: the settings', or the device's defaults."""
+    workers = settings.workers
+    device = resolve_device(settings.model.device).type
+    return batch_limits(device, workers.inference_batch_size, workers.max_batch_tokens)
+
+
 def _classifier(settings: Settings) -> BertClassifier:
-    model, workers = settings.model, settings.workers
+    model = settings.model
     return BertClassifier.load(
         model.encoder,
         model.head,
         model.pooling,
         model.max_length,
         model.device,
-        workers.inference_batch_size,
-        workers.max_batch_tokens,
+        *_batch_limits(settings),
         model.precision,
         model.trace,
     )

@@ -52,14 +52,14 @@ from workers.pooling import POOLINGS
 #: Model call sizes measured: one actor's poll (``workers.max_batch_records``), and the polls of
 #: sixteen feeders merged into one call.
 CALL_SIZES = (256, 4096)
-#: Padded token slots per forward pass on a GPU (``workers.max_batch_tokens``; the CPU default is 1024).
+#: Padded token slots per forward pass on a GPU (``workers.max_batch_tokens``' GPU default).
 GPU_MAX_TOKENS = 16_384
 #: Pass shapes (rows, padded width) timed to fit one forward pass's cost ``a + b × slots``.
 PASS_SHAPES = tuple((rows, width) for rows in (16, 64, 256) for width in (16, 32, 64, 96))
 #: The planner's price of a pass (token slots) swept at calls of 256; the last is today's GPU value.
 PASS_COSTS = (0, 128, 512, 2048, GPU_MAX_TOKENS)
-#: (``inference_batch_size``, ``max_batch_tokens``) of an actor swept at polls of 256: the
-#: settings' defaults (chosen on a CPU) first.
+#: (``inference_batch_size``, ``max_batch_tokens``) of an actor swept at polls of 256: the CPU
+#: defaults first, the GPU defaults (``workers.batching.BATCH_DEFAULTS``) third.
 ACTOR_SETTINGS = ((64, 1024), (256, 4096), (256, 16384), (256, 32768))
 #: Processes sharing the one device, each with its own model copy and CUDA context, each making
 #: calls of 256 (design A of docs/data-plane.md: consumer-group members at ``gpu_fraction`` 1/N).

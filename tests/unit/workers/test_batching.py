@@ -13,6 +13,7 @@ from schemas.settings import Settings
 from workers.batching import (
     CPU_PASS_COST_TOKENS,
     BatchStats,
+    batch_limits,
     pad_group,
     padded_cost,
     pass_cost_tokens,
@@ -167,6 +168,16 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
     assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
     assert resolve_precision("fp32", torch.device("cuda")) is None
+
+
+def test_unset_batch_limits_take_the_devices_defaults_and_set_ones_win():
+    settings = Settings.load(overrides={})
+    assert settings.workers.inference_batch_size is None and settings.workers.max_batch_tokens is None
+    assert batch_limits("cpu", None, None) == (64, 1024)
+    assert batch_limits("cuda", None, None) == (256, 16_384)
+    assert batch_limits("mps", None, None) == (256, 16_384)  # an accelerator: a pass has a floor too
+    assert batch_limits("cuda", 32, None) == (32, 16_384)
+    assert batch_limits("cpu", None, 4096) == (64, 4096)
 
 
 def test_a_token_budget_below_16_is_refused_with_its_name():
