@@ -210,13 +210,31 @@ def compare(
         mismatched=len(mismatched),
         out_of_order=len(out_of_order),
         lost_examples=[_name(p, ids[p]) for p in sorted(lost)[:_EXAMPLES]],
-        duplicate_examples=[f"{_name(p, ids[p])} x{copies[p]}" for p in duplicated[:_EXAMPLES]],
+        duplicate_examples=_where(duplicated[:_EXAMPLES], ids, copies, outputs, dlq),
         in_both_examples=[_name(p, ids[p]) for p in in_both[:_EXAMPLES]],
         unexpected_examples=unexpected[:_EXAMPLES],
         mismatched_examples=mismatched[:_EXAMPLES],
         out_of_order_examples=out_of_order[:_EXAMPLES],
         lost_by_partition=dict(sorted(lost_by_partition.items())),
     )
+
+
+def _where(
+    positions: Sequence[Position],
+    ids: dict[Position, str | None],
+    copies: dict[Position, int],
+    outputs: Sequence[OutputRecord],
+    dlq: Sequence[DlqRecord],
+) -> list[str]:
+    """Each duplicated input record with where its copies are (``out 1:530``, ``dlq 0:7``):
+    copies next to each other in one partition came from one transaction or one retried send."""
+    wanted: dict[Position, list[str]] = {p: [] for p in positions}
+    for kind, records in (("out", outputs), ("dlq", dlq)):
+        for r in records:
+            found = wanted.get((r.source_partition, r.source_offset))  # type: ignore[arg-type]
+            if found is not None:
+                found.append(f"{kind} {r.partition}:{r.offset}")
+    return [f"{_name(p, ids[p])} x{copies[p]} ({', '.join(wanted[p])})" for p in positions]
 
 
 def _first_copies_out_of_order(outputs: Sequence[OutputRecord], ids: dict[Position, str | None]) -> list[str]:

@@ -63,7 +63,12 @@ def test_duplicates_are_reported_always_but_fail_only_exactly_once():
     outputs.append(_out(inputs[0], 5))
     at_least = compare(TOPIC, inputs, outputs, [], "at-least-once")
     assert (at_least.duplicates, at_least.duplicated_records) == (3, 2)
-    assert at_least.duplicate_examples == ["id-0-0 (0:0) x3", "id-0-1 (0:1) x2"]
+    assert at_least.duplicate_examples == [
+        "id-0-0 (0:0) x3 (out 0:0, out 0:3, out 0:5)",
+        "id-0-1 (0:1) x2 (out 0:1, out 0:4)",
+    ]
+    in_dlq_too = compare(TOPIC, inputs, outputs[:3], [_dlq(inputs[2], 9)])
+    assert in_dlq_too.duplicate_examples == ["id-0-2 (0:2) x2 (out 0:2, dlq 0:9)"]
     assert at_least.ok
     exactly = compare(TOPIC, inputs, outputs, [], "exactly-once")
     assert exactly.failures == ["duplicates=3"]
