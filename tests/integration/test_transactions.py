@@ -4,11 +4,15 @@ after its records are in the log. Aborted output must never be visible to a read
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -183,30 +187,60 @@ class _CommitAcknowledgedLate(KafkaTransactionalSink):
         super()._await(result, deadline, what)
 
 
-def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names):
+@dataclass
+class _OneBatch:
+    """A joined member of a fresh group on a one-partition input, a sink, a lag probe and a
+    one-record batch whose consumed offset is 5."""
+
+    settings: Any
+    sink: Any
+    probe: LagProbe
+    metadata: Any
+    offsets: dict[tuple[str, int], int]
+    batch: list[OutboundRecord]
+
+    def committed(self) -> int:
+        return self.probe.measure().committed[0]
+
+    def output(self, read_committed: bool = True) -> list[bytes]:
+        topic = self.batch[0].topic
+        return [v for _, _, _, v, _ in read_topic(self.settings.kafka, topic, read_committed=read_committed)]
+
+
+@contextlib.contextmanager
+def _one_batch(broker, topic_names, name: str, sink_class, kafka=None, **workers) -> Iterator[_OneBatch]:
     names = topic_names()
-    settings = pipeline_settings(broker, names, workers={"delivery": "exactly-once"})
+    settings = pipeline_settings(
+        broker, names, kafka=kafka or {}, workers={"delivery": "exactly-once", **workers}
+    )
     produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
     ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
-    source = KafkaSource(settings, "late-commit-test")
-    sink = _CommitAcknowledgedLate(settings, "late-commit-test", f"{names['group_id']}-late")
-    topic = names["input"]
-    probe = LagProbe(settings.kafka, topic, names["group_id"])
-    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
+    source = KafkaSource(settings, f"{name}-test")
+    sink = sink_class(settings, f"{name}-test", f"{names['group_id']}-{name}")
+    probe = LagProbe(settings.kafka, names["input"], names["group_id"])
     try:
         wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
-        metadata = source.group_metadata()
-        with pytest.raises(DeliveryError):
-            sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)
-        sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)  # the loop's retry
-        committed = probe.measure().committed
+        yield _OneBatch(
+            settings,
+            sink,
+            probe,
+            source.group_metadata(),
+            {(names["input"], 0): 5},
+            [OutboundRecord(names["output"], b"k", b"the batch's output")],
+        )
     finally:
         probe.close()
         source.close()
         sink.close()
-    assert committed[0] == 5
-    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
-    assert values == [b"the batch's output"], "the batch was committed twice"
+
+
+def test_a_commit_that_timed_out_is_awaited_again_not_redone(broker, topic_names):
+    with _one_batch(broker, topic_names, "late-commit", _CommitAcknowledgedLate) as one:
+        with pytest.raises(DeliveryError):
+            one.sink.deliver_atomically(one.batch, one.offsets, one.metadata, timeout_s=30)
+        one.sink.deliver_atomically(one.batch, one.offsets, one.metadata, timeout_s=30)  # the loop's retry
+        assert one.committed() == 5
+        assert one.output() == [b"the batch's output"], "the batch was committed twice"
 
 
 class _CommitNeverAcknowledged(KafkaTransactionalSink):
@@ -270,38 +304,17 @@ def test_a_commit_never_acknowledged_is_settled_after_the_transaction_timeout(
     timeout; then the producer is replaced (the coordinator has committed or aborted it) and the
     group's committed offsets say which: a commit that landed is done, one that did not is
     produced afresh. Either way a read_committed reader sees the batch's output exactly once."""
-    names = topic_names()
-    settings = pipeline_settings(
-        broker,
-        names,
-        workers={"delivery": "exactly-once", "transaction_timeout_ms": 5_000, "produce_timeout_s": 3},
-    )
-    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
-    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
-    source = KafkaSource(settings, "lost-commit-test")
-    sink = sink_class(settings, "lost-commit-test", f"{names['group_id']}-lost")
-    first_producer = sink._producer
-    topic = names["input"]
-    probe = LagProbe(settings.kafka, topic, names["group_id"])
-    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
-    started = time.monotonic()
-    try:
-        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
-        metadata = source.group_metadata()
-        failed = _deliver_until_done(sink, batch, {(topic, 0): 5}, metadata)
+    workers = {"transaction_timeout_ms": 5_000, "produce_timeout_s": 3}
+    with _one_batch(broker, topic_names, "lost-commit", sink_class, **workers) as one:
+        first_producer = one.sink._producer
+        started = time.monotonic()
+        failed = _deliver_until_done(one.sink, one.batch, one.offsets, one.metadata)
         took = time.monotonic() - started
-        committed = probe.measure().committed
-    finally:
-        probe.close()
-        source.close()
-        sink.close()
-    assert failed >= 1 and sink._producer is not first_producer, "the producer was not replaced"
-    assert took < 60, f"settled after {took:.0f}s, well past the 5 s transaction timeout"
-    assert committed[0] == 5
-    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
-    assert values == [b"the batch's output"], "the batch was lost or committed twice"
-    written = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=False)]
-    assert written == [b"the batch's output"] * copies_written
+        assert failed >= 1 and one.sink._producer is not first_producer, "the producer was not replaced"
+        assert took < 60, f"settled after {took:.0f}s, well past the 5 s transaction timeout"
+        assert one.committed() == 5
+        assert one.output() == [b"the batch's output"], "the batch was lost or committed twice"
+        assert one.output(read_committed=False) == [b"the batch's output"] * copies_written
 
 
 class _ProduceRequestArrivesLate(KafkaTransactionalSink):
@@ -358,39 +371,20 @@ def test_a_late_produce_request_of_an_aborted_transaction_never_joins_the_next_o
     is the mechanism that fits its log, reproduced here on purpose.)
     A transaction whose records' fate is unknown ends with the producer's epoch bumped, and the
     broker refuses the late request (INVALID_PRODUCER_EPOCH, error 47, when this was written)."""
-    names = topic_names()
-    settings = pipeline_settings(
-        broker,
-        names,
-        kafka={"request_timeout_ms": 2_000},
-        workers={"delivery": "exactly-once", "produce_timeout_s": 2},
-    )
-    produce_tweets(settings, [(f"id-{i}", f"tweet {i}") for i in range(5)], [], partitions=1)
-    ensure_topics(settings.kafka, {names["output"]: 1, names["dlq"]: 1})
-    source = KafkaSource(settings, "late-produce-test")
-    sink = _ProduceRequestArrivesLate(settings, "late-produce-test", f"{names['group_id']}-late-produce")
-    topic = names["input"]
-    probe = LagProbe(settings.kafka, topic, names["group_id"])
-    batch = [OutboundRecord(names["output"], b"k", b"the batch's output")]
-    try:
-        wait_until(lambda: source.poll(timeout_ms=200, max_records=1) or source.assignment(), 60, "a join")
-        metadata = source.group_metadata()
+    kafka, workers = {"request_timeout_ms": 2_000}, {"produce_timeout_s": 2}
+    with _one_batch(broker, topic_names, "late-produce", _ProduceRequestArrivesLate, kafka, **workers) as one:
+        sink = one.sink
         with pytest.raises(DeliveryError, match="Expiring"):
-            sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)
+            sink.deliver_atomically(one.batch, one.offsets, one.metadata, timeout_s=30)
         assert sink.held is not None, "the first transaction's request was not held"
-        sink.deliver_atomically(batch, {(topic, 0): 5}, metadata, timeout_s=30)  # the loop's retry
-        committed = probe.measure().committed
-    finally:
-        probe.close()
-        source.close()
-        sink.close()
-    assert sink.late_error is not None, "the late request never reached the broker"
-    assert sink.late_error != "0", "the broker took the late request into a transaction"
-    assert committed[0] == 5
-    values = [v for _, _, _, v, _ in read_topic(settings.kafka, names["output"], read_committed=True)]
-    assert values == [b"the batch's output"], (
-        f"{len(values)} committed copies; the late request was answered with error code(s) {sink.late_error}"
-    )
+        sink.deliver_atomically(one.batch, one.offsets, one.metadata, timeout_s=30)  # the loop's retry
+        assert sink.late_error is not None, "the late request never reached the broker"
+        assert sink.late_error != "0", "the broker took the late request into a transaction"
+        assert one.committed() == 5
+        copies = one.output()
+        assert copies == [b"the batch's output"], (
+            f"{len(copies)} committed copies; the late request was answered with error code(s) {sink.late_error}"
+        )
 
 
 def test_a_producer_fenced_by_its_replacement_stops_and_never_fences_it_back(broker, topic_names):
