@@ -90,7 +90,7 @@ def pass_cost_tokens(device_type: str, max_tokens: int | None) -> int:
 #: ``(inference_batch_size, max_batch_tokens)`` when the settings leave them unset, by device
 #: type. CPU: chosen with ``clstream bench`` (docs/throughput.md). GPU: on an H100 a pass of the
 #: default encoder cost 2.8 ms whatever its size up to about 6,000 slots, so a poll of 256 tweets
-#: goes in one or two passes; 64 texts and 1,024 slots would cut it into ten or more (docs/gpu.md).
+#: goes in one or two passes; 64 texts and 1,024 slots would cut it into nine or ten (docs/gpu.md).
 BATCH_DEFAULTS: dict[str, tuple[int, int]] = {"cpu": (64, 1024), "cuda": (256, 16_384)}
 
 
