@@ -118,6 +118,7 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
         gpu = gpu_model_only(progress, classifier, texts) if classifier.device.type == "cuda" else None
         ceiling = _ceiling(progress, plan, make_settings, run_id, threads) if plan.ceiling_tweets else None
     workers = settings.workers
+    batch_size, max_tokens = _batch_limits(settings)
     result = BenchResult(
         device=device,
         torch_threads=threads,
@@ -127,8 +128,8 @@ def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callab
         pipeline_settings=PipelineSettings(
             actors=workers.count,
             max_batch_records=workers.max_batch_records,
-            inference_batch_size=_batch_limits(settings)[0],
-            max_batch_tokens=_batch_limits(settings)[1],
+            inference_batch_size=batch_size,
+            max_batch_tokens=max_tokens,
         ),
         quick=bool(args.quick),
         bare=bare,
