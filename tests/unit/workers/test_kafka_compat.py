@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 
@@ -21,6 +22,7 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.producer.transaction_manager import TransactionManager
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
+from kafka.structs import MemberState
 
 from schemas.errors import DecompressionBombError
 from workers import kafka_compat
@@ -187,3 +189,58 @@ def test_the_import_check_names_a_missing_private_attribute_and_the_versions_kno
     assert "TransactionManager keeps _lock and _pending_txn_offset_commits" in message
     assert f"installed kafka-python {kafka.__version__}" in message
     assert "kafka-python 3.0.12 (known to work)" in message
+
+
+class _CompletesAsStateIsRead:
+    """A consumer's real coordinator, except that reading ``state`` lets the IO thread finish the
+    join at that very moment, as it can between two reads on another thread: it sets
+    ``rejoin_needed`` False and ``state`` STABLE under the coordinator's lock, as kafka-python's
+    ``join_group_async`` does. The read still returns the state from before (REBALANCING)."""
+
+    def __init__(self, coordinator) -> None:
+        self._real = coordinator
+        self.finisher: threading.Thread | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    @property
+    def state(self):
+        seen = self._real.state
+        if self.finisher is None:
+
+            def finish_join() -> None:
+                with self._real._lock:
+                    self._real.rejoin_needed = False
+                    self._real.state = MemberState.STABLE
+
+            self.finisher = threading.Thread(target=finish_join)
+            self.finisher.start()
+            self.finisher.join(timeout=0.5)  # done at once unless the caller holds the lock
+        return seen
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the check reads state and rejoin_needed without the coordinator's lock"
+)
+def test_a_join_that_completes_between_the_checks_is_not_rejoined(silent_bootstrap):
+    """``finish_interrupted_join`` reads the member state, then ``rejoin_needed``. A first join in
+    progress has both REBALANCING and ``rejoin_needed`` True; if the join completes between the two
+    reads, the check saw REBALANCING and then False, and asked for a rejoin: a leader that rejoins
+    makes the broker rebalance again (a CI run of
+    test_kafka_source.py::test_a_member_alone_in_a_new_group_joins_it_with_one_rebalance saw
+    generation 2)."""
+    consumer = KafkaConsumer(bootstrap_servers=silent_bootstrap, api_version=(3, 0), group_id="g")
+    try:
+        coordinator = consumer._coordinator
+        coordinator.state = MemberState.REBALANCING
+        coordinator.rejoin_needed = True  # a first join, under way
+        racing = _CompletesAsStateIsRead(coordinator)
+        consumer._coordinator = racing
+        kafka_compat.finish_interrupted_join(consumer)
+        racing.finisher.join(timeout=5)
+        assert coordinator.state == MemberState.STABLE
+        assert coordinator.rejoin_needed is False, "a rejoin was asked for after the join completed"
+    finally:
+        consumer._coordinator = coordinator
+        consumer.close()
