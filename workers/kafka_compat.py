@@ -114,10 +114,16 @@ def finish_interrupted_join(consumer: KafkaConsumer) -> None:
     expires it, and every commit is refused as "rebalancing" from then on. Marking the rejoin as
     needed while a join is under way lets the next poll finish it (or start one afresh if it has
     already ended).
+
+    The two reads are made under the coordinator's lock, which the IO thread holds while it
+    marks a join complete (``rejoin_needed`` False, then ``state`` STABLE): a join finishing
+    between them would otherwise read as half done, and the leader's needless rejoin makes the
+    broker rebalance the group again.
     """
     coordinator = consumer._coordinator
-    if coordinator.state == MemberState.REBALANCING and not coordinator.rejoin_needed:
-        coordinator.request_rejoin()
+    with coordinator._lock:
+        if coordinator.state == MemberState.REBALANCING and not coordinator.rejoin_needed:
+            coordinator.request_rejoin()
 
 
 class OwnedPartitionsCooperativeStickyAssignor(CooperativeStickyAssignor):
@@ -607,9 +613,19 @@ _EXPECTATIONS: dict[str, Callable[[], bool]] = {
     "KafkaConsumer keeps _fetcher, _subscription and _coordinator": lambda: all(
         _calls("kafka:KafkaConsumer.__init__", name) for name in ("_fetcher", "_subscription", "_coordinator")
     ),
-    "BaseCoordinator keeps _net, _generation, _join_task, state, rejoin_needed, coordinator_id": lambda: all(
-        _calls("kafka.coordinator.base:BaseCoordinator.__init__", name)
-        for name in ("_net", "_generation", "_join_task", "state", "rejoin_needed", "coordinator_id")
+    "BaseCoordinator keeps _net, _generation, _join_task, state, rejoin_needed, coordinator_id, _lock": lambda: (
+        all(
+            _calls("kafka.coordinator.base:BaseCoordinator.__init__", name)
+            for name in (
+                "_net",
+                "_generation",
+                "_join_task",
+                "state",
+                "rejoin_needed",
+                "coordinator_id",
+                "_lock",
+            )
+        )
     ),
     "BaseCoordinator has request_rejoin": lambda: _has(
         "kafka.coordinator.base:BaseCoordinator", "request_rejoin"

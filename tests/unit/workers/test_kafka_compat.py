@@ -220,9 +220,6 @@ class _CompletesAsStateIsRead:
         return seen
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the check reads state and rejoin_needed without the coordinator's lock"
-)
 def test_a_join_that_completes_between_the_checks_is_not_rejoined(silent_bootstrap):
     """``finish_interrupted_join`` reads the member state, then ``rejoin_needed``. A first join in
     progress has both REBALANCING and ``rejoin_needed`` True; if the join completes between the two
