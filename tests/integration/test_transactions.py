@@ -540,3 +540,22 @@ def test_a_transaction_refused_while_the_last_one_completes_is_retried_within_20
         sink.close()
     assert clock.sleeps, f"no transactional request was retried in {transactions} transactions"
     assert max(clock.sleeps) <= 0.02, f"retry waits (s): {sorted(set(clock.sleeps))}"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="close(timeout=0) flushes first and raises, leaving the old producer running"
+)
+def test_a_producer_replaced_with_records_in_flight_stops_sending(broker, topic_names):
+    """A transaction given up with a record still in flight ends by replacing the producer. The
+    old one must stop for good before its replacement starts: kafka-python's ``close(timeout=0)``
+    flushes first, raises while a batch is pending and leaves the producer running, and a
+    running old producer went on retrying under the old epoch and bumped it, fencing its own
+    replacement (the broker SIGKILL test in exactly-once mode: the actor stopped as "fenced by a
+    newer producer" and was replaced)."""
+    kafka, workers = {"request_timeout_ms": 2_000}, {"produce_timeout_s": 2}
+    with _one_batch(broker, topic_names, "in-flight", _ProduceRequestArrivesLate, kafka, **workers) as one:
+        first = one.sink._producer
+        with pytest.raises(DeliveryError, match="replaced"):
+            one.sink.deliver_atomically(one.batch, one.offsets, one.metadata, timeout_s=1)
+        assert one.sink._producer is not first
+        assert not first._sender.is_alive(), "the replaced producer still runs beside its replacement"
