@@ -40,10 +40,12 @@ plus one chunk, whatever sizes the batch claims for itself. kafka-python has no 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import io
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -308,6 +310,26 @@ def wait_for_transaction(producer: KafkaProducer, result: Any, timeout_ms: int) 
     failed. The sender is woken first, so the request goes out now rather than at its next poll."""
     producer._sender.wakeup()
     return bool(result.wait(timeout_ms=timeout_ms))
+
+
+def close_now(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
+    """Stop ``producer`` for good without sending what it still holds, waiting up to ``timeout_s``
+    for its sender thread to end.
+
+    kafka-python 3.0.12's ``close(timeout=0)`` flushes first and, with a batch still pending,
+    raises before it stops anything: the producer goes on retrying. A transactional producer
+    left running beside its replacement (same transactional id) retried under the old epoch,
+    bumped it, and fenced the replacement. Here the sender is force-closed first (pending and
+    in-flight batches fail, no request is sent any more), then awaited, then the producer is
+    closed.
+    """
+    sender = producer._sender
+    if sender is not None:
+        sender.force_close()
+        if sender is not threading.current_thread():
+            sender.join(timeout_s)
+    with contextlib.suppress(Exception):
+        producer.close(timeout=0)
 
 
 def fenced_by_newer_producer(producer: KafkaProducer, exc: BaseException | None = None) -> bool:
@@ -719,6 +741,7 @@ _EXPECTATIONS: dict[str, Callable[[], bool]] = {
         _calls("kafka:KafkaProducer.__init__", name) for name in ("_sender", "_transaction_manager")
     ),
     "Sender.wakeup": lambda: _has("kafka.producer.sender:Sender", "wakeup"),
+    "Sender.force_close": lambda: _has("kafka.producer.sender:Sender", "force_close"),
     "Sender keeps config; its transactional retry sleeps config['retry_backoff_ms']": lambda: (
         _calls("kafka.producer.sender:Sender.__init__", "config")
         and _calls("kafka.producer.sender:Sender._maybe_send_pending_request", "sleep")

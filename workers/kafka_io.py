@@ -9,7 +9,6 @@ workaround of its bugs, is a named function of ``workers.kafka_compat``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -621,10 +620,8 @@ class KafkaTransactionalSink:
         and neither can commit offsets for a group generation it is not in."""
         if kafka_compat.fenced_by_newer_producer(self._producer, exc) and not self._timed_out():
             self._superseded = True
-            # Its unsent records can never be sent: close without waiting (kafka-python's close
-            # flushes first, and a zero-timeout flush of pending batches raises).
-            with contextlib.suppress(Exception):
-                self._producer.close(timeout=0)
+            # Its unsent records can never be sent: stop it without flushing.
+            kafka_compat.close_now(self._producer)
             raise ProducerFencedError(
                 f"{message}; a newer producer took transactional id {self._transactional_id!r} "
                 "(this actor was replaced, or another driver uses the id): this actor stops"
@@ -640,8 +637,9 @@ class KafkaTransactionalSink:
         (or completes) whatever it left open. Never for a producer a newer one has fenced."""
         self._stop_if_superseded("the producer was not replaced")
         if not self._closed:
-            with contextlib.suppress(Exception):
-                self._producer.close(timeout=0)
+            # Stopped for good before the replacement starts: a producer still retrying under
+            # the old epoch would bump it and fence its replacement.
+            kafka_compat.close_now(self._producer)
             self._closed = True
         if self._timed_out():
             log.warning(

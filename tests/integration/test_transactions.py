@@ -542,9 +542,6 @@ def test_a_transaction_refused_while_the_last_one_completes_is_retried_within_20
     assert max(clock.sleeps) <= 0.02, f"retry waits (s): {sorted(set(clock.sleeps))}"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="close(timeout=0) flushes first and raises, leaving the old producer running"
-)
 def test_a_producer_replaced_with_records_in_flight_stops_sending(broker, topic_names):
     """A transaction given up with a record still in flight ends by replacing the producer. The
     old one must stop for good before its replacement starts: kafka-python's ``close(timeout=0)``
