@@ -23,10 +23,11 @@ import torch
 from schemas.errors import ModelLoadError, UnsafeCheckpointError
 from workers.adapter import LoraAdapter, load_adapter, merge_adapter
 from workers.batching import BatchStats
+from workers.cls_only import cls_only_forward
 from workers.forward import Encoded, forward_in_batches, token_ids
 from workers.head import DEFAULT_HEAD_DIR, SoftmaxHead, load_head
 from workers.offline_hub import keep_hub_offline
-from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS
+from workers.pooling import NEEDS_ALL_LAYERS, POOLINGS, READS_POSITION_ZERO
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 
@@ -99,6 +100,10 @@ class BertEncoder:
     With an ``adapter`` its LoRA updates are merged into the weights once, here, so encoding
     costs the same as without one.
 
+    For poolings that read only [CLS] (``cls``, ``pooler``) the last layer computes position 0
+    alone (``workers.cls_only``): the same vectors for about 14 % less work in a 6-layer encoder,
+    checked against the stock forward at load (``cls_only_last_layer`` says which one runs).
+
     With ``trace`` (the default) the fp32 encoder and its pooling run as one TorchScript trace
     (``traced_pooling``), which executes without holding Python's interpreter lock: the actor's
     Kafka threads then no longer stall the model between its operators. Under autocast (bf16)
@@ -140,7 +145,10 @@ class BertEncoder:
         self.hidden_size = int(self.model.config.hidden_size)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self._pool = POOLINGS[pooling]
-        self._pooled = PooledEncoder(self.model, self._pool, pooling in NEEDS_ALL_LAYERS)
+        stock = PooledEncoder(self.model, self._pool, pooling in NEEDS_ALL_LAYERS)
+        #: The module in use: the last layer computes [CLS] only where the pooling reads nothing else.
+        self._pooled = cls_only_pooling(stock, pooling, self.device, directory)
+        self.cls_only_last_layer = self._pooled.position_zero is not None
         #: The TorchScript trace of ``_pooled`` in use for fp32 passes; None runs it eagerly.
         self.traced = traced_pooling(self._pooled, self.device, directory) if trace else None
         self._all_passes = scripted_passes(self.traced) if self.traced is not None else None
@@ -190,20 +198,67 @@ class BertEncoder:
 
 
 class PooledEncoder(torch.nn.Module):
-    """The encoder and its pooling as one module, ``(input_ids, attention_mask) -> [batch, dim]``."""
+    """The encoder and its pooling as one module, ``(input_ids, attention_mask) -> [batch, dim]``.
 
-    def __init__(self, model: torch.nn.Module, pool: Callable[..., torch.Tensor], all_layers: bool) -> None:
+    With ``position_zero`` (a ``workers.cls_only.ClsOnlyForward``), for poolings that read only
+    [CLS], the final layer's row at position 0 comes from it instead of the model's forward."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pool: Callable[..., torch.Tensor],
+        all_layers: bool,
+        position_zero: torch.nn.Module | None = None,
+        pooler: torch.nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.pool = pool
         self.all_layers = all_layers
+        self.position_zero = position_zero
+        self.pooler = pooler
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.position_zero is not None:
+            cls = self.position_zero(input_ids, attention_mask)[:, None]
+            return self.pool((cls,), attention_mask, self.pooler(cls) if self.pooler is not None else None)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.all_layers
         )
         hidden = out.hidden_states if self.all_layers else (out.last_hidden_state,)
         return self.pool(hidden, attention_mask, getattr(out, "pooler_output", None))
+
+
+def cls_only_pooling(
+    stock: PooledEncoder, pooling: str, device: torch.device, name: Path | str
+) -> PooledEncoder:
+    """``stock`` with its last layer computed for [CLS] only (``workers.cls_only``) where the
+    pooling reads nothing else, the model's layout allows it and the vectors match ``stock``'s
+    on ``_PROBES``; otherwise ``stock`` itself (with a warning when the check failed)."""
+    if pooling not in READS_POSITION_ZERO:
+        return stock
+    position_zero = cls_only_forward(stock.model)
+    if position_zero is None:
+        log.info("encoder runs its stock forward: its layout has no [CLS]-only last layer", encoder=str(name))
+        return stock
+    pooler = getattr(stock.model, "pooler", None) if pooling == "pooler" else None
+    if pooling == "pooler" and pooler is None:
+        return stock  # no pooler to apply: the stock forward says so on the first pass
+    fast = PooledEncoder(stock.model, stock.pool, stock.all_layers, position_zero, pooler)
+    try:
+        with torch.no_grad():
+            for inputs in _probes(stock.model, device):
+                _same_vectors(
+                    "it differs from the stock forward", stock(*inputs), fast(*inputs), inputs[0].shape, 1e-4
+                )
+    except Exception as exc:  # noqa: BLE001 - any failure: the stock forward is correct
+        log.warning(
+            "encoder runs its stock forward: the [CLS]-only last layer failed its check",
+            encoder=str(name),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return stock
+    return fast
 
 
 class AllPasses(torch.nn.Module):
@@ -234,14 +289,36 @@ def scripted_passes(traced: Any) -> Any | None:
         return None
 
 
-#: (rows, width, padded rows) of the inputs a trace is checked on against the eager module: other
-#: shapes than the one traced, a lone two-token text, and a pass with no padding at all.
-_TRACE_CHECKS = ((5, 11, (1, 3)), (1, 2, ()), (4, 7, ()), (2, 30, (0,)))
+#: (rows, width, padded rows) of the inputs a trace, and the [CLS]-only last layer, are checked on
+#: against the eager stock module: several shapes, a lone two-token text, a pass with no padding.
+_PROBES = ((3, 9, (1,)), (5, 11, (1, 3)), (1, 2, ()), (4, 7, ()), (2, 30, (0,)))
+
+
+def _probes(model: torch.nn.Module, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Random ``(input_ids, attention_mask)`` of the shapes in ``_PROBES``, the same every time."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 1000) or 1000)
+    generator = torch.Generator().manual_seed(0)
+    for rows, width, padded in _PROBES:
+        ids = torch.randint(1, vocab, (rows, width), generator=generator)
+        mask = torch.ones_like(ids)
+        for row in padded:
+            mask[row, max(2, width // 2) :] = 0
+        yield ids.to(device), mask.to(device)
+
+
+def _same_vectors(
+    what: str, expected: torch.Tensor, got: torch.Tensor, shape: torch.Size, atol: float
+) -> None:
+    if expected.shape != got.shape or not torch.allclose(expected, got, atol=atol, rtol=1e-4):
+        rows, width = shape
+        raise ValueError(
+            f"{what} on a {rows}x{width} pass (largest difference {float((expected - got).abs().max()):.3g})"
+        )
 
 
 def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str) -> Any | None:
     """``module`` traced with TorchScript, or None (with a warning) when it cannot be traced or the
-    trace does not reproduce the eager outputs on ``_TRACE_CHECKS``.
+    trace does not reproduce the eager outputs on ``_PROBES``.
 
     A traced graph runs in C++ without the interpreter lock, where the eager module takes the lock
     for every operator; on a 2-core CPU a Python thread beside the model made the eager zero-cost
@@ -249,28 +326,19 @@ def traced_pooling(module: PooledEncoder, device: torch.device, name: Path | str
     recorded on a padded batch, so the attention mask is always applied; position ids and the mask
     follow each pass's shape. Parameters are shared with ``module``, not copied.
     """
-    vocab = int(getattr(getattr(module.model, "config", None), "vocab_size", 1000) or 1000)
-    generator = torch.Generator().manual_seed(0)
-
-    def example(rows: int, width: int, padded: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.randint(1, vocab, (rows, width), generator=generator)
-        mask = torch.ones_like(ids)
-        for row in padded:
-            mask[row, max(2, width // 2) :] = 0
-        return ids.to(device), mask.to(device)
-
+    probes = list(_probes(module.model, device))
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_transformers():
             warnings.simplefilter("ignore")  # TracerWarnings on Python branches of the model's code
-            traced = torch.jit.trace(module, example(3, 9, (1,)), check_trace=False, strict=False)
-            for rows, width, padded in _TRACE_CHECKS:
-                inputs = example(rows, width, padded)
-                eager, graph = module(*inputs), traced(*inputs)
-                if eager.shape != graph.shape or not torch.allclose(eager, graph, atol=1e-5, rtol=1e-4):
-                    raise ValueError(
-                        f"the trace differs from the eager module on a {rows}x{width} pass "
-                        f"(largest difference {float((eager - graph).abs().max()):.3g})"
-                    )
+            traced = torch.jit.trace(module, probes[0], check_trace=False, strict=False)
+            for inputs in probes[1:]:
+                _same_vectors(
+                    "the trace differs from the eager module",
+                    module(*inputs),
+                    traced(*inputs),
+                    inputs[0].shape,
+                    1e-5,
+                )
     except Exception as exc:  # noqa: BLE001 - any failure: run the eager module, which is correct
         log.warning(
             "encoder runs eagerly: tracing failed", encoder=str(name), error=f"{type(exc).__name__}: {exc}"

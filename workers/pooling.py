@@ -50,5 +50,9 @@ def pool_pooler(
 
 POOLINGS: dict[str, PoolFn] = {"cls": pool_cls, "mean": pool_mean, "last4": pool_last4, "pooler": pool_pooler}
 
+#: Poolings that read only position 0 of the final layer: its last layer may compute [CLS] alone
+#: (``workers.cls_only``).
+READS_POSITION_ZERO = frozenset({"cls", "pooler"})
+
 #: Poolings that need every layer's hidden states from the encoder (others need only the last).
 NEEDS_ALL_LAYERS = frozenset({"last4"})

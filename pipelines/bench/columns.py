@@ -123,7 +123,8 @@ def bf16_agreement(progress: Progress, classifier: BertClassifier, texts: list[s
 
 def gpu_model_only(progress: Progress, classifier: BertClassifier, texts: list[str]) -> GpuModelOnly:
     """CUDA only: a random-initialised bert-base-sized encoder (bf16, SDPA) over the tweets;
-    useful FLOP/s count real tokens only, as a fraction of the measured bf16 matmul rate."""
+    useful FLOP/s count the work executed on real tokens only (the last layer [CLS] alone), as a
+    fraction of the measured bf16 matmul rate."""
     from transformers import BertConfig, BertModel
 
     task = progress.add_task("GPU: bert-base-sized model-only FLOP/s", total=3)
@@ -152,7 +153,11 @@ def gpu_model_only(progress: Progress, classifier: BertClassifier, texts: list[s
         shutil.rmtree(directory, ignore_errors=True)
     mean_len = encoded.real_tokens / len(batch)
     useful = encoded.real_tokens * bert_flops_per_token(
-        config.num_hidden_layers, config.hidden_size, config.intermediate_size, mean_len
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        mean_len,
+        cls_only=encoder.cls_only_last_layer,
     )
     progress.update(task, completed=3)
     return GpuModelOnly(

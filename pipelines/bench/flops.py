@@ -23,9 +23,17 @@ def matmul_flops_per_s(device: torch.device, n: int = 8192, iters: int = 20) -> 
     return 2 * n**3 * iters / (time.perf_counter() - started)
 
 
-def bert_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len: float) -> float:
+def bert_flops_per_token(
+    layers: int, hidden: int, intermediate: int, seq_len: float, cls_only: bool = False
+) -> float:
     """Forward FLOPs per real token of a BERT encoder: the dense layers (QKV, output, FFN) plus
-    attention scores and weighted sums over ``seq_len`` real tokens; embeddings and norms left out."""
+    attention scores and weighted sums over ``seq_len`` real tokens; embeddings and norms left out.
+
+    ``cls_only``: the last layer computes [CLS] alone (``workers.cls_only``), so it costs every
+    token its key and value projections, and each text one query, attention output and FFN."""
     dense = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
     attention = 2 * 2 * seq_len * hidden
-    return layers * (dense + attention)
+    if not cls_only:
+        return layers * (dense + attention)
+    cls_row = 2 * (2 * hidden * hidden + 2 * hidden * intermediate) + attention
+    return (layers - 1) * (dense + attention) + 2 * 2 * hidden * hidden + cls_row / max(seq_len, 1.0)

