@@ -90,6 +90,33 @@ def test_the_plan_is_the_cheapest_cut_of_the_sorted_texts(pass_cost):
         assert cost == _best_sorted_plan_cost(lengths, budget, cap, pass_cost), (lengths, budget, cap)
 
 
+def _plan_by_every_start(lengths: list[int], budget: int, cap: int | None, pass_cost: int) -> list[list[int]]:
+    """The dynamic programme written plainly: every start a group may have, earliest on ties."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    widths = [max(1, lengths[i]) for i in order]
+    best, cut = [0] * (len(order) + 1), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        size = max(1, min(cap or len(order), budget // widths[j - 1]))
+        costs = [(best[i] + (j - i) * widths[j - 1] + pass_cost, i) for i in range(max(0, j - size), j)]
+        best[j], cut[j] = min(costs)
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def test_the_plan_is_the_one_every_start_gives_on_long_polls():
+    rng = random.Random(7)
+    for _ in range(300):
+        low, high = rng.choice([(3, 70), (1, 5), (5, 8), (1, 300)])
+        lengths = [rng.randint(low, high) for _ in range(rng.randint(1, 600))]
+        budget, cap = rng.choice([64, 1024, 16_384]), rng.choice([None, 1, 4, 64, 256])
+        pass_cost = rng.choice([0, 30, 16_384])
+        expected = _plan_by_every_start(lengths, budget, cap, pass_cost)
+        assert plan_batches(lengths, budget, cap, pass_cost) == expected, (budget, cap, pass_cost)
+
+
 def test_a_group_is_cut_where_the_lengths_jump_when_a_pass_is_cheap():
     lengths = [10, 10, 10, 40]
     # Filling up to the budget pads three 10-token tweets to 40 (160 slots for 70 real).
