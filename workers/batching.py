@@ -9,6 +9,7 @@ back by index, so the order of its output (and so of offsets and commits) never 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -176,13 +177,14 @@ class BatchStats:
 def pad_group(token_ids: Sequence[Sequence[int]], group: Sequence[int], pad_id: int) -> np.ndarray:
     """``[2, len(group), longest]`` int64: input ids (right-padded with ``pad_id``) and the mask.
 
-    One array for both, so a device copy is one transfer per batch.
+    One array for both, so a device copy is one transfer per batch. The rows are filled in one
+    masked assignment from their concatenated ids, not row by row: this runs on the model's thread.
     """
-    width = max(len(token_ids[i]) for i in group)
-    out = np.zeros((2, len(group), width), dtype=np.int64)
+    rows = [token_ids[i] for i in group]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    mask = np.arange(int(lengths.max())) < lengths[:, None]
+    out = np.empty((2, *mask.shape), dtype=np.int64)
     out[0].fill(pad_id)
-    for row, index in enumerate(group):
-        ids = token_ids[index]
-        out[0, row, : len(ids)] = ids
-        out[1, row, : len(ids)] = 1
+    out[0][mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    out[1] = mask
     return out

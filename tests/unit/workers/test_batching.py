@@ -145,6 +145,10 @@ def test_pad_group_packs_ids_and_mask_right_padded():
     assert packed.shape == (2, 2, 3)
     assert packed[0].tolist() == [[101, 102, 0], [101, 7, 102]]
     assert packed[1].tolist() == [[1, 1, 0], [1, 1, 1]]
+    rows = [[101, 5, 6, 7, 102], [101, 102], [101, 8, 102]]
+    packed = pad_group(rows, [2, 0, 1], pad_id=9)
+    assert packed[0].tolist() == [[101, 8, 102, 9, 9], [101, 5, 6, 7, 102], [101, 102, 9, 9, 9]]
+    assert packed[1].sum(axis=1).tolist() == [3, 5, 2]
 
 
 def test_batch_stats_report_padding_efficiency():

