@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-#: Attribute paths of the last layer that ``ClsOnlyForward`` calls (BERT, RoBERTa, ELECTRA layout).
+#: Attribute paths of the last layer that ``ClsOnlyForward`` calls (the BERT and RoBERTa layout).
 _LAYER_PARTS = (
     "attention.self.query",
     "attention.self.key",
@@ -91,6 +91,7 @@ def cls_only_forward(model: Any) -> ClsOnlyForward | None:
         or getattr(config, "is_decoder", False)
         or getattr(config, "add_cross_attention", False)
         or getattr(model, "embeddings", None) is None
+        or hasattr(model, "embeddings_project")  # ELECTRA-small's projection between the two
         or not isinstance(layers, torch.nn.ModuleList)
         or len(layers) < 1
     ):

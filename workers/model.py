@@ -309,8 +309,12 @@ def _probes(model: torch.nn.Module, device: torch.device) -> Iterator[tuple[torc
 def _same_vectors(
     what: str, expected: torch.Tensor, got: torch.Tensor, shape: torch.Size, atol: float
 ) -> None:
-    if expected.shape != got.shape or not torch.allclose(expected, got, atol=atol, rtol=1e-4):
-        rows, width = shape
+    rows, width = shape
+    if expected.shape != got.shape:
+        raise ValueError(
+            f"{what} on a {rows}x{width} pass (shape {tuple(got.shape)}, not {tuple(expected.shape)})"
+        )
+    if not torch.allclose(expected, got, atol=atol, rtol=1e-4):
         raise ValueError(
             f"{what} on a {rows}x{width} pass (largest difference {float((expected - got).abs().max()):.3g})"
         )

@@ -24,7 +24,8 @@ dependencies, and a run carries at most 64 MiB of the working tree. So the work 
   * the default encoder at calls of 256 with the planner's pass price swept, and with the
     actor's ``inference_batch_size`` and ``max_batch_tokens`` swept (their defaults first);
   * the default encoder's stock forward against its last layer computed for [CLS] alone
-    (``workers.cls_only``, what every other figure runs), at both call sizes;
+    (``workers.cls_only``, what every other figure runs), at both call sizes, and how far their
+    vectors and labels are apart at the device's precision;
   * 1, 2, 4 and 8 processes sharing the GPU, each with its own model copy and calls of 256 (the
     consumer-group members at ``workers.gpu_fraction`` 1/N of docs/data-plane.md), in aggregate;
   * bf16 vs fp32 label agreement of the default classifier.
@@ -240,6 +241,18 @@ def _agreement(
     return float((fp32 == bf16).float().mean())
 
 
+def _cls_only_against_stock(
+    model: Any, head: Callable[[torch.Tensor], torch.Tensor], ids: list[list[int]], device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, float]:  # fmt: skip
+    """The [CLS]-only forward against the stock one at the device's precision: the largest
+    difference of their vectors and the share of labels they agree on."""
+    stock = _encode(model, ids, device, dtype, 256, cls_only=False)[0]
+    fast = _encode(model, ids, device, dtype, 256, cls_only=True)[0]
+    agree = (head(stock).argmax(dim=1) == head(fast).argmax(dim=1)).float().mean()
+    return {"largest_difference": float((stock - fast).abs().max()), "label_agreement": float(agree)}
+
+
 def _pass_fit(model: Any, device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
     """One forward pass's cost on this device, fitted as ``a + b × slots`` (least squares).
 
@@ -388,6 +401,9 @@ def measure(
         _agreement(default, _head(carry, device), subset, device) if device.type == "cuda" else None
     )
     result["agreement_tweets"] = len(subset)
+    result["cls_only_vs_stock"] = _cls_only_against_stock(
+        default, _head(carry, device), subset, device, dtype
+    )
     del default
     torch.manual_seed(0)
     base = BertModel(BertConfig()).eval().to(device)  # bert-base: 12 layers, 768-d; random weights
@@ -430,6 +446,9 @@ def _print(result: dict[str, Any]) -> None:
     print("last layer, stock against [CLS] only: " + ", ".join(
         f"calls of {run['call_size']}, {run['last_layer']}: {run['tweets_per_s']:,.0f} tweets/s"
         for run in result["last_layer"]))  # fmt: skip
+    print("[CLS]-only against stock, same precision: largest vector difference "
+          f"{result['cls_only_vs_stock']['largest_difference']:.2g}, labels agree "
+          f"{result['cls_only_vs_stock']['label_agreement']:.4f}")  # fmt: skip
     print("actor settings (inference_batch_size, max_batch_tokens) at polls of 256: " + ", ".join(
         f"({run['batch_size']}, {run['max_tokens']}): {run['tweets_per_s']:,.0f} tweets/s "
         f"({run['passes_per_call']:.1f} passes)" for run in result["settings_sweep"]))  # fmt: skip

@@ -19,8 +19,9 @@ def test_the_default_classifier_computes_cls_only_and_gets_the_stock_vectors():
 
     classifier = BertClassifier.load(device="cpu")  # the shipped encoder with its LoRA adapter merged
     encoder = classifier.encoder
-    texts = [*bench_texts(300), "x", "a" * 600]  # lengths from 3 to 128 tokens, padded passes
+    texts = [*bench_texts(300), "x", "a " * 600]  # lengths from 3 to 128 (truncated), padded passes
     assert encoder.cls_only_last_layer and encoder.traced is not None
+    assert max(map(len, encoder.token_ids(texts))) == 128
     vectors = encoder.encode(texts, batch_size=64, max_tokens=1024).vectors
     assert torch.allclose(vectors, _stock_cls(encoder, texts), atol=1e-5)
 

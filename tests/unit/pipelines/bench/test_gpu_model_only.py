@@ -56,6 +56,8 @@ def test_prepare_then_measure_writes_every_figure(tmp_path):
     assert {run["last_layer"] for run in result["runs"]} == {"cls-only"}
     compared = [(run["call_size"], run["last_layer"]) for run in result["last_layer"]]
     assert compared == [(256, "stock"), (256, "cls-only"), (4096, "stock"), (4096, "cls-only")]
+    assert result["cls_only_vs_stock"]["label_agreement"] == 1.0  # fp32 on the CPU
+    assert result["cls_only_vs_stock"]["largest_difference"] < 1e-4
     settings = [(run["batch_size"], run["max_tokens"]) for run in result["settings_sweep"]]
     assert settings == [(64, 1024), (256, 4096), (256, 16384), (256, 32768)]
     [shared] = result["shared_device"]
