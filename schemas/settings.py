@@ -200,6 +200,12 @@ class WorkerSettings(BaseModel):
     fetch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)
     #: How long the producer waits to fill a produce request (linger.ms): latency for fewer requests.
     producer_linger_ms: int = Field(default=2, ge=0, le=10_000)
+    #: The producer's record batch per partition (batch.size), bytes. kafka-python wakes its network
+    #: thread (a system call) at every record appended while a partition already has a full batch
+    #: waiting, so a delivery larger than one batch per partition pays that per record: 256 KiB
+    #: holds several polls' records (docs/data-plane.md). Kept under the broker's default
+    #: limit on one record batch (message.max.bytes, 1 MB).
+    producer_batch_bytes: int = Field(default=262_144, ge=16_384, le=1_000_000)
     #: How long to wait for the output and DLQ records of a batch to be acknowledged.
     produce_timeout_s: float = Field(default=30.0, gt=0)
     #: GPU share per actor when the cluster has GPUs (0.5 packs two actors per GPU).

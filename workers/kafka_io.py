@@ -302,6 +302,7 @@ def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.workers.producer_linger_ms,
+        batch_size=settings.workers.producer_batch_bytes,
         retries=2**31 - 1,
         # Room for the largest dead-letter copy (the loop cuts bigger ones to fit) and its batch.
         max_request_size=max(_MAX_REQUEST_BYTES, settings.topics.dlq_max_record_bytes + 16_384),

@@ -74,3 +74,37 @@ def test_quick_bench_writes_every_number_and_the_plot(broker, ray_cluster, tiny_
     assert [p["max_batch_tokens"] for p in result["sweep"]] == [256, 1024, 4096]
     assert 0 <= result["bf16_label_agreement"] <= 1
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_stages_command_times_every_stage_against_the_broker(broker, capsys):
+    from pipelines.bench import stages
+
+    code = stages.main(
+        [
+            "--bootstrap-servers",
+            broker,
+            "--tweets",
+            "600",
+            "--rounds",
+            "1",
+            "--producer-batch-bytes",
+            "16384",
+            "262144",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage"))
+    table = {line.rsplit(maxsplit=2)[0]: line.split()[-2:] for line in lines[header + 1 :]}
+    assert list(table) == [
+        "consume (poll)",
+        "decode",
+        "repair",
+        "tokenize",
+        "model (calls of 256)",
+        "output records",
+        "deliver, producer batch 16,384 B",
+        "deliver, producer batch 262,144 B",
+    ]
+    for cpu, wall in table.values():
+        assert float(cpu) >= 0 and float(wall) > 0

@@ -39,6 +39,10 @@ def test_bootstrap_servers_from_the_environment_as_a_list_or_json(value, monkeyp
         ({"model": {"encoder": "/does/not/exist"}}, "is not a directory"),
         ({"workers": {"bogus": 1}}, "Extra inputs are not permitted"),
         ({"workers": {"max_decompressed_batch_bytes": 1000}}, "between 1 MiB .* and 1 GiB"),
+        (
+            {"workers": {"producer_batch_bytes": 2_000_000}},
+            "producer_batch_bytes\n.*less than or equal to 1000000",
+        ),
     ],
 )
 def test_invalid_settings_say_what_is_wrong(overrides, message):

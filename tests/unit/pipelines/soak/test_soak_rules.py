@@ -142,9 +142,11 @@ def test_the_delivery_timeout_is_the_one_the_pipeline_producers_get(monkeypatch)
         Settings.load(overrides={"workers": {"produce_timeout_s": 90}}),
         Settings.load(overrides={"kafka": {"request_timeout_ms": 5_000}}),
         Settings.load(overrides={"workers": {"producer_linger_ms": 50}}),
+        Settings.load(overrides={"workers": {"producer_batch_bytes": 1_000_000}}),
     ):
         kafka_io._producer(settings, "probe")
         assert built["linger_ms"] == settings.workers.producer_linger_ms
+        assert built["batch_size"] == settings.workers.producer_batch_bytes
         assert built["delivery_timeout_ms"] == delivery_timeout_ms(settings)
 
 
