@@ -5,7 +5,8 @@ tweets to a topic of its own, then runs each stage of the actor's path over all 
 thread, alone, with the zero-cost model (``columns.zero_cost_model``), in the actor's order:
 consume (``KafkaSource.poll``), decode, repair, tokenize, the model (calls of 256, the default
 poll), the output records (``ClassifierLoop._outbound``), and delivery (``KafkaSink.deliver``:
-``send``, flush and acknowledgement) once per ``--producer-batch-bytes`` value, alternating.
+``send``, flush and acknowledgement) once per ``--producer-batch-bytes`` value, then exactly-once
+delivery (output and offsets in one transaction) in transactions of each ``--transaction-records``.
 It prints CPU µs per record (the process's, all threads: kafka-python's network threads too) and
 wall µs, the median of ``--rounds`` rounds, and the interpreter's full (generation 2) garbage
 collections. The sum is what the pipeline spends per record on top of the broker; the bare loop
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tweets", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--producer-batch-bytes", type=int, nargs="+", default=[16_384, 262_144])
+    parser.add_argument("--transaction-records", type=int, nargs="+", default=[256, 1024])
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(
     args: argparse.Namespace, base: dict[str, Any], settings: Settings, directory: Path
 ) -> dict[str, list[tuple[float, float]]]:
-    from workers.kafka_io import KafkaSink, KafkaSource
+    from workers.kafka_io import KafkaSink, KafkaSource, KafkaTransactionalSink
     from workers.loop import ClassifierLoop
     from workers.model import BertClassifier
 
@@ -102,6 +104,7 @@ def _measure(
         )
         for size in args.producer_batch_bytes
     }
+    transactional = KafkaTransactionalSink(settings, "stages-txn", f"{settings.topics.group_id}-txn")
     loop = ClassifierLoop(source, next(iter(sinks.values())), classifier, settings)
     rows: dict[str, list[tuple[float, float]]] = {}
     full = _FullCollections()
@@ -117,11 +120,15 @@ def _measure(
 
         for round_ in range(args.rounds):
             source.seek({(settings.topics.input, p): 0 for p in range(4)})
-            _one_round(rows, n, consume, classifier, loop, sinks)
+            records, outs = _one_round(rows, n, consume, classifier, loop, sinks)
+            _transactions(
+                rows, records, outs, source.group_metadata(), transactional, args.transaction_records
+            )
             print(f"round {round_ + 1} of {args.rounds} done; full collections so far {full.summary()}")
     finally:
         full.close()
         source.close()
+        transactional.close()
         for sink in sinks.values():
             sink.close()
     return rows
@@ -134,7 +141,8 @@ def _one_round(
     classifier: Any,
     loop: Any,
     sinks: dict[int, Any],
-) -> None:
+) -> tuple[list[Any], list[Any]]:
+    """One round of every stage up to ``KafkaSink.deliver``; the records and their output records."""
     from workers.decode import decode_tweet
     from workers.loop import _Batch
     from workers.text import repair_text
@@ -160,6 +168,30 @@ def _one_round(
     for size, sink in sinks.items():
         sink.deliver(outs[:10], 30)  # connected, producer id assigned
         _timed(rows, f"deliver, producer batch {size:,} B", n, functools.partial(_deliver, sink, outs))
+    return records, outs
+
+
+def _transactions(
+    rows: dict[str, list[tuple[float, float]]],
+    records: list[Any],
+    outs: list[Any],
+    group: Any,
+    sink: Any,
+    sizes: list[int],
+) -> None:
+    """Exactly-once delivery of the round's output records: output and offsets in one transaction
+    of ``size`` records, for each size (``KafkaTransactionalSink.deliver_atomically``)."""
+    from workers.loop import _next_offsets
+
+    n = len(records)
+    for size in sizes:
+
+        def deliver(size: int = size) -> None:
+            for start in range(0, n, size):
+                chunk = slice(start, start + size)
+                sink.deliver_atomically(outs[chunk], _next_offsets(records[chunk]), group, 30)
+
+        _timed(rows, f"deliver in transactions of {size}", n, deliver)
 
 
 def _deliver(sink: Any, records: list[Any]) -> None:

@@ -105,6 +105,8 @@ def test_the_stages_command_times_every_stage_against_the_broker(broker, capsys)
         "output records",
         "deliver, producer batch 16,384 B",
         "deliver, producer batch 262,144 B",
+        "deliver in transactions of 256",
+        "deliver in transactions of 1024",
     ]
     for cpu, wall in table.values():
         assert float(cpu) >= 0 and float(wall) > 0
