@@ -204,7 +204,9 @@ class WorkerSettings(BaseModel):
     #: thread (a system call) at every record appended while a partition already has a full batch
     #: waiting, so a delivery larger than one batch per partition pays that per record: 256 KiB
     #: holds several polls' records (docs/data-plane.md). Kept under the broker's default
-    #: limit on one record batch (message.max.bytes, 1 MB).
+    #: limit on one record batch (message.max.bytes, 1 MB), and no larger than
+    #: ``topics.dlq_max_record_bytes``; keep it within the output topic's max.message.bytes too
+    #: (a batch a topic refuses as too large is split and retried, at a cost).
     producer_batch_bytes: int = Field(default=262_144, ge=16_384, le=1_000_000)
     #: How long to wait for the output and DLQ records of a batch to be acknowledged.
     produce_timeout_s: float = Field(default=30.0, gt=0)

@@ -302,7 +302,9 @@ def _producer(settings: Settings, client_id: str, **extra: Any) -> KafkaProducer
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.workers.producer_linger_ms,
-        batch_size=settings.workers.producer_batch_bytes,
+        # A record batch fits the dead-letter topic (``dlq_max_record_bytes`` is what the operator
+        # says it takes); one that a topic refuses as too large is split and retried by kafka-python.
+        batch_size=min(settings.workers.producer_batch_bytes, settings.topics.dlq_max_record_bytes),
         retries=2**31 - 1,
         # Room for the largest dead-letter copy (the loop cuts bigger ones to fit) and its batch.
         max_request_size=max(_MAX_REQUEST_BYTES, settings.topics.dlq_max_record_bytes + 16_384),

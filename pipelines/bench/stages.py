@@ -5,17 +5,22 @@ tweets to a topic of its own, then runs each stage of the actor's path over all 
 thread, alone, with the zero-cost model (``columns.zero_cost_model``), in the actor's order:
 consume (``KafkaSource.poll``), decode, repair, tokenize, the model (calls of 256, the default
 poll), the output records (``ClassifierLoop._outbound``), and delivery (``KafkaSink.deliver``:
-``send``, flush and acknowledgement) once per ``--producer-batch-bytes`` value, then exactly-once
-delivery (output and offsets in one transaction) in transactions of each ``--transaction-records``.
-It prints CPU µs per record (the process's, all threads: kafka-python's network threads too) and
-wall µs, the median of ``--rounds`` rounds, and the interpreter's full (generation 2) garbage
-collections. The sum is what the pipeline spends per record on top of the broker; the bare loop
-of ``clstream bench`` spends the tokenize and model rows only. Figures in docs/data-plane.md.
+``send``, flush and acknowledgement) once per ``--producer-batch-bytes`` value (in turn, the first
+one first in odd rounds and last in even ones) and the at-least-once offset commit, then
+exactly-once delivery (output and offsets in one transaction) in transactions of each
+``--transaction-records``. Before each stage the garbage left by the previous one is collected,
+untimed, so no stage pays for another's. It prints CPU µs per record (the process's, all threads:
+kafka-python's network threads too) and wall µs, the median of ``--rounds`` rounds, the objects
+the interpreter tracks with the model loaded, and the full (generation 2) collections made while
+the stages ran. The sum is what the pipeline spends per record on top of the broker; the bare
+loop of ``clstream bench`` spends the tokenize and model rows only. The run's topics are deleted
+at the end. Figures in docs/data-plane.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     settings = Settings.load(overrides=base)
+    print(f"topics stages-{run}.in, .out and .dlq, group stages-{run}: deleted at the end")
     texts = bench_texts(args.tweets)
     topics = settings.topics
     ensure_topics(settings.kafka, {topics.input: 4, topics.output: 4, topics.dlq: 1})
@@ -75,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             for i, t in enumerate(texts)
         ),
     )
-    with tempfile.TemporaryDirectory(prefix="clstream-stages-") as directory:
-        rows = _measure(args, base, settings, Path(directory))
+    try:
+        with tempfile.TemporaryDirectory(prefix="clstream-stages-") as directory:
+            rows = _measure(args, base, settings, Path(directory))
+    finally:
+        _delete_topics(settings)
     width = max(len(name) for name in rows)
     print(f"{'stage':{width}}  CPU µs/record  wall µs/record  (median of {args.rounds} rounds)")
     for name, samples in rows.items():
@@ -96,20 +105,26 @@ def _measure(
     encoder, head = zero_cost_model(directory)
     classifier = BertClassifier.load(encoder, head, device="cpu", batch_size=64, max_tokens=1024)
     n = args.tweets
-    source = KafkaSource(settings, client_id="stages")
-    sinks = {
-        size: KafkaSink(
-            Settings.load(overrides={**base, "workers": {"producer_batch_bytes": size}}),
-            client_id=f"stages-{size}",
-        )
-        for size in args.producer_batch_bytes
-    }
-    transactional = KafkaTransactionalSink(settings, "stages-txn", f"{settings.topics.group_id}-txn")
-    loop = ClassifierLoop(source, next(iter(sinks.values())), classifier, settings)
-    rows: dict[str, list[tuple[float, float]]] = {}
-    full = _FullCollections()
-    try:
+    rows = _Rows()
+    with contextlib.ExitStack() as stack:
+        stack.callback(rows.close)
+        source = KafkaSource(settings, client_id="stages")
+        stack.callback(source.close)
+        sinks = {}
+        for size in args.producer_batch_bytes:
+            sink = KafkaSink(
+                Settings.load(overrides={**base, "workers": {"producer_batch_bytes": size}}),
+                client_id=f"stages-{size}",
+            )
+            stack.callback(sink.close)
+            sinks[size] = sink
+        transactional = KafkaTransactionalSink(settings, "stages-txn", f"{settings.topics.group_id}-txn")
+        stack.callback(transactional.close)
+        loop = ClassifierLoop(source, next(iter(sinks.values())), classifier, settings)
+        deadline = time.monotonic() + 60
         while not source.assigned or len(source.assigned) < 4:  # joined, all four partitions
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the consumer got partitions {source.assigned} of 4 within 60 s")
             source.poll(1000, _CALL)
 
         def consume() -> list[Any]:
@@ -118,24 +133,24 @@ def _measure(
                 records.extend(source.poll(1000, _CALL))
             return records[:n]
 
+        gc.collect()
+        print(f"objects the interpreter tracks, model loaded: {len(gc.get_objects()):,}")
         for round_ in range(args.rounds):
             source.seek({(settings.topics.input, p): 0 for p in range(4)})
-            records, outs = _one_round(rows, n, consume, classifier, loop, sinks)
+            order = sinks if round_ % 2 == 0 else dict(reversed(sinks.items()))
+            records, outs = _one_round(rows, n, consume, classifier, loop, order)
             _transactions(
                 rows, records, outs, source.group_metadata(), transactional, args.transaction_records
             )
-            print(f"round {round_ + 1} of {args.rounds} done; full collections so far {full.summary()}")
-    finally:
-        full.close()
-        source.close()
-        transactional.close()
-        for sink in sinks.values():
-            sink.close()
-    return rows
+            print(
+                f"round {round_ + 1} of {args.rounds} done; full collections while timed so far: "
+                f"{rows.full_collections} ({rows.full_collection_s * 1000:.0f} ms)"
+            )
+    return rows.samples
 
 
 def _one_round(
-    rows: dict[str, list[tuple[float, float]]],
+    rows: _Rows,
     n: int,
     consume: Callable[[], list[Any]],
     classifier: Any,
@@ -143,17 +158,21 @@ def _one_round(
     sinks: dict[int, Any],
 ) -> tuple[list[Any], list[Any]]:
     """One round of every stage up to ``KafkaSink.deliver``; the records and their output records."""
+    from schemas.records import Tweet
     from workers.decode import decode_tweet
     from workers.loop import _Batch
     from workers.text import repair_text
 
-    records = _timed(rows, "consume (poll)", n, consume)
-    decoded = _timed(rows, "decode", n, lambda: [decode_tweet(r) for r in records])
-    texts = [d.text for d in decoded]
-    repaired = _timed(rows, "repair", n, lambda: [repair_text(t) for t in texts])
-    ids = _timed(rows, "tokenize", n, lambda: _calls(repaired, classifier.prepare))
+    records = rows.timed("consume (poll)", n, consume)
+    decoded = rows.timed("decode", n, lambda: [decode_tweet(r) for r in records])
+    rejected = [d for d in decoded if not isinstance(d, Tweet)]
+    if rejected:
+        raise SystemExit(f"{len(rejected)} of the bench tweets did not decode: {rejected[0]}")
+    texts = [d.text for d in decoded if isinstance(d, Tweet)]
+    repaired = rows.timed("repair", n, lambda: [repair_text(t) for t in texts])
+    ids = rows.timed("tokenize", n, lambda: _calls(repaired, classifier.prepare))
     classifier.classify_prepared(ids[:_CALL])  # first call allocates
-    probs = _timed(rows, "model (calls of 256)", n, lambda: _calls(ids, classifier.classify_prepared))
+    probs = rows.timed("model (calls of 256)", n, lambda: _calls(ids, classifier.classify_prepared))
 
     def outbound() -> list[Any]:
         out = []
@@ -164,15 +183,23 @@ def _one_round(
             out.extend(loop._outbound(batch))
         return out
 
-    outs = _timed(rows, "output records", n, outbound)
+    outs = rows.timed("output records", n, outbound)
     for size, sink in sinks.items():
         sink.deliver(outs[:10], 30)  # connected, producer id assigned
-        _timed(rows, f"deliver, producer batch {size:,} B", n, functools.partial(_deliver, sink, outs))
+        rows.timed(f"deliver, producer batch {size:,} B", n, functools.partial(_deliver, sink, outs))
+    rows.timed("commit offsets (at-least-once)", n, functools.partial(_commit, loop.source, records))
     return records, outs
 
 
+def _commit(source: Any, records: list[Any]) -> None:
+    from workers.loop import _next_offsets
+
+    for start in range(0, len(records), _CALL):
+        source.commit(_next_offsets(records[start : start + _CALL]))
+
+
 def _transactions(
-    rows: dict[str, list[tuple[float, float]]],
+    rows: _Rows,
     records: list[Any],
     outs: list[Any],
     group: Any,
@@ -191,7 +218,7 @@ def _transactions(
                 chunk = slice(start, start + size)
                 sink.deliver_atomically(outs[chunk], _next_offsets(records[chunk]), group, 30)
 
-        _timed(rows, f"deliver in transactions of {size}", n, deliver)
+        rows.timed(f"deliver in transactions of {size:,}", n, deliver)
 
 
 def _deliver(sink: Any, records: list[Any]) -> None:
@@ -204,40 +231,59 @@ def _calls(items: list[Any], call: Callable[[list[Any]], Any]) -> Any:
     return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else [x for p in parts for x in p]
 
 
-def _timed(rows: dict[str, list[tuple[float, float]]], name: str, n: int, stage: Callable[[], Any]) -> Any:
-    """Run ``stage``; add its process CPU and wall time per record (of ``n``) to ``rows[name]``."""
-    cpu, wall = _cpu_s(), time.perf_counter()
-    result = stage()
-    rows.setdefault(name, []).append(((_cpu_s() - cpu) * 1e6 / n, (time.perf_counter() - wall) * 1e6 / n))
-    return result
+class _Rows:
+    """CPU and wall µs per record of each stage, a sample a round, and the full collections made
+    while stages were timed (not those this class makes between them)."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[tuple[float, float]]] = {}
+        self.full_collections, self.full_collection_s = 0, 0.0
+        self._between, self._started = False, 0.0
+        gc.callbacks.append(self._callback)
+
+    def timed(self, name: str, n: int, stage: Callable[[], Any]) -> Any:
+        """Run ``stage``; add its process CPU and wall time per record (of ``n``) to ``name``'s
+        samples. The garbage of what ran before is collected first, untimed."""
+        self._between = True
+        try:
+            gc.collect()
+        finally:
+            self._between = False
+        cpu, wall = _cpu_s(), time.perf_counter()
+        result = stage()
+        spent = ((_cpu_s() - cpu) * 1e6 / n, (time.perf_counter() - wall) * 1e6 / n)
+        self.samples.setdefault(name, []).append(spent)
+        return result
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2 or self._between:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.full_collections += 1
+            self.full_collection_s += time.perf_counter() - self._started
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def _delete_topics(settings: Settings) -> None:
+    from pipelines.kafka_tools.admin import admin_client
+
+    topics = settings.topics
+    admin = admin_client(settings.kafka)
+    try:
+        admin.delete_topics([topics.input, topics.output, topics.dlq])
+    except Exception as exc:  # noqa: BLE001 - a leftover topic is not worth failing the measurement
+        print(f"the run's topics were not deleted: {type(exc).__name__}: {exc}")
+    finally:
+        admin.close()
 
 
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class _FullCollections:
-    """Counts the interpreter's generation-2 collections and their pauses."""
-
-    def __init__(self) -> None:
-        self.count, self.seconds, self._started = 0, 0.0, 0.0
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.count += 1
-            self.seconds += time.perf_counter() - self._started
-
-    def summary(self) -> str:
-        return f"{self.count} ({self.seconds * 1000:.0f} ms)"
-
-    def close(self) -> None:
-        gc.callbacks.remove(self._callback)
 
 
 if __name__ == "__main__":

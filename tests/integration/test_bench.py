@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -105,8 +106,21 @@ def test_the_stages_command_times_every_stage_against_the_broker(broker, capsys)
         "output records",
         "deliver, producer batch 16,384 B",
         "deliver, producer batch 262,144 B",
+        "commit offsets (at-least-once)",
         "deliver in transactions of 256",
-        "deliver in transactions of 1024",
+        "deliver in transactions of 1,024",
     ]
     for cpu, wall in table.values():
         assert float(cpu) >= 0 and float(wall) > 0
+    from pipelines.kafka_tools.admin import admin_client
+    from schemas.settings import KafkaSettings
+
+    run = lines[0].split()[1].removesuffix(".in,")  # "topics stages-<run>.in, .out and .dlq, ..."
+    admin = admin_client(KafkaSettings(bootstrap_servers=broker))
+    try:  # the run's topics are deleted (the broker finishes a deletion on its own time)
+        deadline = time.monotonic() + 30
+        while [t for t in admin.list_topics() if t.startswith(f"{run}.")] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [t for t in admin.list_topics() if t.startswith(f"{run}.")]
+    finally:
+        admin.close()

@@ -148,6 +148,9 @@ def test_the_delivery_timeout_is_the_one_the_pipeline_producers_get(monkeypatch)
         assert built["linger_ms"] == settings.workers.producer_linger_ms
         assert built["batch_size"] == settings.workers.producer_batch_bytes
         assert built["delivery_timeout_ms"] == delivery_timeout_ms(settings)
+    # A batch never outgrows what the dead-letter topic is said to take.
+    kafka_io._producer(Settings.load(overrides={"topics": {"dlq_max_record_bytes": 100_000}}), "probe")
+    assert built["batch_size"] == 100_000
 
 
 # -- the verdict -----------------------------------------------------------------------------------
