@@ -95,7 +95,10 @@ def ensure_topics(kafka: KafkaSettings, topics: dict[str, int], timeout_s: float
         if missing:
             # Created concurrently by another driver is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
+                admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
+            # Awaited here, with this call's timeout: ``wait_for_metadata=True`` waits a fixed 10 s,
+            # which a busy 2-core machine has overrun (a CI run's topic "not ready after 10000ms").
+            admin.wait_for_topics(list(missing), timeout_ms=int(timeout_s * 1000))
         return list(missing)
     finally:
         admin.close()

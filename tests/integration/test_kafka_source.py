@@ -135,6 +135,12 @@ def test_a_member_alone_in_a_new_group_joins_it_with_one_rebalance(broker, topic
     assert source.assigned is None  # not "owns nothing": it has not joined yet
     seen = 0
     try:
+        # The first poll waits long enough for the whole join. One that times out while its join
+        # is still under way leaves the join to ``finish_interrupted_join``, which asks for a
+        # rejoin; when that join then completes before the next poll, kafka-python 3.0.12 drops
+        # its finished result and joins again (generation 2 in a CI run whose assignment took
+        # 0.41 s, longer than a 300 ms poll): docs/kafka-python-notes.md.
+        seen += len(source.poll(timeout_ms=10_000, max_records=50))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and seen < 400:
             seen += len(source.poll(timeout_ms=300, max_records=50))
