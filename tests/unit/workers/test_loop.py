@@ -396,43 +396,36 @@ class _TrickleSource(InMemorySource):
         return super().poll(timeout_ms, min(3, max_records))
 
 
-def test_batches_waiting_when_the_model_is_free_share_one_model_call():
+@pytest.mark.parametrize(
+    ("polls_of", "records", "most_calls"),
+    [
+        # Records arriving three at a time (polls of up to 12 return 3): calls gather the polls
+        # waiting, up to max_call_records.
+        (3, 30, 4),
+        # Polls of four: ten of them in at most five calls, each spanning up to three polls.
+        (4, 40, 5),
+    ],
+)
+def test_batches_waiting_when_the_model_is_free_share_one_model_call(polls_of, records, most_calls):
     gate = threading.Event()
     classifier = KeywordClassifier(gate=gate)
-    settings = _threaded_settings(max_batch_records=12, max_call_records=12, max_inflight_batches=8)
-    source, sink = _TrickleSource([_tweet(0, i, f"good {i}") for i in range(30)]), InMemorySink()
+    settings = _threaded_settings(
+        max_batch_records=12 if polls_of == 3 else 4, max_call_records=12, max_inflight_batches=8
+    )
+    tweets = [_tweet(0, i, f"good {i}") for i in range(records)]
+    source = _TrickleSource(tweets) if polls_of == 3 else InMemorySource(tweets)
+    sink = InMemorySink()
     loop = ClassifierLoop(source, sink, classifier, settings)
     stop, thread = _run_in_thread(loop)
     _await(lambda: loop.stats.inflight_batches == 8)  # one poll in the model, seven waiting
     gate.set()
-    _await(lambda: loop.stats.consumed == 30)
+    _await(lambda: loop.stats.consumed == records)
     stop.set()
     thread.join(10)
-    # Polls of three, classified together as they wait, up to max_call_records per call.
-    assert sum(classifier.calls) == 30 and max(classifier.calls) == 12
-    assert len(classifier.calls) <= 4, classifier.calls
-    assert [orjson.loads(r.value)["id"] for r in sink.on("out")] == [f"0-{i}" for i in range(30)]
-    assert source.committed() == {("in", 0): 30}
-
-
-def test_a_model_call_takes_polls_up_to_max_call_records_not_one_poll():
-    gate = threading.Event()
-    classifier = KeywordClassifier(gate=gate)
-    # Polls of up to 4 records; a call may hold three of them.
-    settings = _threaded_settings(max_batch_records=4, max_call_records=12, max_inflight_batches=8)
-    source, sink = InMemorySource([_tweet(0, i, f"good {i}") for i in range(40)]), InMemorySink()
-    loop = ClassifierLoop(source, sink, classifier, settings)
-    stop, thread = _run_in_thread(loop)
-    _await(lambda: loop.stats.inflight_batches == 8)  # one poll in the model, seven waiting
-    gate.set()
-    _await(lambda: loop.stats.consumed == 40)
-    stop.set()
-    thread.join(10)
-    # Ten polls of four in at most five calls, none over twelve records: calls span polls.
-    assert max(classifier.calls) == 12 and len(classifier.calls) <= 5, classifier.calls
-    assert sum(classifier.calls) == 40
-    assert [orjson.loads(r.value)["id"] for r in sink.on("out")] == [f"0-{i}" for i in range(40)]
-    assert source.committed() == {("in", 0): 40}
+    assert sum(classifier.calls) == records and max(classifier.calls) == 12, classifier.calls
+    assert len(classifier.calls) <= most_calls, classifier.calls
+    assert [orjson.loads(r.value)["id"] for r in sink.on("out")] == [f"0-{i}" for i in range(records)]
+    assert source.committed() == {("in", 0): records}
 
 
 def test_a_paused_member_resumes_when_a_batch_finishes_not_when_its_poll_times_out():
