@@ -175,7 +175,7 @@ class WorkerSettings(BaseModel):
     #: Records the model thread plans together in one call: when the model is free it takes
     #: every polled batch waiting, up to this many records (the first always goes), and regroups
     #: them all by token length (``max_batch_tokens``). Under a backlog a larger call pads less
-    #: (on a CPU, 1,024 records plan 3.7% cheaper than 256, docs/data-plane.md) and, on a GPU,
+    #: (on a CPU, 1,024 records plan 3.6% cheaper than 256, docs/data-plane.md) and, on a GPU,
     #: makes fewer passes; each record of a call waits for the whole call. With no backlog a call
     #: holds what has arrived, so this costs nothing at light load. How many batches can wait is
     #: bounded by the in-flight credit (``max_inflight_batches``, ``max_inflight_tokens``).

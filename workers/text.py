@@ -51,8 +51,8 @@ def repair_text(text: str) -> str:
     or when ftfy's own mojibake test (``is_bad``, the first check of its encoding fix) finds
     nothing: no fixer of ``REPAIR_CONFIG`` would change it. ``is_bad`` is a regex search with no
     anchors, so it cannot find in one of the lines ftfy fixes one at a time what it does not find
-    in the whole text. Most tweets take this path; those that do not cost ftfy's full pass, about
-    60 µs (docs/data-plane.md)."""
+    in the whole text. Most tweets take this path; the others cost ftfy's full pass
+    (docs/classifier-study.md, "What it costs")."""
     if _TO_REPAIR.search(text) is None and (text.isascii() or not is_bad(text)):
         return text
     return ftfy.fix_text(text, REPAIR_CONFIG)
