@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(default_encoder_path()), local_files_only=True)
     ids = token_ids(tokenizer, bench_texts(args.tweets), 128)
     lengths = [len(row) for row in ids]
+    real = sum(lengths)
     for device in ("cpu", "cuda"):
         size, budget = BATCH_DEFAULTS[device]
         price = pass_cost_tokens(device, budget)
@@ -50,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.append((time.perf_counter() - started) / len(lengths) * 1e6)
             padded = sum(padded_cost(lengths[start : start + call], groups) for start, groups in plans)
             passes = sum(len(groups) for _, groups in plans)
-            real = sum(lengths)
             print(
                 f"{device} defaults ({size} texts, {budget} slots, pass {price}), calls of {call}: "
                 f"{statistics.median(rounds):.2f} µs a tweet; padding {real / padded:.4f}, "

