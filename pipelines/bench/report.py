@@ -113,16 +113,17 @@ def plot(result: BenchResult, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     names, rates = (
-        ["bare model", "pipeline ALO"],
+        ["bare\nmodel loop", "pipeline\nALO"],
         [result.bare.tweets_per_s, result.pipeline.throughput.tweets_per_s],
     )
     if result.exactly_once is not None:
-        names.append("pipeline EO")
+        names.append("pipeline\nEO")
         rates.append(result.exactly_once.throughput.tweets_per_s)
-    names.append("naive loop")
+    names.append("naive\nloop")
     rates.append(result.naive.tweets_per_s)
     bars = axes[0].bar(names, rates, color=["#888888", "#1f77b4", "#2ca02c", "#d62728"][-len(names) :])
     axes[0].bar_label(bars, fmt="%.0f")
+    axes[0].margins(y=0.1)  # room for the labels above the bars
     axes[0].set_ylabel("tweets/s")
     axes[0].set_title(f"throughput ({result.device})")
     runs = [("at-least-once", result.pipeline.latency, "#1f77b4")]
@@ -146,12 +147,13 @@ def plot(result: BenchResult, path: Path) -> None:
     ceiling = result.ceiling
     if ceiling is not None:
         bars = axes[3].bar(
-            ["bare", "pipeline ALO", "pipeline EO"],
+            ["bare", "pipeline\nALO", "pipeline\nEO"],
             [ceiling.bare.tweets_per_s, ceiling.pipeline.throughput.tweets_per_s,
              ceiling.exactly_once.throughput.tweets_per_s],
             color=["#888888", "#1f77b4", "#2ca02c"],
         )  # fmt: skip
         axes[3].bar_label(bars, fmt="%.0f")
+        axes[3].margins(y=0.1)
         latency = ceiling.pipeline.latency
         axes[3].set_title(
             f"zero-cost model: ceiling {ceiling.ceiling_vs_bare:.2f} of bare; "

@@ -100,3 +100,14 @@ def test_exactly_once_and_the_zero_cost_ceiling_add_their_keys_and_ratios():
     assert document["ceiling_device_busy_fraction"] == 0.5
     assert document["ceiling_bare_real_tokens_per_s"] == 80_000.0
     assert list(document)[-2:] == ["pipeline_vs_bare", "pipeline_vs_naive"]
+
+
+def test_the_plot_of_every_column_is_a_png(tmp_path):
+    from pipelines.bench.report import plot
+
+    ceiling = Ceiling("tiny", 10_000, Column(4000.0, 50.0, None, 0.9, 80_000.0, 0.6),
+                      _pipeline(3600.0, 20.0), _pipeline(3000.0, 30.0, "exactly-once"))  # fmt: skip
+    result = _result(exactly_once=_pipeline(190.0, 300.0, "exactly-once"), ceiling=ceiling)
+    path = tmp_path / "bench.png"
+    plot(result, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
