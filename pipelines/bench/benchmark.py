@@ -18,9 +18,10 @@ model that costs almost nothing (``columns.zero_cost_model``), so the rate is wh
 itself carries. Every column reports ``real_tokens_per_s`` and ``device_busy_fraction``.
 
 Prints a table, writes ``--json`` and ``--plot``. Starts the local broker (``--port``) unless
-``--bootstrap-servers`` is given, and stops it at the end if it started it. ``plan`` sizes the run, ``columns`` and ``pipeline_column`` run
-the phases (``phases`` says how each number is taken), ``result`` types what they measured and
-``report`` shows it.
+``--bootstrap-servers`` is given, and stops it at the end if it started it; deletes the run's
+topics and consumer groups (``bench-<run>*``) at the end unless ``--keep-topics``. ``plan`` sizes
+the run, ``columns`` and ``pipeline_column`` run the phases (``phases`` says how each number is
+taken), ``result`` types what they measured and ``report`` shows it.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from pipelines.bench.pipeline_column import pipeline_column
 from pipelines.bench.plan import BenchPlan, bench_texts, default_threads
 from pipelines.bench.report import plot, print_table, progress_bars
 from pipelines.bench.result import BenchResult, Ceiling, PipelineSettings
-from pipelines.kafka_tools.admin import run_topics
-from schemas.settings import Settings
+from pipelines.kafka_tools.admin import remove_run, run_topics
+from schemas.settings import KafkaSettings, Settings
 from workers.batching import batch_limits
 from workers.model import BertClassifier, resolve_device
 
@@ -72,14 +73,33 @@ def run_bench(args: argparse.Namespace, make_settings: Callable[..., Settings]) 
         console.status, f"starting the local Kafka broker on 127.0.0.1:{args.port} ..."
     )
     # A broker this run started is stopped when it ends (each one is a JVM of up to 768 MB).
+    run_id = uuid.uuid4().hex[:8]
     with run_broker(args.bootstrap_servers, args.port, starting) as args.bootstrap_servers:
-        return _run_bench(console, args, make_settings)
+        kafka = make_settings().kafka
+        try:
+            return _run_bench(console, args, make_settings, run_id)
+        finally:
+            clean_up(console, args, kafka, f"bench-{run_id}")
 
 
-def _run_bench(console: Console, args: argparse.Namespace, make_settings: Callable[..., Settings]) -> int:
+def clean_up(console: Console, args: argparse.Namespace, kafka: KafkaSettings, name: str) -> None:
+    """Delete the run's topics and consumer groups (each column's), unless ``--keep-topics``."""
+    if args.keep_topics:
+        console.print(f"kept this run's topics and consumer groups: {name}*")
+        return
+    removed = remove_run(kafka, name)
+    console.print(
+        f"deleted this run's {removed.topics} topics and {removed.groups} consumer groups ({name}*)"
+    )
+    for problem in removed.problems:
+        console.print(f"not deleted: {problem}")
+
+
+def _run_bench(
+    console: Console, args: argparse.Namespace, make_settings: Callable[..., Settings], run_id: str
+) -> int:
     plan = BenchPlan.sized(args.quick, args.tweets, args.latency_seconds, args.ceiling_tweets)
     threads = args.threads or default_threads()
-    run_id = uuid.uuid4().hex[:8]
     settings = make_settings(
         **run_topics("bench", run_id),
         workers__count=1,

@@ -38,7 +38,7 @@ import numpy as np
 
 from pipelines.bench.columns import zero_cost_model
 from pipelines.bench.plan import bench_texts
-from pipelines.kafka_tools.admin import ensure_topics
+from pipelines.kafka_tools.admin import ensure_topics, remove_run
 from pipelines.kafka_tools.records_io import produce_values
 from schemas.settings import Settings
 
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="clstream-stages-") as directory:
             rows = _measure(args, base, settings, Path(directory))
     finally:
-        _delete_topics(settings)
+        removed = remove_run(settings.kafka, settings.topics.group_id)
+        if removed.problems:
+            print("the run's topics or groups were not all deleted: " + "; ".join(removed.problems))
     width = max(len(name) for name in rows)
     print(f"{'stage':{width}}  CPU µs/record  wall µs/record  (median of {args.rounds} rounds)")
     for name, samples in rows.items():
@@ -266,19 +268,6 @@ class _Rows:
 
     def close(self) -> None:
         gc.callbacks.remove(self._callback)
-
-
-def _delete_topics(settings: Settings) -> None:
-    from pipelines.kafka_tools.admin import admin_client
-
-    topics = settings.topics
-    admin = admin_client(settings.kafka)
-    try:
-        admin.delete_topics([topics.input, topics.output, topics.dlq])
-    except Exception as exc:  # noqa: BLE001 - a leftover topic is not worth failing the measurement
-        print(f"the run's topics were not deleted: {type(exc).__name__}: {exc}")
-    finally:
-        admin.close()
 
 
 def _cpu_s() -> float:

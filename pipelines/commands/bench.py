@@ -40,5 +40,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=9092, help="local broker port (when no --bootstrap-servers)"
     )
+    parser.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="keep the run's topics and consumer groups (bench-<run>*); by default they are deleted at the end",
+    )
     parser.set_defaults(func=cmd_bench)
     return parser

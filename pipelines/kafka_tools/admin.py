@@ -1,4 +1,5 @@
-"""Broker-side views the driver needs: topic creation and the consumer group's lag."""
+"""Broker-side views the driver needs (topic creation, the consumer group's lag) and the clean-up
+of a run's topics and groups."""
 
 from __future__ import annotations
 
@@ -175,6 +176,52 @@ class LagProbe:
         if self._admin is not None:
             self._admin.close()
         self._offsets.close()
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What ``remove_run`` deleted, and what it could not (one line each, the broker's reason)."""
+
+    topics: int = 0
+    groups: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def remove_run(kafka: KafkaSettings, name: str, timeout_s: float = 30.0) -> Removed:
+    """Delete the topics and consumer groups one run made (a benchmark, a soak, a stage timing):
+    those named ``name``, or ``name`` followed by ``.`` or ``-`` (``run_topics``' names, and
+    ``bench-<run>-eo`` beside ``bench-<run>``). Never raises: a run's results do not depend on
+    its clean-up. A group with members left is not deleted (the broker refuses it)."""
+
+    def ours(other: str) -> bool:
+        return other == name or other.startswith((f"{name}.", f"{name}-"))
+
+    problems: list[str] = []
+    deleted_topics = deleted_groups = 0
+    try:
+        admin = admin_client(kafka)
+    except BrokerError as exc:
+        return Removed(problems=[str(exc)])
+    try:
+        topics = sorted(t for t in admin.list_topics() if ours(t))
+        if topics:
+            response = admin.delete_topics(topics, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+            for topic in response.get("topics", []):
+                if topic.get("error_code", 0):
+                    problems.append(f"topic {topic.get('name')}: {topic.get('error_message')}")
+                else:
+                    deleted_topics += 1
+        groups = sorted(g["group_id"] for g in admin.list_groups() if ours(g["group_id"]))
+        for group, error in (admin.delete_groups(groups) if groups else {}).items():
+            if error in (None, "OK"):
+                deleted_groups += 1
+            else:
+                problems.append(f"group {group}: {error}")
+    except Exception as exc:  # noqa: BLE001 - what is left is reported, never raised
+        problems.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        admin.close()
+    return Removed(deleted_topics, deleted_groups, problems)
 
 
 def run_topics(prefix: str, run_id: str) -> dict[str, str]:

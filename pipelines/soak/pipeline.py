@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 
-from pipelines.kafka_tools.admin import admin_client, ensure_topics
+from pipelines.kafka_tools.admin import ensure_topics, remove_run
 from pipelines.kafka_tools.verify import VerifyReport, verify_topics
 from pipelines.soak.load import NumberedLoad, kcat_count
 from pipelines.soak.rules import CopyCount, Delivery, ReaderCount
@@ -197,14 +197,11 @@ class LoadedPipeline:
         self.load.stop()
         self.drain()
         if delete_topics:
-            topics = self.settings.topics
-            admin = admin_client(self.settings.kafka)
-            try:
-                admin.delete_topics([topics.input, topics.output, topics.dlq])
-            except Exception as exc:  # noqa: BLE001 - a leftover topic is not a soak failure
-                log.warning("topics not deleted", error=f"{type(exc).__name__}: {exc}")
-            finally:
-                admin.close()
+            # The run's topics and groups (run_topics names them after its group); a leftover
+            # is not a soak failure.
+            removed = remove_run(self.settings.kafka, self.settings.topics.group_id)
+            if removed.problems:
+                log.warning("topics or groups not deleted", problems=removed.problems)
 
 
 def reader_counts(report: VerifyReport, counted: CopyCount) -> list[ReaderCount]:

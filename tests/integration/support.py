@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from pipelines.kafka_tools.admin import ensure_topics
 from pipelines.kafka_tools.records_io import produce_values, read_topic
@@ -121,3 +121,13 @@ def keyword_loop(settings: Settings, client_id: str) -> ClassifierLoop:
     else:
         sink = KafkaSink(settings, client_id=client_id)
     return ClassifierLoop(KafkaSource(settings, client_id=client_id), sink, KeywordClassifier(), settings)
+
+
+def topics_and_groups(broker: str, prefix: str) -> set[str]:
+    """The broker's topics and consumer groups whose names start with ``prefix``."""
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    try:
+        names = set(admin.list_topics()) | {g["group_id"] for g in admin.list_groups()}
+        return {name for name in names if name.startswith(prefix)}
+    finally:
+        admin.close()

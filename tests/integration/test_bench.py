@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from pipelines.commands.cli import main
+from tests.integration.support import topics_and_groups, wait_until
 
 REQUIRED_KEYS = {
     "bare_tweets_per_s",
@@ -33,9 +33,10 @@ REQUIRED_KEYS = {
 }
 
 
-def test_quick_bench_writes_every_number_and_the_plot(broker, ray_cluster, tiny_model, tmp_path):
+def test_quick_bench_writes_every_number_and_the_plot(broker, ray_cluster, tiny_model, tmp_path, capsys):
     encoder, head = tiny_model
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    before = topics_and_groups(broker, "bench-")
     code = main(
         [
             "bench", "--quick", "--tweets", "300", "--latency-seconds", "3", "--ceiling-tweets", "600",
@@ -75,6 +76,9 @@ def test_quick_bench_writes_every_number_and_the_plot(broker, ray_cluster, tiny_
     assert [p["max_batch_tokens"] for p in result["sweep"]] == [256, 1024, 4096]
     assert 0 <= result["bf16_label_agreement"] <= 1
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Its 13 topics and 5 consumer groups are deleted at the end (no --keep-topics).
+    assert "deleted this run's 13 topics and 5 consumer groups" in capsys.readouterr().out
+    wait_until(lambda: topics_and_groups(broker, "bench-") <= before, 30, "the run's topics and groups to go")
 
 
 def test_the_stages_command_times_every_stage_against_the_broker(broker, capsys):
@@ -112,15 +116,6 @@ def test_the_stages_command_times_every_stage_against_the_broker(broker, capsys)
     ]
     for cpu, wall in table.values():
         assert float(cpu) >= 0 and float(wall) > 0
-    from pipelines.kafka_tools.admin import admin_client
-    from schemas.settings import KafkaSettings
-
     run = lines[0].split()[1].removesuffix(".in,")  # "topics stages-<run>.in, .out and .dlq, ..."
-    admin = admin_client(KafkaSettings(bootstrap_servers=broker))
-    try:  # the run's topics are deleted (the broker finishes a deletion on its own time)
-        deadline = time.monotonic() + 30
-        while [t for t in admin.list_topics() if t.startswith(f"{run}.")] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not [t for t in admin.list_topics() if t.startswith(f"{run}.")]
-    finally:
-        admin.close()
+    # The run's topics and group are deleted (the broker finishes a deletion on its own time).
+    wait_until(lambda: not topics_and_groups(broker, run), 30, "the run's topics and group to go")

@@ -11,7 +11,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from pipelines.kafka_tools.admin import LagProbe, ensure_topics
+from pipelines.kafka_tools.admin import LagProbe, ensure_topics, remove_run
 from pipelines.kafka_tools.broker import LocalCluster
 from schemas.settings import KafkaSettings
 from tests.integration.support import wait_until
@@ -86,3 +86,35 @@ def test_lag_is_measured_again_after_the_group_coordinator_dies(kafka_cluster: L
         member.close()
         probe.close()
         kafka_cluster.restart(coordinator)
+
+
+def test_a_runs_topics_and_groups_are_removed_and_nothing_else(broker: str) -> None:
+    """``remove_run`` deletes ``name``'s topics and groups (``name.*``, ``name-*``), leaves a
+    topic that only starts with the same letters, and reports a group with a member rather than
+    raising."""
+    kafka = KafkaSettings(bootstrap_servers=(broker,))
+    name = f"test-run-{uuid.uuid4().hex[:8]}"
+    ours, other = [f"{name}.tweets", f"{name}-eo.labeled"], f"{name}x.tweets"
+    ensure_topics(kafka, {topic: 1 for topic in [*ours, other]})
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    live = KafkaConsumer(
+        f"{name}.tweets", bootstrap_servers=broker, group_id=f"{name}-live", enable_auto_commit=False
+    )
+    try:
+        admin.alter_group_offsets(name, {TopicPartition(f"{name}.tweets", 0): OffsetAndMetadata(0, "", -1)})
+        wait_until(lambda: (live.poll(timeout_ms=200), live.assignment())[1], 30, "the live member's join")
+
+        removed = remove_run(kafka, name)
+
+        assert (removed.topics, removed.groups) == (2, 1)
+        assert len(removed.problems) == 1 and removed.problems[0].startswith(f"group {name}-live:")
+        wait_until(lambda: not set(ours) & set(admin.list_topics()), 30, "the topics' deletion")
+        assert other in admin.list_topics()
+        groups = {g["group_id"] for g in admin.list_groups()}
+        assert name not in groups and f"{name}-live" in groups
+    finally:
+        live.close()
+        with contextlib.suppress(KafkaError):
+            admin.delete_topics([other])
+        admin.close()
+        remove_run(kafka, name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from pipelines.commands.cli import main
+from tests.integration.support import topics_and_groups, wait_until
 
 
 def test_a_short_exactly_once_soak_with_one_kill_loses_and_repeats_nothing(
@@ -16,6 +17,7 @@ def test_a_short_exactly_once_soak_with_one_kill_loses_and_repeats_nothing(
     monkeypatch.setenv("CLSTREAM_WORKERS__SESSION_TIMEOUT_MS", "6000")
     monkeypatch.setenv("CLSTREAM_DRIVER__WATCH_INTERVAL_S", "0.5")
     out = tmp_path / "soak"
+    before = topics_and_groups(broker, "soak-")
     code = main(
         [
             "soak", "--minutes", "0.6", "--kill-every-s", "20", "--delivery", "exactly-once",
@@ -37,3 +39,5 @@ def test_a_short_exactly_once_soak_with_one_kill_loses_and_repeats_nothing(
     assert {m["series"] for m in summary["memory"]} == {"driver", "actor slot 0", "actor slot 1"}
     assert (out / "soak-exactly-once.md").read_text().startswith("# clstream soak, exactly-once: PASSED")
     assert (out / "soak-exactly-once.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The run's topics and consumer groups are deleted at the end (no --keep-topics).
+    wait_until(lambda: topics_and_groups(broker, "soak-") <= before, 30, "the run's topics and groups to go")
