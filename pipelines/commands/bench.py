@@ -20,7 +20,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench", help="throughput and latency: bare model vs clstream pipeline vs a naive consumer loop"
     )
-    add_settings_flags(parser)
+    add_settings_flags(parser, runs_own=True)
     parser.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes on 2 CPU cores)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument(

@@ -26,7 +26,12 @@ _SETTINGS_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) -> None:
+def add_settings_flags(
+    parser: argparse.ArgumentParser, pipeline: bool = True, runs_own: bool = False
+) -> None:
+    """The settings flags of a command. ``pipeline=False``: the connection and logging only.
+    ``runs_own=True`` (``clstream bench``): without the flags the command sets per run itself (its
+    topics, group, delivery mode and metrics port); given, they would override every run alike."""
     parser.add_argument(
         "--config", type=Path, help="TOML settings file (flags > CLSTREAM_* env > file > defaults)"
     )
@@ -34,15 +39,18 @@ def add_settings_flags(parser: argparse.ArgumentParser, pipeline: bool = True) -
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     if not pipeline:
         return
-    parser.add_argument("--input-topic")
-    parser.add_argument("--output-topic")
-    parser.add_argument("--dlq-topic")
-    parser.add_argument("--group-id")
+    if not runs_own:
+        parser.add_argument("--input-topic")
+        parser.add_argument("--output-topic")
+        parser.add_argument("--dlq-topic")
+        parser.add_argument("--group-id")
     parser.add_argument("--workers", type=int, help="number of classifier actors")
     parser.add_argument("--encoder", type=Path, help="local Hugging Face encoder directory (safetensors)")
     parser.add_argument("--head", type=Path, help="head directory (head.safetensors + head.json)")
     parser.add_argument("--pooling", choices=["cls", "mean", "last4", "pooler"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    if runs_own:
+        return
     parser.add_argument("--metrics-port", type=int, help="driver's Prometheus port (0: a free one)")
     parser.add_argument(
         "--delivery",

@@ -53,7 +53,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=SOAK_BROKER_PORT, help="local broker port (when no --bootstrap-servers)"
     )
-    parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (default: deleted)")
+    parser.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="keep the run's topics and consumer groups (default: deleted)",
+    )
     sweep = parser.add_argument_group("outage sweep (pipelines/soak/outage_sweep.py)")
     sweep.add_argument(
         "--outage-sweep",

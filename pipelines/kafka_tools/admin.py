@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -200,25 +201,35 @@ def remove_run(kafka: KafkaSettings, name: str, timeout_s: float = 30.0) -> Remo
     deleted_topics = deleted_groups = 0
     try:
         admin = admin_client(kafka)
-    except BrokerError as exc:
-        return Removed(problems=[str(exc)])
-    try:
-        topics = sorted(t for t in admin.list_topics() if ours(t))
-        if topics:
-            response = admin.delete_topics(topics, timeout_ms=int(timeout_s * 1000), raise_errors=False)
-            for topic in response.get("topics", []):
-                if topic.get("error_code", 0):
-                    problems.append(f"topic {topic.get('name')}: {topic.get('error_message')}")
-                else:
-                    deleted_topics += 1
-        groups = sorted(g["group_id"] for g in admin.list_groups() if ours(g["group_id"]))
-        for group, error in (admin.delete_groups(groups) if groups else {}).items():
-            if error in (None, "OK"):
-                deleted_groups += 1
-            else:
-                problems.append(f"group {group}: {error}")
     except Exception as exc:  # noqa: BLE001 - what is left is reported, never raised
-        problems.append(f"{type(exc).__name__}: {exc}")
+        return Removed(
+            problems=[str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"]
+        )
+    try:
+        # Topics and groups apart: a failure with the topics still lets the groups go.
+        try:
+            topics = sorted(t for t in admin.list_topics() if ours(t))
+            if topics:
+                response = admin.delete_topics(topics, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+                for topic in response.get("topics", []):
+                    code = topic.get("error_code", 0)
+                    if code:
+                        # DeleteTopics before v5 (Kafka < 2.4) carries no message: name the code.
+                        why = topic.get("error_message") or kafka_errors.for_code(code).__name__
+                        problems.append(f"topic {topic.get('name')}: {why}")
+                    else:
+                        deleted_topics += 1
+        except Exception as exc:  # noqa: BLE001 - what is left is reported, never raised
+            problems.append(f"topics: {type(exc).__name__}: {exc}")
+        try:
+            groups = sorted(g["group_id"] for g in admin.list_groups() if ours(g["group_id"]))
+            for group, error in (admin.delete_groups(groups) if groups else {}).items():
+                if error in (None, "OK"):
+                    deleted_groups += 1
+                else:
+                    problems.append(f"group {group}: {error}")
+        except Exception as exc:  # noqa: BLE001 - what is left is reported, never raised
+            problems.append(f"groups: {type(exc).__name__}: {exc}")
     finally:
         admin.close()
     return Removed(deleted_topics, deleted_groups, problems)

@@ -1,13 +1,16 @@
-"""``clstream bench`` deletes its run's topics and consumer groups at the end, or keeps them."""
+"""``clstream bench`` owns its runs' topics, groups and delivery modes: it takes no flag for them,
+and deletes the topics and groups at the end, or keeps them."""
 
 from __future__ import annotations
 
 import argparse
 import io
 
+import pytest
 from rich.console import Console
 
 from pipelines.bench import benchmark
+from pipelines.commands.cli import build_parser
 from pipelines.kafka_tools.admin import Removed
 from schemas.settings import KafkaSettings
 
@@ -44,3 +47,24 @@ def test_keep_topics_leaves_the_broker_alone(monkeypatch):
     console, out = _console()
     benchmark.clean_up(console, argparse.Namespace(keep_topics=True), KAFKA, "bench-1234abcd")
     assert out.getvalue().strip() == "kept this run's topics and consumer groups: bench-1234abcd*"
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--input-topic", "tweets"],
+        ["--output-topic", "out"],
+        ["--dlq-topic", "dlq"],
+        ["--group-id", "g"],
+        ["--delivery", "exactly-once"],
+        ["--metrics-port", "9000"],
+    ],
+)
+def test_bench_takes_no_flag_that_would_override_every_run_alike(flag, capsys):
+    # Each column sets its own topics, group, delivery mode and metrics port; one flag for all of
+    # them would make the exactly-once columns at-least-once, or every column share one topic.
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["bench", "--quick", *flag])
+    assert exit_.value.code == 2
+    assert f"unrecognized arguments: {' '.join(flag)}" in capsys.readouterr().err
+    assert build_parser().parse_args(["run", *flag]) is not None  # the pipeline itself takes it
