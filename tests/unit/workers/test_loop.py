@@ -397,24 +397,24 @@ class _TrickleSource(InMemorySource):
 
 
 @pytest.mark.parametrize(
-    ("polls_of", "records", "most_calls"),
+    ("source_type", "max_batch_records", "records", "most_calls"),
     [
         # Records arriving three at a time (polls of up to 12 return 3): calls gather the polls
         # waiting, up to max_call_records.
-        (3, 30, 4),
+        (_TrickleSource, 12, 30, 4),
         # Polls of four: ten of them in at most five calls, each spanning up to three polls.
-        (4, 40, 5),
+        (InMemorySource, 4, 40, 5),
     ],
 )
-def test_batches_waiting_when_the_model_is_free_share_one_model_call(polls_of, records, most_calls):
+def test_batches_waiting_when_the_model_is_free_share_one_model_call(
+    source_type, max_batch_records, records, most_calls
+):
     gate = threading.Event()
     classifier = KeywordClassifier(gate=gate)
     settings = _threaded_settings(
-        max_batch_records=12 if polls_of == 3 else 4, max_call_records=12, max_inflight_batches=8
+        max_batch_records=max_batch_records, max_call_records=12, max_inflight_batches=8
     )
-    tweets = [_tweet(0, i, f"good {i}") for i in range(records)]
-    source = _TrickleSource(tweets) if polls_of == 3 else InMemorySource(tweets)
-    sink = InMemorySink()
+    source, sink = source_type([_tweet(0, i, f"good {i}") for i in range(records)]), InMemorySink()
     loop = ClassifierLoop(source, sink, classifier, settings)
     stop, thread = _run_in_thread(loop)
     _await(lambda: loop.stats.inflight_batches == 8)  # one poll in the model, seven waiting
